@@ -1,0 +1,118 @@
+"""Shared instrumentation: it wraps the training loop, it never lives inside it.
+
+Every run is measured the same way: a step timer (warm-up steps reported apart), an evaluation
+clock subtracted from training time, and peak memory reset at the start of each run because
+Hydra's basic launcher runs every job of a sweep in one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+_PROC_STATUS = Path("/proc/self/status")
+_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+class StepTimer:
+    """Times training steps; the first ``warmup`` steps are reported apart."""
+
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup = warmup
+        self.device = device
+        self.durations: list[float] = []
+        self.samples = 0
+        self.tokens = 0
+
+    @contextmanager
+    def step(self, batch: dict) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":  # kernels are asynchronous: wait before reading the clock
+            torch.cuda.synchronize(self.device)
+        self.durations.append(time.perf_counter() - start)
+        if len(self.durations) > self.warmup:  # throughput counts measured steps only
+            self.samples += len(batch["input_ids"])
+            mask = batch.get("attention_mask")
+            self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+    def summary(self) -> dict:
+        warm = self.durations[: self.warmup]
+        measured = sorted(self.durations[self.warmup :]) or sorted(warm)
+        total = sum(self.durations[self.warmup :])
+        return {
+            "step_time_s": {
+                "mean": statistics.fmean(measured) if measured else None,
+                "p50": _percentile(measured, 50) if measured else None,
+                "p90": _percentile(measured, 90) if measured else None,
+                "p99": _percentile(measured, 99) if measured else None,
+                "n": len(self.durations) - len(warm),
+                "warmup_n": len(warm),
+                "warmup_mean": statistics.fmean(warm) if warm else None,
+            },
+            "samples_per_s": self.samples / total if total else None,
+            # non-padding tokens (attention_mask == 1), per second of measured step time
+            "tokens_per_s": self.tokens / total if total else None,
+        }
+
+
+class Clock:
+    """Accumulates wall time spent inside ``with clock.measure():`` blocks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of one run: CUDA allocated/reserved, and the process's resident set."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        """Starts a new high-water mark (Linux: writing 5 to clear_refs resets VmHWM)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if sys.platform.startswith("linux"):
+            try:
+                _PROC_CLEAR_REFS.write_text("5")
+            except OSError:
+                pass  # e.g. a hardened kernel: the peak then covers the whole process
+
+    def read(self) -> dict:
+        on_cuda = self.device.type == "cuda"
+        return {
+            "allocated": torch.cuda.max_memory_allocated(self.device) if on_cuda else None,
+            "reserved": torch.cuda.max_memory_reserved(self.device) if on_cuda else None,
+            "rss": _read_status_kb("VmHWM"),
+        }

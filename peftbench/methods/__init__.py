@@ -1,0 +1,12 @@
+"""PEFT methods behind one interface. Importing this package registers every method kind."""
+
+from peftbench.methods import adapters, baselines, peft_backend  # noqa: F401  (registration)
+from peftbench.methods.base import (
+    METHOD_KINDS,
+    MethodContext,
+    apply_method,
+    load_trainable,
+    save_trainable,
+)
+
+__all__ = ["METHOD_KINDS", "MethodContext", "apply_method", "load_trainable", "save_trainable"]

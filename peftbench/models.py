@@ -1,0 +1,92 @@
+"""Backbones: a pretrained model with the task's head, from an offline asset or the Hub.
+
+The offline path and the Hub path are the same ``from_pretrained`` call; only what it is
+pointed at differs (a verified local folder vs a Hub id at a pinned revision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# Module names that hold a task head in transformers' auto-classes; every method trains them.
+_HEAD_MODULE_NAMES = ("classifier", "score", "qa_outputs")
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: Any
+    #: Top-level modules that are the task head (new or task-specific): always trained.
+    head_modules: list[str]
+    #: Where the weights came from: a local folder or "<hub id>@<revision>".
+    source: str
+    #: "pretrained" or "synthetic" (random init from config, for cost benchmarks only).
+    weights: str
+
+
+def _auto_class(head: str) -> type:
+    import transformers
+
+    classes = {"sequence_classification": transformers.AutoModelForSequenceClassification}
+    return classes[head]
+
+
+def resolve_source(model_cfg: Any) -> tuple[str, dict, str]:
+    """Returns (path or Hub id, from_pretrained kwargs, a printable source) for a model config."""
+    source = model_cfg.source
+    if source.get("asset"):
+        from peftbench.assets import fetch
+
+        path = str(fetch(source.asset))
+        return path, {}, path
+    if source.get("hub_id"):
+        revision = source.get("revision") or "main"
+        return source.hub_id, {"revision": revision}, f"{source.hub_id}@{revision}"
+    if source.get("path"):
+        return str(source.path), {}, str(source.path)
+    raise ValueError(f"model {model_cfg.name!r}: source needs one of asset, hub_id or path")
+
+
+def _head_modules(model: nn.Module, missing_keys: list[str]) -> list[str]:
+    """Top-level modules that are a task head: known head names plus anything newly created."""
+    top = {name for name, _ in model.named_children()}
+    names = {n for n in _HEAD_MODULE_NAMES if n in top}
+    names |= {key.split(".")[0] for key in missing_keys if key.split(".")[0] in top}
+    return sorted(names)
+
+
+def load_backbone(model_cfg: Any, task: Any) -> Backbone:
+    """Loads tokenizer and model with the task's head; weights only from safetensors."""
+    import transformers
+
+    where, kwargs, printable = resolve_source(model_cfg)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the expected "head newly initialised" report
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model, info = _auto_class(task.head).from_pretrained(
+            where,
+            **kwargs,
+            **task.model_kwargs(),
+            use_safetensors=True,
+            trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+            output_loading_info=True,
+            dtype=torch.float32,
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if tokenizer.pad_token is None:  # decoders often lack one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        head_modules=_head_modules(model, info.get("missing_keys", [])),
+        source=printable,
+        weights="pretrained",
+    )

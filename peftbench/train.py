@@ -1,0 +1,157 @@
+"""The training loop: plain PyTorch, AdamW, warm-up + linear decay, best-dev selection.
+
+Instrumentation is passed in (a step timer and an evaluation clock) and wraps the step and
+evaluation blocks from outside; nothing here measures or records by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from peftbench.instrument import Clock, StepTimer
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int
+    best_dev: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, task: Any, device: torch.device) -> dict:
+    """Runs the model over a split and returns the task's metrics."""
+    was_training = model.training
+    model.eval()
+    preds, refs = [], []
+    for batch in loader:
+        batch = to_device(batch, device)
+        outputs = model(**batch)
+        preds += task.predict(outputs, batch)
+        refs += task.references(batch)
+    model.train(was_training)
+    return task.compute_metrics(preds, refs)
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear from 0 to 1 over warm-up, then linear down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in state:
+            param.data.copy_(state[name])
+
+
+def _is_better(new: float, best: float | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return new > best if higher_is_better else new < best
+
+
+def total_steps(cfg: Any, batches_per_epoch: int) -> int:
+    return int(cfg.max_steps) if cfg.get("max_steps") else int(cfg.epochs) * batches_per_epoch
+
+
+def train(
+    model: nn.Module,
+    *,
+    train_loader: DataLoader,
+    dev_loader: DataLoader,
+    task: Any,
+    cfg: Any,
+    lr: float,
+    device: torch.device,
+    timer: StepTimer,
+    eval_clock: Clock,
+    log: Callable[[dict], None],
+    description: str = "train",
+) -> TrainResult:
+    """Trains the model's trainable parameters and leaves it at the best dev checkpoint.
+
+    Args:
+        model: the backbone with a method applied; only ``requires_grad`` parameters train.
+        train_loader: shuffled training batches.
+        dev_loader: the selection split, evaluated every ``cfg.eval_every_steps`` and at the end.
+        task: the task (metrics, primary metric and its direction).
+        cfg: the ``train`` config group.
+        lr: the method's learning rate.
+        device: where the model lives.
+        timer: wraps every optimisation step.
+        eval_clock: wraps every evaluation, so training time can exclude it.
+        log: receives one dict per logged step (history row; also sent to the tracker).
+        description: progress-bar label.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
+    steps = total_steps(cfg, len(train_loader))
+    warmup = math.ceil(float(cfg.warmup_ratio) * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, steps))
+    eval_every = int(cfg.eval_every_steps) or len(train_loader)
+
+    result = TrainResult(steps=steps, best_step=0, best_dev={})
+    best_value, best_state = None, None
+    start = time.perf_counter()
+    model.train()
+    # Off when stderr is not a terminal (CI logs stay readable).
+    bar = tqdm(total=steps, desc=description, leave=False, dynamic_ncols=True, disable=None)
+    step = 0
+    while step < steps:
+        for batch in train_loader:
+            batch = to_device(batch, device)
+            with timer.step(batch):
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, float(cfg.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {step}")
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if step % int(cfg.log_every_steps) == 0:
+                log({"step": step, "train/loss": loss_value,
+                     "train/lr": scheduler.get_last_lr()[0],
+                     "elapsed_s": time.perf_counter() - start})
+            if step % eval_every == 0 or step == steps:
+                with eval_clock.measure():
+                    dev = evaluate(model, dev_loader, task, device)
+                log({"step": step, **{f"dev/{k}": v for k, v in dev.items()},
+                     "elapsed_s": time.perf_counter() - start})
+                if _is_better(dev[task.primary_metric], best_value, task.higher_is_better):
+                    best_value, best_state = dev[task.primary_metric], _snapshot(model)
+                    result.best_step, result.best_dev = step, dev
+            if step >= steps:
+                break
+    bar.close()
+    if best_state is not None:
+        _restore(model, best_state)
+    return result

@@ -1,0 +1,9 @@
+"""The task catalogue: task kinds, the readers of each data source, and one card per task.
+
+Importing this package registers every task kind and reader.
+"""
+
+from tasks import classification, readers  # noqa: F401  (registration side effects)
+from tasks.base import TASK_KINDS, Task, build_task
+
+__all__ = ["TASK_KINDS", "Task", "build_task"]

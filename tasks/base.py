@@ -1,0 +1,101 @@
+"""The task protocol: what every task kind provides to the harness."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+
+from peftbench.registry import Registry
+from tasks import metrics as metric_lib
+from tasks.splits import stratified_split
+
+TASK_KINDS: Registry[type[Task]] = Registry("task kind")
+
+
+class Task:
+    """A task = a data source + a split + preprocessing + prediction + metrics.
+
+    Subclasses set the class attributes and implement the encoding and prediction steps.
+    ``cfg`` is the task's config group (``conf/task/<name>.yaml``).
+    """
+
+    kind: ClassVar[str]
+    #: Which transformers auto-class carries the right head for this kind.
+    head: ClassVar[str]
+    #: The peft ``TaskType`` name, so peft wraps the model the right way.
+    peft_task_type: ClassVar[str]
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.name: str = cfg.name
+        self.version: int = int(cfg.version)
+
+    # -- data ---------------------------------------------------------------------------
+    def read_rows(self) -> list[dict]:
+        """Reads every example of the source as dicts (implemented through a reader)."""
+        from tasks.readers import READERS
+
+        return READERS.get(self.cfg.source.reader)(self.cfg.source)
+
+    @cached_property
+    def splits(self) -> dict[str, list[dict]]:
+        """The train/dev/test examples, deterministic for a given task version."""
+        rows = self.read_rows()
+        split = self.cfg.split
+        return stratified_split(rows, fractions=dict(split.fractions), salt=str(split.salt))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 over the task version and every split's examples: changes iff data does."""
+        h = hashlib.sha256(f"{self.name}:{self.version}".encode())
+        for name in sorted(self.splits):
+            h.update(name.encode())
+            h.update(json.dumps(self.splits[name], sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    # -- per-kind steps -----------------------------------------------------------------
+    def model_kwargs(self) -> dict:
+        """Extra keyword arguments for the model's ``from_pretrained`` (e.g. num_labels)."""
+        return {}
+
+    def encode(self, rows: Sequence[dict], tokenizer: Any) -> list[dict]:
+        raise NotImplementedError
+
+    def count_truncated(self, features: Sequence[dict]) -> int:
+        """How many encoded examples hit ``max_length`` (and so may have lost text)."""
+        return sum(len(f["input_ids"]) >= int(self.cfg.max_length) for f in features)
+
+    def collate(self, features: Sequence[dict], tokenizer: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, outputs: Any, batch: dict) -> list:
+        raise NotImplementedError
+
+    def references(self, batch: dict) -> list:
+        raise NotImplementedError
+
+    # -- metrics ------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.cfg.metrics)
+
+    @property
+    def primary_metric(self) -> str:
+        return str(self.cfg.primary_metric)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return metric_lib.METRICS[self.primary_metric].higher_is_better
+
+    def compute_metrics(self, preds: Sequence, refs: Sequence) -> dict[str, float]:
+        return metric_lib.compute(self.metric_names, preds, refs)
+
+
+def build_task(cfg: Any) -> Task:
+    """Instantiates the task kind named by ``cfg.kind``."""
+    return TASK_KINDS.get(cfg.kind)(cfg)

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny BERT built from config, a tiny corpus, and composed configs.
+
+Fast tests never touch the network or the real assets; tests marked ``slow`` use the assets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ["WANDB_MODE"] = "disabled"  # a test that wants wandb sets its own mode
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = Path(__file__).resolve().parent / "assets"
+METHOD_YAMLS = sorted((ROOT / "conf" / "method").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden 32) with random weights and a 31-word vocabulary, saved to disk."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizer(vocab_file=str(ASSETS / "tiny_vocab.txt"))
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_overrides(model_dir: Path, results_dir: Path, *extra: str) -> list[str]:
+    """Config overrides that point a run at the tiny model and corpus, with a short schedule."""
+    return [
+        "model.name=tiny-bert",
+        "model.source.asset=null",
+        f"model.source.path={model_dir}",
+        "task.source.asset=null",
+        f"task.source.path={ASSETS / 'tiny_polarity.csv'}",
+        f"results_dir={results_dir}",
+        "tracker=none",
+        "train.max_steps=4",
+        "train.eval_every_steps=2",
+        "train.batch_size=8",
+        "train.warmup_steps_excluded=1",
+        "device=cpu",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def compose(tiny_bert_dir: Path, tmp_path: Path):
+    """Returns ``compose(*overrides)``: the project's config, pointed at tiny things."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    def _compose(*extra: str, results_dir: Path | None = None):
+        overrides = tiny_overrides(tiny_bert_dir, results_dir or tmp_path / "results", *extra)
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides)
+
+    return _compose

@@ -1,0 +1,80 @@
+"""One cell end to end on the tiny model: the record, skip-if-done and failure records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peftbench import experiment
+from peftbench.record import find_success, records_dir
+
+REQUIRED = {
+    "schema_version", "run_id", "status", "error", "experiment", "config", "code", "env",
+    "data", "params", "cost", "metrics", "history",
+}
+
+
+def _records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(records_dir(results).glob("*.json"))]
+
+
+def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
+    cfg = compose("method=lora")
+    summary = experiment.run(cfg)
+    assert summary["status"] == "success"
+    (record,) = _records(tmp_path / "results")
+    assert REQUIRED <= set(record)
+    assert record["run_id"] == "polarity--tiny-bert--lora--s0"
+    assert record["experiment"]["method"] == "lora" and record["experiment"]["seed"] == 0
+    assert record["config"]["method"]["lr"] == 5e-4  # the fully resolved config
+    assert record["data"]["n"] == {"train": 64, "dev": 8, "test": 8}
+    params = record["params"]
+    assert 0 < params["trainable"] < params["base"] <= params["total"]
+    assert params["trainable_pct"] == pytest.approx(100 * params["trainable"] / params["base"])
+    assert params["head_modules"] == ["classifier"] and params["artifact_bytes"] > 0
+    cost = record["cost"]
+    assert cost["step_time_s"]["n"] + cost["step_time_s"]["warmup_n"] == 4
+    assert cost["step_time_s"]["p50"] <= cost["step_time_s"]["p90"] <= cost["step_time_s"]["p99"]
+    assert cost["train_time_s"] > 0 and cost["samples_per_s"] > 0
+    assert cost["peak_mem_bytes"]["rss"] > 0
+    metrics = record["metrics"]
+    assert metrics["primary"] == {"name": "accuracy", "split": "test",
+                                  "value": metrics["test"]["accuracy"], "higher_is_better": True}
+    assert metrics["selected_step"] in (2, 4)
+    assert [row["step"] for row in record["history"] if "dev/accuracy" in row] == [2, 4]
+
+
+def test_a_second_run_skips_a_done_cell(compose, tmp_path):
+    cfg = compose("method=lora")
+    assert experiment.run(cfg)["status"] == "success"
+    again = experiment.run(cfg)
+    assert again["status"] == "skipped"
+    assert len(_records(tmp_path / "results")) == 1
+    assert experiment.run(compose("method=lora", "force=true"))["status"] == "success"
+    assert len(_records(tmp_path / "results")) == 2
+
+
+def test_a_failing_run_writes_a_failed_record_and_does_not_raise(compose, tmp_path, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr("peftbench.train.train", explode)
+    summary = experiment.run(compose("method=lora"))
+    assert summary["status"] == "failed"
+    (record,) = _records(tmp_path / "results")
+    assert record["status"] == "failed"
+    assert record["error"] == "RuntimeError: injected failure"
+    assert "metrics" not in record
+    # a failure is not "done": the next sweep retries it
+    assert find_success(tmp_path / "results", record["run_id"]) is None
+
+
+def test_same_seed_gives_identical_results(compose, tmp_path):
+    first = experiment.run(compose("method=adapter", results_dir=tmp_path / "a"))
+    second = experiment.run(compose("method=adapter", results_dir=tmp_path / "b"))
+    a, b = (json.loads(Path(s["path"]).read_text()) for s in (first, second))
+    assert a["metrics"] == b["metrics"]
+    strip = [{k: v for k, v in row.items() if k != "elapsed_s"} for row in a["history"]]
+    assert strip == [{k: v for k, v in row.items() if k != "elapsed_s"} for row in b["history"]]
