@@ -17,8 +17,9 @@ from torch.utils.data import Sampler
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Yields batches of indices of similar length; a fresh grouping every epoch."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator,
-                 mega: int = 50) -> None:
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, mega: int = 50
+    ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.generator = generator
@@ -33,7 +34,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), size):
             group = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
-            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            batches += [
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            ]
         for b in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[b]
 

@@ -79,8 +79,13 @@ def run(cfg: Any) -> dict:
     """
     results_dir = Path(cfg.results_dir)
     experiment = experiment_info(cfg)
-    run_id = make_run_id(experiment["task"], experiment["model"], experiment["method"],
-                         experiment["seed"], experiment["budget_pct"])
+    run_id = make_run_id(
+        experiment["task"],
+        experiment["model"],
+        experiment["method"],
+        experiment["seed"],
+        experiment["budget_pct"],
+    )
     done = None if cfg.force else find_success(results_dir, run_id)
     if done is not None:
         log.info("%s: already done, skipping (%s)", run_id, done)
@@ -88,26 +93,39 @@ def run(cfg: Any) -> dict:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     record: dict = {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", "error": None,
-        "created_at": utc_now(), "experiment": experiment, "config": config,
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "running",
+        "error": None,
+        "created_at": utc_now(),
+        "experiment": experiment,
+        "config": config,
         "code": code_info(),
     }
-    tracker = make_tracker(cfg.tracker, run_id=run_id, config=config, experiment=experiment,
-                           results_dir=results_dir)
+    tracker = make_tracker(
+        cfg.tracker, run_id=run_id, config=config, experiment=experiment, results_dir=results_dir
+    )
     try:
         record.update(_execute(cfg, run_id, tracker))
         record["status"] = "success"
     except Exception as error:  # a failed run is data; the sweep goes on
-        record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                      traceback=traceback.format_exc(limit=20))
+        record.update(
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            traceback=traceback.format_exc(limit=20),
+        )
         log.error("%s: FAILED: %s", run_id, record["error"])
     except KeyboardInterrupt:
         record.update(status="cancelled", error="KeyboardInterrupt")
         _finish(record, results_dir, tracker)
         raise
     path = _finish(record, results_dir, tracker)
-    return {"run_id": run_id, "status": record["status"], "path": str(path),
-            "primary": record.get("metrics", {}).get("primary")}
+    return {
+        "run_id": run_id,
+        "status": record["status"],
+        "path": str(path),
+        "primary": record.get("metrics", {}).get("primary"),
+    }
 
 
 def _finish(record: dict, results_dir: Path, tracker: Any) -> Path:
@@ -116,14 +134,21 @@ def _finish(record: dict, results_dir: Path, tracker: Any) -> Path:
     tracker.finish(record)
     if record["status"] == "success":
         primary, cost = record["metrics"]["primary"], record["cost"]
-        log.info("%-44s %s %s=%.4f | trainable %.3f%% | train %.0fs", record["run_id"],
-                 primary["split"], primary["name"], primary["value"],
-                 record["params"]["trainable_pct"], cost["train_time_s"])
+        log.info(
+            "%-44s %s %s=%.4f | trainable %.3f%% | train %.0fs",
+            record["run_id"],
+            primary["split"],
+            primary["name"],
+            primary["value"],
+            record["params"]["trainable_pct"],
+            cost["train_time_s"],
+        )
     return path
 
 
-def _loaders(task: Any, tokenizer: Any, cfg: Any, seed: int
-             ) -> tuple[dict[str, DataLoader], dict[str, int]]:
+def _loaders(
+    task: Any, tokenizer: Any, cfg: Any, seed: int
+) -> tuple[dict[str, DataLoader], dict[str, int]]:
     """Encodes every split; returns its loaders and how many examples each split truncated."""
     collate = partial(task.collate, tokenizer=tokenizer)
     loaders, truncated = {}, {}
@@ -132,8 +157,9 @@ def _loaders(task: Any, tokenizer: Any, cfg: Any, seed: int
         truncated[split] = task.count_truncated(features)
         lengths = [len(f["input_ids"]) for f in features]
         if split == "train":
-            batches = LengthGroupedBatchSampler(lengths, int(cfg.batch_size),
-                                                torch.Generator().manual_seed(seed))
+            batches = LengthGroupedBatchSampler(
+                lengths, int(cfg.batch_size), torch.Generator().manual_seed(seed)
+            )
         else:
             batches = sorted_batches(lengths, int(cfg.eval_batch_size))
         loaders[split] = DataLoader(features, batch_sampler=batches, collate_fn=collate)
@@ -160,9 +186,11 @@ def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
     backbone = load_backbone(cfg.model, task)
     base_params = _count(backbone.model)
     head_params = sum(_count(getattr(backbone.model, name)) for name in backbone.head_modules)
-    context = MethodContext(head_modules=backbone.head_modules,
-                            peft_task_type=task.peft_task_type,
-                            model_type=backbone.model.config.model_type)
+    context = MethodContext(
+        head_modules=backbone.head_modules,
+        peft_task_type=task.peft_task_type,
+        model_type=backbone.model.config.model_type,
+    )
     model = apply_method(backbone.model, cfg.method, context).to(device)
     loaders, truncated = _loaders(task, backbone.tokenizer, cfg.train, int(cfg.seed))
     setup_time = time.perf_counter() - setup_start
@@ -175,9 +203,19 @@ def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
 
     timer, eval_clock = StepTimer(int(cfg.train.warmup_steps_excluded), device), Clock()
     train_start = time.perf_counter()
-    result = train(model, train_loader=loaders["train"], dev_loader=loaders["dev"], task=task,
-                   cfg=cfg.train, lr=float(cfg.method.lr), device=device, timer=timer,
-                   eval_clock=eval_clock, log=log_row, description=run_id)
+    result = train(
+        model,
+        train_loader=loaders["train"],
+        dev_loader=loaders["dev"],
+        task=task,
+        cfg=cfg.train,
+        lr=float(cfg.method.lr),
+        device=device,
+        timer=timer,
+        eval_clock=eval_clock,
+        log=log_row,
+        description=run_id,
+    )
     train_time = time.perf_counter() - train_start - eval_clock.seconds
     with eval_clock.measure():
         test = evaluate(model, loaders["test"], task, device)
@@ -188,22 +226,40 @@ def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
         artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
     return {
         "env": env_info(device),
-        "data": {"source": str(task.cfg.source.get("file") or task.cfg.source),
-                 "asset": task.cfg.source.get("asset"), "fingerprint": task.fingerprint,
-                 "n": {split: len(rows) for split, rows in task.splits.items()},
-                 "n_truncated": truncated},
+        "data": {
+            "source": str(task.cfg.source.get("file") or task.cfg.source),
+            "asset": task.cfg.source.get("asset"),
+            "fingerprint": task.fingerprint,
+            "n": {split: len(rows) for split, rows in task.splits.items()},
+            "n_truncated": truncated,
+        },
         "model_source": {"source": backbone.source, "weights": backbone.weights},
-        "params": {"base": base_params, "total": _count(model), "trainable": trainable,
-                   "trainable_pct": 100.0 * trainable / base_params, "head": head_params,
-                   "head_modules": backbone.head_modules, "artifact_bytes": artifact_bytes},
-        "cost": {"setup_time_s": setup_time, "train_time_s": train_time,
-                 "eval_time_s": eval_clock.seconds, **timer.summary(),
-                 "peak_mem_bytes": memory.read()},
+        "params": {
+            "base": base_params,
+            "total": _count(model),
+            "trainable": trainable,
+            "trainable_pct": 100.0 * trainable / base_params,
+            "head": head_params,
+            "head_modules": backbone.head_modules,
+            "artifact_bytes": artifact_bytes,
+        },
+        "cost": {
+            "setup_time_s": setup_time,
+            "train_time_s": train_time,
+            "eval_time_s": eval_clock.seconds,
+            **timer.summary(),
+            "peak_mem_bytes": memory.read(),
+        },
         "metrics": {
-            "primary": {"name": task.primary_metric, "split": "test",
-                        "value": test[task.primary_metric],
-                        "higher_is_better": task.higher_is_better},
-            "dev": result.best_dev, "test": test, "selected_step": result.best_step,
+            "primary": {
+                "name": task.primary_metric,
+                "split": "test",
+                "value": test[task.primary_metric],
+                "higher_is_better": task.higher_is_better,
+            },
+            "dev": result.best_dev,
+            "test": test,
+            "selected_step": result.best_step,
         },
         "history": history,
     }

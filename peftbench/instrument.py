@@ -7,6 +7,7 @@ Hydra's basic launcher runs every job of a sweep in one process.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
@@ -104,10 +105,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         if sys.platform.startswith("linux"):
-            try:
+            # e.g. a hardened kernel refuses: the peak then covers the whole process
+            with contextlib.suppress(OSError):
                 _PROC_CLEAR_REFS.write_text("5")
-            except OSError:
-                pass  # e.g. a hardened kernel: the peak then covers the whole process
 
     def read(self) -> dict:
         on_cuda = self.device.type == "cuda"

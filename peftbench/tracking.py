@@ -38,8 +38,9 @@ class NullTracker:
 class WandbTracker:
     """One wandb run per peftbench run: grouped by sweep, ``job_type`` = method."""
 
-    def __init__(self, cfg: Any, *, run_id: str, config: dict, experiment: dict,
-                 results_dir: Path) -> None:
+    def __init__(
+        self, cfg: Any, *, run_id: str, config: dict, experiment: dict, results_dir: Path
+    ) -> None:
         import wandb
 
         self._wandb = wandb
@@ -56,8 +57,9 @@ class WandbTracker:
             tags=[f"task:{experiment['task']}", f"model:{experiment['model']}"],
             config=config,
             reinit="finish_previous",  # Hydra's basic launcher runs every job in one process
-            settings=wandb.Settings(console="off", x_disable_stats=not cfg.system_stats,
-                                    silent=True),
+            settings=wandb.Settings(
+                console="off", x_disable_stats=not cfg.system_stats, silent=True
+            ),
         )
 
     def log(self, row: dict) -> None:

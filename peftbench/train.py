@@ -138,14 +138,24 @@ def train(
             bar.update()
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if step % int(cfg.log_every_steps) == 0:
-                log({"step": step, "train/loss": loss_value,
-                     "train/lr": scheduler.get_last_lr()[0],
-                     "elapsed_s": time.perf_counter() - start})
+                log(
+                    {
+                        "step": step,
+                        "train/loss": loss_value,
+                        "train/lr": scheduler.get_last_lr()[0],
+                        "elapsed_s": time.perf_counter() - start,
+                    }
+                )
             if step % eval_every == 0 or step == steps:
                 with eval_clock.measure():
                     dev = evaluate(model, dev_loader, task, device)
-                log({"step": step, **{f"dev/{k}": v for k, v in dev.items()},
-                     "elapsed_s": time.perf_counter() - start})
+                log(
+                    {
+                        "step": step,
+                        **{f"dev/{k}": v for k, v in dev.items()},
+                        "elapsed_s": time.perf_counter() - start,
+                    }
+                )
                 if _is_better(dev[task.primary_metric], best_value, task.higher_is_better):
                     best_value, best_state = dev[task.primary_metric], _snapshot(model)
                     result.best_step, result.best_dev = step, dev

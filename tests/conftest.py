@@ -29,8 +29,14 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = BertTokenizer(vocab_file=str(ASSETS / "tiny_vocab.txt"))
     tokenizer.save_pretrained(folder)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return folder
@@ -48,6 +54,7 @@ def tiny_overrides(model_dir: Path, results_dir: Path, *extra: str) -> list[str]
         "tracker=none",
         "train.max_steps=4",
         "train.eval_every_steps=2",
+        "train.log_every_steps=1",
         "train.batch_size=8",
         "train.warmup_steps_excluded=1",
         "device=cpu",

@@ -16,17 +16,25 @@ CONTEXT = MethodContext(head_modules=["classifier"], peft_task_type="SEQ_CLS", m
 
 def _tiny_classifier(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     return AutoModelForSequenceClassification.from_config(config)
 
 
 def _batch() -> dict:
     generator = torch.Generator().manual_seed(0)
-    return {"input_ids": torch.randint(5, 50, (4, 12), generator=generator),
-            "attention_mask": torch.ones(4, 12, dtype=torch.long),
-            "labels": torch.tensor([0, 1, 0, 1])}
-
+    return {
+        "input_ids": torch.randint(5, 50, (4, 12), generator=generator),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
 
 
 @pytest.fixture(params=METHOD_YAMLS, ids=lambda p: p.stem)
@@ -72,8 +80,16 @@ def test_saved_trainable_state_reloads_to_identical_logits(method_cfg, tmp_path)
 @pytest.mark.parametrize("bottleneck", [8, 64])
 def test_houlsby_parameter_count_matches_the_paper(bottleneck):
     d, layers = 32, 2
-    cfg = OmegaConf.create({"name": "adapter", "kind": "houlsby", "lr": 1e-3,
-                            "bottleneck": bottleneck, "activation": "relu", "init_std": 1e-2})
+    cfg = OmegaConf.create(
+        {
+            "name": "adapter",
+            "kind": "houlsby",
+            "lr": 1e-3,
+            "bottleneck": bottleneck,
+            "activation": "relu",
+            "init_std": 1e-2,
+        }
+    )
     model = apply_method(_tiny_classifier(), cfg, CONTEXT)
     adapters = sum(p.numel() for n, p in model.named_parameters() if ".adapter." in n)
     # Houlsby et al. 2019: per layer 2 adapters of (d*m + m) + (m*d + d) parameters
@@ -94,11 +110,26 @@ def test_houlsby_adapter_starts_near_identity():
 def test_adapters_are_found_in_a_decoder_family():
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+    )
     model = LlamaForSequenceClassification(config)
-    cfg = OmegaConf.create({"name": "adapter", "kind": "houlsby", "lr": 1e-3, "bottleneck": 4,
-                            "activation": "relu", "init_std": 1e-2})
+    cfg = OmegaConf.create(
+        {
+            "name": "adapter",
+            "kind": "houlsby",
+            "lr": 1e-3,
+            "bottleneck": 4,
+            "activation": "relu",
+            "init_std": 1e-2,
+        }
+    )
     ctx = MethodContext(head_modules=["score"], peft_task_type="SEQ_CLS", model_type="llama")
     model = apply_method(model, cfg, ctx)
     n_adapters = sum(1 for n, _ in model.named_modules() if n.endswith(".adapter"))

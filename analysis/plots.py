@@ -1,0 +1,137 @@
+"""Score vs cost plots with the Pareto frontier, one panel per (model, task).
+
+Figures are built with the object API on an Agg canvas: no pyplot global state and no
+display needed, so plotting works the same on a headless cluster node and in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analysis.stats import pareto_front
+from analysis.tables import TaskInfo, task_infos
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    """One cost to put on the x axis."""
+
+    column: str
+    label: str
+    log: bool
+    divisor: float = 1.0
+
+
+COST_AXES = {
+    "score_vs_params": CostAxis("trainable_pct", "% trainable parameters", log=True),
+    "score_vs_time": CostAxis("train_time_s", "train time (s)", log=False),
+    "score_vs_memory": CostAxis("peak_mem_bytes", "peak memory (MB)", log=False, divisor=1e6),
+}
+FORMATS = ("png", "svg")
+
+
+def plot_all(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Writes every plot of :data:`COST_AXES` whose cost was recorded by some run.
+
+    Args:
+        agg: Output of ``stats.aggregate``.
+        out_dir: Existing directory to write into.
+
+    Returns:
+        Paths written (PNG and SVG per plot).
+    """
+    written = []
+    for stem, axis in COST_AXES.items():
+        if agg[axis.column].notna().any():
+            written += plot_score_vs_cost(agg, axis, out_dir / stem)
+    return written
+
+
+def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> list[Path]:
+    """Plots score against one cost: rows are models, columns are tasks.
+
+    Each method is a labelled point with error bars (sample std over seeds); the dashed step
+    line is the Pareto frontier, the best score reachable at or below each cost.
+
+    Args:
+        agg: Output of ``stats.aggregate``.
+        axis: Which cost goes on the x axis.
+        out_stem: Output path without suffix; one file per format in :data:`FORMATS`.
+
+    Returns:
+        Paths written.
+    """
+    tasks = task_infos(agg)
+    models = sorted(agg["model"].unique())
+    names = sorted(tasks)
+    fig = Figure(figsize=(4.2 * len(names), 3.4 * len(models)), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(len(models), len(names), squeeze=False)
+    colors = _method_colors(agg)
+    for row, model in enumerate(models):
+        for col, name in enumerate(names):
+            panel = agg[(agg["model"] == model) & (agg["task"] == name)]
+            title = name if len(models) == 1 else f"{name} ({model})"
+            _draw_panel(grid[row][col], panel, tasks[name], axis, colors, title)
+    written = []
+    for fmt in FORMATS:
+        path = out_stem.with_suffix(f".{fmt}")
+        # No date in the metadata: an unchanged report then gives byte-identical files.
+        fig.savefig(path, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+        written.append(path)
+    return written
+
+
+def _method_colors(agg: pd.DataFrame) -> dict[str, tuple[float, ...]]:
+    """One colour per method, the same in every panel."""
+    palette = colormaps["tab10"]
+    methods = sorted(agg["method_label"].unique())
+    return {m: palette(i % palette.N) for i, m in enumerate(methods)}
+
+
+def _draw_panel(
+    ax: Axes,
+    panel: pd.DataFrame,
+    task: TaskInfo,
+    axis: CostAxis,
+    colors: dict[str, tuple[float, ...]],
+    title: str,
+) -> None:
+    panel = panel[panel[axis.column].notna()]
+    if axis.log:
+        panel = panel[panel[axis.column] > 0]  # a log axis cannot show zero cost
+    x = panel[axis.column].to_numpy(dtype=float) / axis.divisor
+    y = panel["mean"].to_numpy(dtype=float) * task.scale
+    yerr = np.nan_to_num(panel["std"].to_numpy(dtype=float) * task.scale)  # n=1: no bar
+    for xi, yi, ei, method in zip(x, y, yerr, panel["method_label"], strict=True):
+        ax.errorbar(xi, yi, yerr=ei, fmt="o", capsize=3, color=colors[method])
+        ax.annotate(method, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if x.size:
+        _draw_frontier(ax, x, y, higher_is_better=task.higher_is_better)
+    else:
+        ax.text(0.5, 0.5, "no runs with this cost", transform=ax.transAxes, ha="center")
+    ax.margins(x=0.12)  # room for the method labels at the edges
+    if axis.log:
+        ax.set_xscale("log")
+    unit = " ×100" if task.scale != 1 else ""
+    arrow = "↑" if task.higher_is_better else "↓"
+    ax.set(title=title, xlabel=axis.label, ylabel=f"{task.metric} ({task.split}){unit} {arrow}")
+    ax.grid(alpha=0.3)
+
+
+def _draw_frontier(ax: Axes, x: np.ndarray, y: np.ndarray, *, higher_is_better: bool) -> None:
+    front = pareto_front(x, y, higher_is_better=higher_is_better)
+    order = np.argsort(x[front])
+    fx, fy = x[front][order], y[front][order]
+    # Carry the last level to the costliest point: spending more does not buy a better score.
+    fx, fy = np.append(fx, x.max()), np.append(fy, fy[-1])
+    ax.step(fx, fy, where="post", linestyle="--", color="0.5", lw=1, label="Pareto frontier")
+    ax.legend(fontsize=7, loc="best")

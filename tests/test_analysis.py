@@ -1,0 +1,393 @@
+"""Tests of analysis/: records -> stats -> tables, plots and report.
+
+Expected numbers are worked out by hand from the fixture records in tests/fixtures/records
+(model minilm-l6, test split, higher is better):
+
+    task      method  seeds               mean  sample std (ddof=1)
+    polarity  lora    0.80 0.82 0.84      0.82  0.02
+    polarity  bitfit  0.79 0.81           0.80  sqrt(0.0002) = 0.01414
+    polarity  prompt  0.60 0.64           0.62  sqrt(0.0008) = 0.02828
+    topic     lora    0.70 0.72           0.71  0.01414
+    topic     bitfit  0.75 0.77 0.79      0.77  0.02
+    topic     prompt  0.50                0.50  NaN (one seed); seed 1 ran out of memory
+
+Traps in the fixtures: an older success of polarity--minilm-l6--lora--s1 scoring 0.10, a
+newer synthetic-weight run of polarity--minilm-l6--lora--s0 scoring 0.99, and corrupt.json.
+
+Bootstrap CI by hand: with 2 seeds a resampled mean is min, mid or max with probability
+1/4, 1/2, 1/4; with 3 seeds it is min (or max) with probability 1/27 = 3.7%. Both exceed
+2.5%, so the 95% percentile interval is exactly [min, max] for n = 2 and n = 3.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.records import (
+    COLUMNS,
+    RecordWarning,
+    latest_success,
+    load_records,
+    quality_runs,
+    select,
+)
+from analysis.report import build_report
+from analysis.stats import aggregate, bootstrap_ci, pareto_front, summarize
+from analysis.tables import build_tables, latex_escape, to_markdown
+
+FIXTURES = Path(__file__).parent / "fixtures" / "records"
+pytestmark = pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+
+LORA_POLARITY_S1 = "polarity--minilm-l6--lora--s1"
+LORA_POLARITY_S0 = "polarity--minilm-l6--lora--s0"
+OOM_RUN = "topic--minilm-l6--prompt--s1"
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    """A copy of the fixture records, so a report never writes into tests/fixtures."""
+    return Path(shutil.copytree(FIXTURES, tmp_path / "results"))
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One report on a copy of the fixtures, shared by the tests that only read it."""
+    results = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("shared") / "results"))
+    build_report(results)
+    return results / "report"
+
+
+@pytest.fixture
+def records() -> pd.DataFrame:
+    return load_records(FIXTURES)
+
+
+def _table_cells(markdown: str) -> dict[str, dict[str, str]]:
+    """Parses the first pipe table into {method: {column: cell text}}."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def _write_record(path: Path, **overrides: object) -> None:
+    """Writes a copy of a fixture success record with top-level fields replaced."""
+    base = json.loads((FIXTURES / "2026-11-23_11-00-00" / f"{LORA_POLARITY_S0}.json").read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(base | overrides))
+
+
+# ---------------------------------------------------------------------------------- records
+
+
+def test_load_records_warns_and_skips_the_corrupt_file() -> None:
+    with pytest.warns(RecordWarning, match="corrupt.json"):
+        df = load_records(FIXTURES)
+    # 13 successes + 1 oom in the main sweep, 1 older duplicate, 1 synthetic run.
+    assert len(df) == 16
+    assert list(df.columns) == COLUMNS
+    assert df["status"].value_counts().to_dict() == {"success": 15, "oom": 1}
+
+
+def test_load_records_flattens_fields(records: pd.DataFrame) -> None:
+    row = records[records["run_id"] == LORA_POLARITY_S1].sort_values("created_at").iloc[-1]
+    assert row["primary_value"] == 0.82
+    assert row["trainable_pct"] == 0.33
+    assert row["higher_is_better"]
+    # allocated (1.5 GB) is recorded for lora, so it wins over rss (0.9 GB).
+    assert row["peak_mem_bytes"] == 1_500_000_000
+    assert row["peak_rss_bytes"] == 900_000_000
+    bitfit = records[records["method"] == "bitfit"].iloc[0]
+    assert bitfit["peak_mem_bytes"] == 800_000_000  # allocated is null: falls back to rss
+    assert records["created_at"].dt.tz is not None
+
+
+def test_load_records_skips_files_that_are_not_records(tmp_path: Path) -> None:
+    (tmp_path / "list.json").write_text("[1, 2]")
+    _write_record(tmp_path / "future.json", schema_version=2)
+    _write_record(tmp_path / "no_value.json", metrics={"primary": {"value": None}})
+    _write_record(tmp_path / "deep" / "er" / "ok.json")
+    with pytest.warns(RecordWarning) as caught:
+        df = load_records(tmp_path)
+    assert sorted(Path(str(w.message).split()[1].rstrip(":")).name for w in caught) == [
+        "future.json",
+        "list.json",
+        "no_value.json",
+    ]
+    assert list(df["path"].map(lambda p: Path(p).name)) == ["ok.json"]  # found recursively
+
+
+def test_load_records_of_empty_dir_has_all_columns(tmp_path: Path) -> None:
+    df = load_records(tmp_path)
+    assert df.empty and list(df.columns) == COLUMNS
+
+
+def test_select_accepts_strings_and_lists(records: pd.DataFrame) -> None:
+    assert set(select(records, task="topic")["task"]) == {"topic"}
+    both = select(records, method=["lora", "prompt"], task="polarity")
+    assert set(both["method"]) == {"lora", "prompt"}
+    assert set(both["task"]) == {"polarity"}
+    assert len(select(records, sweep="2026-11-20_09-00-00")) == 1
+    assert len(select(records)) == len(records)
+
+
+def test_latest_success_keeps_the_newest_record_of_a_run(records: pd.DataFrame) -> None:
+    latest = latest_success(records)
+    assert latest.loc[latest["run_id"] == LORA_POLARITY_S1, "primary_value"].tolist() == [0.82]
+    assert OOM_RUN not in set(latest["run_id"])
+    # The synthetic run shares a run_id with a real one but must not shadow it.
+    s0 = latest[latest["run_id"] == LORA_POLARITY_S0].set_index("weights")["primary_value"]
+    assert s0.to_dict() == {"pretrained": 0.80, "synthetic": 0.99}
+
+
+def test_quality_runs_drop_synthetic_failed_and_superseded(records: pd.DataFrame) -> None:
+    runs = quality_runs(records)
+    assert len(runs) == 13
+    assert runs["run_id"].is_unique
+    assert set(runs["weights"]) == {"pretrained"}
+    assert set(runs["status"]) == {"success"}
+
+
+# ------------------------------------------------------------------------------------ stats
+
+
+def test_summarize_by_hand() -> None:
+    s = summarize([0.80, 0.82, 0.84])
+    assert (s.mean, s.n) == (pytest.approx(0.82), 3)
+    assert s.std == pytest.approx(0.02)  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(0.80), pytest.approx(0.84))
+    two = summarize([0.79, 0.81])
+    assert two.std == pytest.approx(math.sqrt(0.0002))
+    assert (two.ci_low, two.ci_high) == (pytest.approx(0.79), pytest.approx(0.81))
+
+
+def test_summarize_one_seed_has_no_std_and_a_point_ci() -> None:
+    s = summarize([0.5])
+    assert math.isnan(s.std)
+    assert (s.mean, s.n, s.ci_low, s.ci_high) == (0.5, 1, 0.5, 0.5)
+
+
+def test_bootstrap_ci_is_deterministic_and_narrows_with_more_seeds() -> None:
+    values = np.arange(20, dtype=float)  # mean 9.5
+    low, high = bootstrap_ci(values)
+    assert (low, high) == bootstrap_ci(values)
+    # The standard error is 5.9 / sqrt(20) = 1.3, so the CI is about 9.5 +- 2.6.
+    assert 6.0 < low < 9.5 < high < 13.0
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def test_pareto_front_by_hand() -> None:
+    cost = [0.01, 0.1, 0.35, 0.1, 1.0]
+    score = [0.50, 0.77, 0.71, 0.60, 0.90]
+    # 0.35 scores less than 0.1 (dominated), the second 0.1 point scores less at equal cost.
+    assert pareto_front(cost, score).tolist() == [True, True, False, False, True]
+    # Paying more for the same score is no progress.
+    assert pareto_front([1.0, 2.0], [0.5, 0.5]).tolist() == [True, False]
+    loss = [3.0, 2.0, 2.5]
+    assert pareto_front([1, 2, 3], loss, higher_is_better=False).tolist() == [True, True, False]
+
+
+def test_aggregate_rejects_records_that_are_not_a_quality_view(records: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="quality_runs"):
+        aggregate(records)
+    with pytest.raises(ValueError, match="synthetic"):
+        aggregate(latest_success(records))
+
+
+def test_aggregate_rejects_a_task_that_mixes_metrics(records: pd.DataFrame) -> None:
+    runs = quality_runs(records)
+    runs.loc[runs.index[0], "primary_name"] = "f1"
+    with pytest.raises(ValueError, match="mixes primary_name"):
+        aggregate(runs)
+
+
+def test_aggregate_by_hand(records: pd.DataFrame) -> None:
+    agg = aggregate(quality_runs(records)).set_index(["task", "method_label"])
+    assert agg.loc[("polarity", "lora"), "mean"] == pytest.approx(0.82)  # not 0.10, not 0.99
+    assert agg.loc[("polarity", "lora"), "n"] == 3
+    assert agg.loc[("topic", "prompt"), "n"] == 1  # the oom seed is not counted
+    assert agg.loc[("topic", "bitfit"), "std"] == pytest.approx(0.02)
+    assert agg.loc[("polarity", "lora"), "trainable_pct"] == pytest.approx(0.33)
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def test_comparison_table_by_hand(records: pd.DataFrame) -> None:
+    (table,) = build_tables(aggregate(quality_runs(records)))
+    assert table.model == "minilm-l6"
+    assert table.methods == ["bitfit", "lora", "prompt"]
+    assert table.best["polarity"] == {"lora"}
+    assert table.best["topic"] == {"bitfit"}
+    # bitfit's CI [0.79, 0.81] overlaps lora's [0.80, 0.84]; prompt's [0.60, 0.64] does not.
+    assert table.tied["polarity"] == {"bitfit"}
+    # lora's CI [0.70, 0.72] stays below bitfit's [0.75, 0.79]; prompt's [0.5, 0.5] too.
+    assert table.tied["topic"] == set()
+    # Avg.: bitfit (0.80 + 0.77) / 2, lora (0.82 + 0.71) / 2, prompt (0.62 + 0.50) / 2.
+    assert table.avg.to_dict() == pytest.approx({"bitfit": 0.785, "lora": 0.765, "prompt": 0.56})
+    # Ranks: polarity lora 1, bitfit 2, prompt 3; topic bitfit 1, lora 2, prompt 3.
+    assert table.avg_rank.to_dict() == {"bitfit": 1.5, "lora": 1.5, "prompt": 3.0}
+    assert table.best["Avg. rank"] == {"bitfit", "lora"}
+    # % trainable of lora: mean over tasks of 0.33 (polarity) and 0.35 (topic).
+    assert table.cost.loc["lora", "trainable_pct"] == pytest.approx(0.34)
+
+
+def test_markdown_cells_by_hand(records: pd.DataFrame) -> None:
+    markdown = to_markdown(build_tables(aggregate(quality_runs(records))))
+    cells = _table_cells(markdown)
+    assert cells["lora"]["polarity"] == "**82.0 ± 2.0**"
+    assert cells["bitfit"]["polarity"] == "80.0 ± 1.4†"
+    assert cells["prompt"]["polarity"] == "62.0 ± 2.8"
+    assert cells["bitfit"]["topic"] == "**77.0 ± 2.0**"
+    assert cells["lora"]["topic"] == "71.0 ± 1.4"
+    assert cells["prompt"]["topic"] == "50.0"  # one seed: no ±
+    assert cells["bitfit"]["Avg."] == "**78.5**"
+    assert cells["prompt"]["Avg. rank"] == "3.00"
+    assert cells["lora"]["% params"] == "0.34"
+    assert cells["lora"]["Peak mem"] == "1.50 GB"
+    assert cells["bitfit"]["Peak mem"] == "0.80 GB"  # one unit per column
+    assert cells["lora"]["Artifact"] == "301.2 KB"
+    assert "×100" in markdown and "†:" in markdown  # caption and legend say what marks mean
+
+
+def _runs(rows: list[tuple[str, str, int, float]], *, metric: str, higher: bool) -> pd.DataFrame:
+    """Quality runs built in memory: (task, method, seed, value) per row."""
+    df = pd.DataFrame(
+        [{"task": t, "model": "m", "method": m, "method_label": m, "seed": s,
+          "primary_value": v, "run_id": f"{t}--m--{m}--s{s}"} for t, m, s, v in rows]
+    )  # fmt: skip
+    return df.assign(
+        status="success", weights="pretrained", primary_name=metric, primary_split="test",
+        higher_is_better=higher, task_version=1, budget_pct=math.nan, trainable_pct=1.0,
+        peak_mem_bytes=math.nan, train_time_s=math.nan, tokens_per_s=math.nan,
+        artifact_bytes=math.nan,
+    )  # fmt: skip
+
+
+def test_lower_is_better_metric_is_not_scaled_and_min_wins() -> None:
+    runs = _runs(
+        [("lm", "a", 0, 2.0), ("lm", "a", 1, 2.2), ("lm", "b", 0, 3.0), ("lm", "b", 1, 3.4)],
+        metric="perplexity",
+        higher=False,
+    )
+    (table,) = build_tables(aggregate(runs))
+    assert table.tasks[0].scale == 1.0  # values above 1 are shown as they are
+    assert table.best["lm"] == {"a"}
+    assert table.avg_rank.to_dict() == {"a": 1.0, "b": 2.0}
+    cells = _table_cells(to_markdown([table]))
+    assert cells["a"]["lm"] == "**2.1 ± 0.1**"  # std of (2.0, 2.2) = sqrt(0.02) = 0.141
+    assert cells["b"]["lm"] == "3.2 ± 0.3"
+    assert cells["b"]["Peak mem"] == "–"
+
+
+def test_avg_is_omitted_when_tasks_differ_in_direction() -> None:
+    acc = _runs([("cls", "a", 0, 0.9), ("cls", "b", 0, 0.8)], metric="accuracy", higher=True)
+    ppl = _runs([("lm", "a", 0, 3.0), ("lm", "b", 0, 2.0)], metric="perplexity", higher=False)
+    (table,) = build_tables(aggregate(pd.concat([acc, ppl], ignore_index=True)))
+    assert table.avg.isna().all()
+    assert table.avg_rank.to_dict() == {"a": 1.5, "b": 1.5}
+    assert _table_cells(to_markdown([table]))["a"]["Avg."] == "–"
+
+
+def test_avg_best_only_among_methods_run_on_every_task() -> None:
+    runs = _runs(
+        [("t1", "a", 0, 0.8), ("t2", "a", 0, 0.7), ("t1", "c", 0, 0.9)],
+        metric="accuracy",
+        higher=True,
+    )
+    (table,) = build_tables(aggregate(runs))
+    # c averages one easy task (0.9) and ranks first there; a averages (0.8 + 0.7) / 2.
+    assert table.avg.to_dict() == pytest.approx({"a": 0.75, "c": 0.9})
+    assert table.avg_rank.to_dict() == {"a": 1.5, "c": 1.0}
+    assert table.best["Avg."] == table.best["Avg. rank"] == {"a"}
+    assert _table_cells(to_markdown([table]))["c"]["t2"] == "–"
+
+
+def test_latex_escape() -> None:
+    assert latex_escape("macro_f1 & 5% #1") == r"macro\_f1 \& 5\% \#1"
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def test_build_report_writes_every_file(results_dir: Path) -> None:
+    written = build_report(results_dir)
+    out = results_dir / "report"
+    names = {p.name for p in written}
+    expected = {"comparison.md", "comparison.csv", "comparison.tex", "failures.md"}
+    for stem in ("score_vs_params", "score_vs_time", "score_vs_memory"):
+        expected |= {f"{stem}.png", f"{stem}.svg"}
+    assert names == expected
+    assert all(p.parent == out and p.stat().st_size > 0 for p in written)
+    png = (out / "score_vs_params.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (out / "score_vs_params.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_report_csv_numbers_by_hand(report_dir: Path) -> None:
+    with open(report_dir / "comparison.csv", newline="") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    lora = rows["lora"]
+    assert float(lora["polarity/mean"]) == pytest.approx(0.82)  # raw, not x100
+    assert float(lora["polarity/std"]) == pytest.approx(0.02)
+    assert lora["polarity/n"] == "3"
+    assert float(lora["polarity/ci_low"]) == pytest.approx(0.80)
+    assert float(lora["polarity/ci_high"]) == pytest.approx(0.84)
+    prompt = rows["prompt"]
+    assert prompt["topic/std"] == ""  # NaN for one seed
+    assert float(prompt["topic/ci_low"]) == float(prompt["topic/ci_high"]) == 0.5
+    assert float(rows["bitfit"]["avg"]) == pytest.approx(0.785)
+    assert float(rows["bitfit"]["avg_rank"]) == 1.5
+
+
+def test_report_latex_is_booktabs_and_escaped(report_dir: Path) -> None:
+    tex = (report_dir / "comparison.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\textbf{82.0 $\pm$ 2.0}" in tex
+    assert r"80.0 $\pm$ 1.4$^\dagger$" in tex
+    assert r"macro\_f1" in tex and "macro_f1" not in tex
+    assert r"\% params" in tex and r"95\%" in tex
+    assert " 95%" not in tex  # an unescaped % would comment out the rest of the caption
+
+
+def test_report_lists_failures_with_the_first_error_line(report_dir: Path) -> None:
+    failures = (report_dir / "failures.md").read_text()
+    assert f"| {OOM_RUN} | oom | CUDA out of memory. Tried to allocate 2.00 GiB | no |" in failures
+    assert "Traceback" not in failures
+    assert "| 1 |" not in failures and "(1)" in failures
+
+
+def test_report_filters_and_removes_a_stale_failure_list(results_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "failures.md").write_text("stale")
+    written = build_report(results_dir, out, filters={"task": "polarity"})
+    assert not (out / "failures.md").exists()  # the only failure is a topic run
+    assert all(p.parent == out for p in written)
+    cells = _table_cells((out / "comparison.md").read_text())
+    assert set(cells["lora"]) >= {"polarity"} and "topic" not in cells["lora"]
+    assert cells["lora"]["Avg. rank"] == "**1.00**"
+
+
+def test_report_without_successes_says_where_and_what_it_found(tmp_path: Path) -> None:
+    for folder, run_id in (
+        ("2026-11-23_11-00-00", OOM_RUN),
+        ("2026-11-24_08-00-00", LORA_POLARITY_S0),
+    ):
+        shutil.copy(FIXTURES / folder / f"{run_id}.json", tmp_path / f"{folder}-{run_id}.json")
+    with pytest.raises(ValueError) as err:
+        build_report(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(tmp_path) in message
+    assert "oom=1" in message and "success=1" in message and "synthetic" in message
+    assert not (tmp_path / "report").exists()
