@@ -1,6 +1,8 @@
 """Entry point: `python run.py` runs one cell, `python run.py -m method=lora,prefix` a sweep."""
 
 import os
+import sys
+from pathlib import Path
 
 # Offline by default: without these, Hub look-ups stall 20-50 s before failing on a machine
 # with no network. Users with network set HF_HUB_OFFLINE=0 to load Hub ids.
@@ -13,10 +15,18 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
+    from peftbench.config import input_errors_exit
     from peftbench.experiment import run
 
-    return run(cfg)
+    with input_errors_exit():  # a bad config, data file or asset: one line, exit 2
+        return run(cfg)
 
 
 if __name__ == "__main__":
+    from peftbench.config import ConfigError, check_command_line, exit_with
+
+    try:  # every job of the sweep, before Hydra starts or torch is imported
+        check_command_line(sys.argv[1:], conf_dir=Path(__file__).resolve().parent / "conf")
+    except ConfigError as error:
+        exit_with(str(error))
     main()

@@ -15,6 +15,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from analysis.stats import pareto_front
 from analysis.tables import TaskInfo, task_infos
@@ -72,15 +73,34 @@ def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> lis
     tasks = task_infos(agg)
     models = sorted(agg["model"].unique())
     names = sorted(tasks)
-    fig = Figure(figsize=(4.2 * len(names), 3.4 * len(models)), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.2 * len(names), 3.4 * len(models))
     grid = fig.subplots(len(models), len(names), squeeze=False)
-    colors = _method_colors(agg)
+    colors = method_colors(agg)
     for row, model in enumerate(models):
         for col, name in enumerate(names):
             panel = agg[(agg["model"] == model) & (agg["task"] == name)]
             title = name if len(models) == 1 else f"{name} ({model})"
             _draw_panel(grid[row][col], panel, tasks[name], axis, colors, title)
+    return save_figure(fig, out_stem)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas (no pyplot state), laid out to fit its labels."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, out_stem: Path) -> list[Path]:
+    """Saves ``fig`` once per format in :data:`FORMATS`.
+
+    Args:
+        fig: The figure.
+        out_stem: Output path without suffix.
+
+    Returns:
+        Paths written.
+    """
     written = []
     for fmt in FORMATS:
         path = out_stem.with_suffix(f".{fmt}")
@@ -90,8 +110,8 @@ def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> lis
     return written
 
 
-def _method_colors(agg: pd.DataFrame) -> dict[str, tuple[float, ...]]:
-    """One colour per method, the same in every panel."""
+def method_colors(agg: pd.DataFrame) -> dict[str, tuple[float, ...]]:
+    """One colour per method label, the same in every panel and every plot."""
     palette = colormaps["tab10"]
     methods = sorted(agg["method_label"].unique())
     return {m: palette(i % palette.N) for i, m in enumerate(methods)}
@@ -118,9 +138,14 @@ def _draw_panel(
         _draw_frontier(ax, x, y, higher_is_better=task.higher_is_better)
     else:
         ax.text(0.5, 0.5, "no runs with this cost", transform=ax.transAxes, ha="center")
-    ax.margins(x=0.12)  # room for the method labels at the edges
+    ax.margins(x=0.12, y=0.12)  # room for the method labels at the edges
     if axis.log:
         ax.set_xscale("log")
+        # plain numbers at 1-2-5 steps (0.2, 0.5, 1, 2) rather than crowded 3×10⁻¹ labels
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
     unit = " ×100" if task.scale != 1 else ""
     arrow = "↑" if task.higher_is_better else "↓"
     ax.set(title=title, xlabel=axis.label, ylabel=f"{task.metric} ({task.split}){unit} {arrow}")

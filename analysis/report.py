@@ -1,4 +1,5 @@
-"""Records -> comparison tables, plots and a failure list in one report directory."""
+"""Records -> comparison tables, plots, a reproducibility section, a failure list and one
+self-contained HTML page, all in one report directory."""
 
 from __future__ import annotations
 
@@ -7,12 +8,29 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import repro
+from analysis.comparisons import plot_average_rank, plot_budget_matched
+from analysis.convergence import plot_convergence
+from analysis.page import PAGE, Plot, render_page
 from analysis.plots import plot_all
 from analysis.records import SUCCESS, SYNTHETIC, load_records, quality_runs, select
 from analysis.stats import aggregate
-from analysis.tables import build_tables, to_csv, to_latex, to_markdown
+from analysis.tables import ComparisonTable, build_tables, to_csv, to_html, to_latex, to_markdown
+from peftbench.secrets import scrub
 
 FAILURES_FILE = "failures.md"
+REPRO_FILE = "reproducibility.md"
+# Caption of each plot in the HTML page, by file stem (the page shows them in this order).
+PLOT_CAPTIONS = {
+    "score_vs_params": "Score vs % trainable parameters (log x), with the Pareto frontier.",
+    "score_vs_memory": "Score vs peak memory, with the Pareto frontier.",
+    "score_vs_time": "Score vs training time, with the Pareto frontier.",
+    "convergence": "Dev score vs optimizer step (top) and vs seconds (bottom); mean over "
+    "seeds, band = range over seeds.",
+    "average_rank": "Average rank over tasks (bars) and the rank on each task (markers).",
+    "budget_matched": "Score at matched trainable-parameter budgets; dashed: methods run "
+    "without a budget.",
+}
 
 
 def build_report(
@@ -23,7 +41,10 @@ def build_report(
     Quality outputs use the latest successful record of each run_id and never runs on
     synthetic weights. Writes ``comparison.md``, ``comparison.csv``, ``comparison.tex``,
     ``score_vs_params.{png,svg}`` (plus ``score_vs_time`` and ``score_vs_memory`` when those
-    costs were recorded) and, when some runs did not succeed, ``failures.md``.
+    costs were recorded), ``convergence`` (when histories have dev points), ``average_rank``,
+    ``budget_matched`` (when runs carry budgets), ``reproducibility.md``, ``report.html``
+    (everything in one self-contained page) and, when some runs did not succeed,
+    ``failures.md``. Every text output is scrubbed of secrets.
 
     Args:
         results_dir: Directory of run records (searched recursively).
@@ -45,11 +66,20 @@ def build_report(
     agg = aggregate(runs)
     tables = build_tables(agg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows = repro.repro_rows(runs)
+    plots = [
+        *plot_all(agg, out_dir),
+        *plot_convergence(runs, agg, out_dir),
+        *plot_average_rank(tables, agg, out_dir),
+        *plot_budget_matched(agg, out_dir),
+    ]
     written = [
         _write(out_dir / "comparison.md", to_markdown(tables)),
         _write(out_dir / "comparison.csv", to_csv(tables)),
         _write(out_dir / "comparison.tex", to_latex(tables)),
-        *plot_all(agg, out_dir),
+        *plots,
+        _write(out_dir / REPRO_FILE, repro.to_markdown(rows)),
+        _write(out_dir / PAGE, _page(tables, plots, rows, runs, records)),
     ]
     failures = records[records["status"] != SUCCESS]
     if failures.empty:
@@ -61,8 +91,31 @@ def build_report(
 
 
 def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
+    path.write_text(scrub(text), encoding="utf-8")
     return path
+
+
+def _page(
+    tables: list[ComparisonTable],
+    plots: list[Path],
+    rows: list[repro.ReproRow],
+    runs: pd.DataFrame,
+    records: pd.DataFrame,
+) -> str:
+    pngs = {p.stem: p for p in plots if p.suffix == ".png"}
+    embedded = [
+        Plot(pngs[stem], caption) for stem, caption in PLOT_CAPTIONS.items() if stem in pngs
+    ]
+    failed = int((records["status"] != SUCCESS).sum())
+    note = f"{len(runs)} runs (latest success per run id, real weights only) of {len(records)} "
+    note += f"records; {failed} did not succeed (see {FAILURES_FILE})." if failed else "records."
+    return render_page(
+        title="peftbench: PEFT method comparison",
+        table_html=to_html(tables),
+        plots=embedded,
+        repro_html=repro.to_html(rows),
+        notes=[note],
+    )
 
 
 def _nothing_to_report(

@@ -6,6 +6,7 @@ once; the writers only format it, so Markdown, CSV and LaTeX cannot disagree.
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Callable
@@ -38,7 +39,8 @@ class ComparisonTable:
     methods: list[str]
     cells: pd.DataFrame  # index (method_label, task); columns SCORE_FIELDS
     avg: pd.Series  # per method; NaN when the tasks' scales or directions differ
-    avg_rank: pd.Series  # per method; 1 = best
+    ranks: pd.DataFrame  # per method (rows) and task (columns); 1 = best, ties averaged
+    avg_rank: pd.Series  # per method; mean of its rows in ranks
     cost: pd.DataFrame  # per method; COST_COLUMNS, mean over tasks of the seed means
     best: dict[str, frozenset[str]]  # per task (and "Avg.", "Avg. rank"): best methods
     tied: dict[str, frozenset[str]]  # per task: CI overlaps the best method's CI
@@ -100,7 +102,8 @@ def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> Com
         ranks[task.name] = column.rank(ascending=not task.higher_is_better, method="average")
         best[task.name] = frozenset(column[ranks[task.name] == ranks[task.name].min()].index)
         tied[task.name] = _tied_with_best(cells.xs(task.name, level="task"), best[task.name])
-    avg_rank = pd.DataFrame(ranks).mean(axis=1)
+    ranks = pd.DataFrame(ranks)
+    avg_rank = ranks.mean(axis=1)
     # Averages over different task sets are not comparable: only methods run on every task
     # of the table can be marked best.
     complete = means.notna().all(axis=1)
@@ -116,6 +119,7 @@ def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> Com
         methods=sorted(means.index),
         cells=cells,
         avg=avg,
+        ranks=ranks,
         avg_rank=avg_rank,
         cost=agg.groupby("method_label")[list(COST_COLUMNS)].mean(),
         best=best,
@@ -193,6 +197,16 @@ _LATEX = _Style(
     up=r"$\uparrow$",
     down=r"$\downarrow$",
     missing="--",
+)
+_HTML = _Style(
+    escape=html.escape,
+    bold=lambda s: f"<strong>{s}</strong>",
+    dagger="†",
+    pm="±",
+    times="×",
+    up="↑",
+    down="↓",
+    missing="–",
 )
 _COST_HEADERS = {
     "trainable_pct": "% params",
@@ -339,6 +353,33 @@ def to_markdown(tables: list[ComparisonTable]) -> str:
 
 def _pipe_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def to_html(tables: list[ComparisonTable]) -> str:
+    """Formats the tables as HTML ``<table>`` elements (class ``comparison``) with captions.
+
+    Args:
+        tables: Output of :func:`build_tables`.
+
+    Returns:
+        An HTML fragment: one ``<figure>`` per table, the legend below it. Every text from
+        a record is escaped.
+    """
+    parts = []
+    for number, table in enumerate(tables, start=1):
+        head = "".join(f"<th>{h}</th>" for h in _headers(table, _HTML))
+        body = "\n".join(
+            "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
+            for row in _rows(table, _HTML)
+        )
+        caption = _caption(table, f"<strong>Table {number}.</strong> ", _HTML)
+        parts.append(
+            f'<figure class="table">\n<figcaption>{caption}</figcaption>\n'
+            f'<table class="comparison" data-model="{html.escape(table.model)}">\n'
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
+            f'<p class="legend">{_legend(table, _HTML)}</p>\n</figure>'
+        )
+    return "\n".join(parts)
 
 
 def to_latex(tables: list[ComparisonTable]) -> str:

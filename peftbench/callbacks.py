@@ -1,8 +1,10 @@
-"""Hydra callbacks: build the comparison report when a sweep ends."""
+"""Hydra callbacks: a sweep progress line per job, and the report when a sweep ends."""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +12,43 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger("peftbench")
 
+# Launchers run jobs in this process or in children that inherit the environment.
+_TOTAL_ENV = "PEFTBENCH_SWEEP_TOTAL"
+
+
+def sweep_size(overrides: list[str]) -> int | None:
+    """Number of jobs a list of command-line overrides expands to (None if it can't tell)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return math.prod(
+            len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()
+        )
+    except Exception:  # e.g. glob() sweeps need the config repository to expand
+        return None
+
 
 class ReportAtSweepEnd(Callback):
-    """Writes tables and plots from every record in ``results_dir`` once a multirun ends."""
+    """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        total = sweep_size(list(config.hydra.overrides.task))
+        os.environ[_TOTAL_ENV] = str(total or "?")
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        if _TOTAL_ENV not in os.environ:  # a single run, not a sweep
+            return
+        summary = job_return.return_value if job_return.status.name == "COMPLETED" else None
+        status = summary["status"] if isinstance(summary, dict) else "error"
+        run_id = summary["run_id"] if isinstance(summary, dict) else "?"
+        number = int(config.hydra.job.num) + 1
+        log.info("[sweep] job %d/%s %s: %s", number, os.environ[_TOTAL_ENV], status, run_id)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from analysis.report import build_report
 
+        os.environ.pop(_TOTAL_ENV, None)
         results_dir = Path(config.results_dir)
         try:
             paths = build_report(results_dir=results_dir)

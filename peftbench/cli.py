@@ -4,6 +4,7 @@
     peftbench assets fetch [IDS] [--all]  fetch + verify (default: what the default config uses)
     peftbench assets verify [IDS]         re-hash cached files
     peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] ...
+    peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -61,6 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_assets_commands(commands)
     _add_report_command(commands)
+    _add_reproduce_command(commands)
+    _add_bench_command(commands)
     return parser
 
 
@@ -104,6 +107,38 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
             f"--{name}", nargs="+", metavar=name.upper(), help=f"keep these {name}s"
         )
     report.set_defaults(handler=_cmd_report)
+
+
+def _add_reproduce_command(commands: argparse._SubParsersAction) -> None:
+    reproduce = commands.add_parser(
+        "reproduce", help="re-run a recorded cell and check that its metrics match (exit 1 if not)"
+    )
+    reproduce.add_argument("run_id", metavar="RUN_ID", help="e.g. polarity--minilm-l6--lora--s0")
+    reproduce.add_argument("--results", type=Path, default=Path("results"), help="records folder")
+    reproduce.set_defaults(handler=_cmd_reproduce)
+
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmarks of the harness itself")
+    sub = bench.add_subparsers(title="benchmarks", metavar="BENCHMARK")
+    bench.set_defaults(handler=lambda _args: _print_help(bench))
+    overhead = sub.add_parser(
+        "overhead", help="step time and memory of a peftbench run vs a bare PyTorch + peft loop"
+    )
+    overhead.add_argument("--steps", type=int, default=40, help="training steps per run")
+    overhead.add_argument("--repeats", type=int, default=4, help="interleaved runs of each")
+    overhead.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. method=lora"
+    )
+    overhead.set_defaults(handler=_cmd_bench_overhead)
+
+
+def _cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from peftbench.bench import format_overhead, overhead  # lazy: torch
+
+    result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
+    print(format_overhead(result))
+    return 0
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -175,6 +210,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from analysis.reproduce import ReproduceError, format_report, reproduce  # lazy: torch
+
+    try:
+        result = reproduce(args.run_id, args.results)
+    except ReproduceError as exc:
+        raise _UserError(str(exc)) from None
+    print(format_report(result))
+    return 0 if result.identical else 1
 
 
 if __name__ == "__main__":

@@ -20,8 +20,19 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from peftbench.assets import cache_root
 from peftbench.batching import LengthGroupedBatchSampler, sorted_batches
-from peftbench.instrument import Clock, PeakMemory, StepTimer
+from peftbench.config import ConfigError, validate
+from peftbench.data_cache import cache_key, cached_encode
+from peftbench.instrument import (
+    Clock,
+    PeakMemory,
+    StepTimer,
+    forward_params,
+    inference_speed,
+    peak_tflops,
+    training_flops_per_token,
+)
 from peftbench.record import (
     SCHEMA_VERSION,
     code_info,
@@ -31,6 +42,7 @@ from peftbench.record import (
     utc_now,
     write_record,
 )
+from peftbench.secrets import scrub
 from peftbench.tracking import make_tracker
 
 log = logging.getLogger("peftbench")
@@ -77,6 +89,7 @@ def run(cfg: Any) -> dict:
     Returns:
         A short summary: run_id, status, the primary metric and the record's path.
     """
+    validate(cfg, cuda_available=torch.cuda.is_available())  # before anything is loaded
     results_dir = Path(cfg.results_dir)
     experiment = experiment_info(cfg)
     run_id = make_run_id(
@@ -91,7 +104,8 @@ def run(cfg: Any) -> dict:
         log.info("%s: already done, skipping (%s)", run_id, done)
         return {"run_id": run_id, "status": "skipped", "path": str(done)}
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    task = _prepare(cfg)  # bad names or data stop here: no record, no model loaded
+    config = scrub(OmegaConf.to_container(cfg, resolve=True))  # also what wandb receives
     record: dict = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -106,15 +120,11 @@ def run(cfg: Any) -> dict:
         cfg.tracker, run_id=run_id, config=config, experiment=experiment, results_dir=results_dir
     )
     try:
-        record.update(_execute(cfg, run_id, tracker))
+        record.update(_execute(cfg, run_id, tracker, task))
         record["status"] = "success"
     except Exception as error:  # a failed run is data; the sweep goes on
-        record.update(
-            status="failed",
-            error=f"{type(error).__name__}: {error}",
-            traceback=traceback.format_exc(limit=20),
-        )
-        log.error("%s: FAILED: %s", run_id, record["error"])
+        record.update(_failure(error, cfg))
+        log.error("%s: %s: %s", run_id, record["status"].upper(), record["error"])
     except KeyboardInterrupt:
         record.update(status="cancelled", error="KeyboardInterrupt")
         _finish(record, results_dir, tracker)
@@ -126,6 +136,79 @@ def run(cfg: Any) -> dict:
         "path": str(path),
         "primary": record.get("metrics", {}).get("primary"),
     }
+
+
+def _prepare(cfg: Any) -> Any:
+    """Checks every name the config gives and reads the data, before a record or a model.
+
+    Returns:
+        The task, with its splits read and checked.
+
+    Raises:
+        ConfigError: a method kind, task kind, reader or metric that is not registered.
+        DataError: a data file that is missing or malformed, or a split that would be empty.
+        AssetError: an offline asset (data or model) that cannot be fetched or verified.
+    """
+    from peftbench.assets import fetch
+    from peftbench.methods import METHOD_KINDS
+    from tasks import TASK_KINDS, build_task
+    from tasks.metrics import METRICS
+    from tasks.readers import READERS, DataError
+
+    names = [
+        (METHOD_KINDS.names(), "method kind", "method.kind", cfg.method.kind),
+        (TASK_KINDS.names(), "task kind", "task.kind", cfg.task.kind),
+        (READERS.names(), "data reader", "task.source.reader", cfg.task.source.reader),
+        *((list(METRICS), "metric", "task.metrics", m) for m in cfg.task.metrics),
+    ]
+    for valid, what, key, name in names:
+        if name not in valid:
+            raise ConfigError(f"unknown {what} {name!r} ({key})", f"valid: {', '.join(valid)}")
+    task = build_task(cfg.task)
+    empty = [split for split, rows in task.splits.items() if not rows]
+    if empty:
+        total = sum(len(rows) for rows in task.splits.values())
+        raise DataError(
+            f"task {task.name!r}: split {', '.join(empty)} would be empty ({total} examples "
+            "in all); add examples or change task.split.fractions"
+        )
+    if cfg.model.source.get("asset"):
+        fetch(cfg.model.source.asset)  # verified (sha256) before the run starts
+    return task
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _failure(error: Exception, cfg: Any) -> dict:
+    """The record fields of a run that raised: status failed, oom or diverged, and the step."""
+    status, message = "failed", f"{type(error).__name__}: {error}"
+    if _is_oom(error):
+        status = "oom"
+        message += (
+            f"; to fit, lower train.batch_size (now {cfg.train.batch_size}) or "
+            f"task.max_length (now {cfg.task.max_length}), or enable gradient checkpointing"
+        )
+    elif isinstance(error, FloatingPointError):
+        status = "diverged"
+        message += f"; lower method.lr (now {cfg.method.lr}) or train.max_grad_norm"
+    return {
+        "status": status,
+        "error": message,
+        # set by the training loop: the optimisation step that was running (1-based)
+        "error_step": getattr(error, "step", None),
+        # a method that refuses a model, task or machine is a config error: one line suffices
+        "traceback": None if _is_refusal(error) else traceback.format_exc(limit=20),
+    }
+
+
+def _is_refusal(error: Exception) -> bool:
+    from peftbench.methods.base import MethodNotApplicable
+
+    return isinstance(error, MethodNotApplicable)
 
 
 def _finish(record: dict, results_dir: Path, tracker: Any) -> Path:
@@ -147,13 +230,28 @@ def _finish(record: dict, results_dir: Path, tracker: Any) -> Path:
 
 
 def _loaders(
-    task: Any, tokenizer: Any, cfg: Any, seed: int
-) -> tuple[dict[str, DataLoader], dict[str, int]]:
-    """Encodes every split; returns its loaders and how many examples each split truncated."""
+    task: Any,
+    tokenizer: Any,
+    cfg: Any,
+    *,
+    seed: int,
+    cache_dir: Path | None,
+    pin_memory: bool = False,
+) -> tuple[dict[str, DataLoader], dict]:
+    """Encodes every split (through the on-disk cache); returns loaders and data facts.
+
+    The facts: how many examples each split truncated, and whether the encodings came from
+    the cache and how long loading or tokenizing took. ``train.num_workers`` collate in
+    background processes; pinned memory speeds up host-to-GPU copies.
+    """
     collate = partial(task.collate, tokenizer=tokenizer)
-    loaders, truncated = {}, {}
+    loaders, truncated, tokenize = {}, {}, {}
     for split, rows in task.splits.items():
-        features = task.encode(rows, tokenizer)
+        features, tokenize[split] = cached_encode(
+            partial(task.encode, rows, tokenizer),
+            key=cache_key(task, split, tokenizer),
+            cache_dir=cache_dir,
+        )
         truncated[split] = task.count_truncated(features)
         lengths = [len(f["input_ids"]) for f in features]
         if split == "train":
@@ -162,19 +260,99 @@ def _loaders(
             )
         else:
             batches = sorted_batches(lengths, int(cfg.eval_batch_size))
-        loaders[split] = DataLoader(features, batch_sampler=batches, collate_fn=collate)
-    return loaders, truncated
+        loaders[split] = DataLoader(
+            features,
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=int(cfg.num_workers),
+            pin_memory=pin_memory,
+        )
+    return loaders, {"n_truncated": truncated, "tokenize": tokenize}
 
 
 def _count(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
+def _accelerate(model: torch.nn.Module, device: torch.device, cfg: Any) -> torch.dtype | None:
+    """GPU settings: TF32 matmuls, optional gradient checkpointing, the autocast dtype.
+
+    ``train.precision``: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere (CPU bf16 is
+    slower than fp32 on most CPUs); ``bf16`` or ``fp32`` force it.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def _compute_cost(
+    model: torch.nn.Module, timer: StepTimer, trainable: int, device: torch.device, cfg: Any
+) -> dict:
+    """Analytic FLOPs of the run and, on a GPU with a known peak, model FLOPs utilisation."""
+    per_token = training_flops_per_token(forward_params(model), trainable)
+    measured = per_token * timer.padded_tokens / timer.measured_seconds
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = peak_tflops(name, cfg.get("peak_tflops")) if device.type == "cuda" else None
+    return {
+        "flops_per_token": per_token,
+        "flops": per_token * timer.padded_tokens_all,
+        "achieved_tflops": measured / 1e12,
+        "mfu": measured / (peak * 1e12) if peak else None,
+    }
+
+
+def _inference_cost(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict:
+    """Forward latency on the test split as trained and, where the method can merge, merged.
+
+    Measured last: merging rewrites the model in place.
+    """
+    result = {"unmerged": inference_speed(model, loader, device), "merged": None}
+    merged = _merged(model)
+    if merged is not None:
+        result["merged"] = inference_speed(merged, loader, device)
+    return result
+
+
+def _merged(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model with its adapter weights folded in, or None if the method cannot merge."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
+        return None
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None  # a peft tuner without merge support
+
+
+def _first_batches(loader: DataLoader, device: torch.device, n: int) -> list[dict]:
+    """The first ``n`` training batches on ``device`` (calibration data for a method).
+
+    The shuffling generator is put back afterwards, so a method that reads calibration data
+    trains on the same batch order as every other method of the sweep.
+    """
+    generator = loader.batch_sampler.generator
+    state = generator.get_state()
+    batches = [
+        {k: v.to(device) for k, v in batch.items()}
+        for _, batch in zip(range(n), loader, strict=False)
+    ]
+    generator.set_state(state)
+    return batches
+
+
+def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     from peftbench.methods import MethodContext, apply_method, save_trainable
+    from peftbench.methods.base import count_trainable, step_hook
+    from peftbench.methods.budget import fit_budget
     from peftbench.models import load_backbone
-    from peftbench.train import evaluate, train
-    from tasks import build_task
+    from peftbench.train import evaluate, total_steps, train
 
     device = pick_device(cfg.device)
     seed_everything(int(cfg.seed))
@@ -182,26 +360,44 @@ def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
     memory.reset()
     setup_start = time.perf_counter()
 
-    task = build_task(cfg.task)
     backbone = load_backbone(cfg.model, task)
     base_params = _count(backbone.model)
     head_params = sum(_count(getattr(backbone.model, name)) for name in backbone.head_modules)
+    cache_dir = cache_root() / "tokenized" if cfg.data_cache else None
+    loaders, data_facts = _loaders(
+        task,
+        backbone.tokenizer,
+        cfg.train,
+        seed=int(cfg.seed),
+        cache_dir=cache_dir,
+        pin_memory=device.type == "cuda",
+    )
     context = MethodContext(
         head_modules=backbone.head_modules,
         peft_task_type=task.peft_task_type,
         model_type=backbone.model.config.model_type,
+        calibration_batches=partial(_first_batches, loaders["train"], device),
+        total_steps=total_steps(cfg.train, len(loaders["train"])),
     )
-    model = apply_method(backbone.model, cfg.method, context).to(device)
-    loaders, truncated = _loaders(task, backbone.tokenizer, cfg.train, int(cfg.seed))
+    method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
+    model = apply_method(backbone.model, method_cfg, context).to(device)
+    autocast_dtype = _accelerate(model, device, cfg.train)
     setup_time = time.perf_counter() - setup_start
 
     history: list[dict] = []
 
+    timer, eval_clock = StepTimer(int(cfg.train.warmup_steps_excluded), device), Clock()
+
     def log_row(row: dict) -> None:
+        if "train/loss" in row:  # the loop logs the loss; instrumentation adds its readings
+            row = {
+                **row,
+                "train/step_time_s": timer.durations[-1],
+                "train/peak_rss_bytes": memory.read()["rss"],
+            }
         history.append(row)
         tracker.log(row)
 
-    timer, eval_clock = StepTimer(int(cfg.train.warmup_steps_excluded), device), Clock()
     train_start = time.perf_counter()
     result = train(
         model,
@@ -215,15 +411,25 @@ def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
         eval_clock=eval_clock,
         log=log_row,
         description=run_id,
+        step_hook=step_hook(model),
+        autocast_dtype=autocast_dtype,
     )
     train_time = time.perf_counter() - train_start - eval_clock.seconds
     with eval_clock.measure():
-        test = evaluate(model, loaders["test"], task, device)
+        test = evaluate(model, loaders["test"], task, device, autocast_dtype)
     log_row({"step": result.steps, **{f"test/{k}": v for k, v in test.items()}})
 
-    trainable = _count(model, trainable_only=True)
+    trainable, total = _count(model, trainable_only=True), _count(model)
+    if budget is not None:  # what the sized method really trains, head excluded
+        reached = count_trainable(model, backbone.head_modules)[0]
+        budget["reached_pct"] = 100.0 * reached / budget["base"]
     with tempfile.TemporaryDirectory() as tmp:
         artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
+    peak_memory = memory.read()  # training's peak, before the inference measurements
+    compute = _compute_cost(model, timer, trainable, device, cfg.instrument)
+    inference = (
+        _inference_cost(model, loaders["test"], device) if cfg.instrument.inference else None
+    )
     return {
         "env": env_info(device),
         "data": {
@@ -231,24 +437,27 @@ def _execute(cfg: Any, run_id: str, tracker: Any) -> dict:
             "asset": task.cfg.source.get("asset"),
             "fingerprint": task.fingerprint,
             "n": {split: len(rows) for split, rows in task.splits.items()},
-            "n_truncated": truncated,
+            **data_facts,
         },
         "model_source": {"source": backbone.source, "weights": backbone.weights},
         "params": {
             "base": base_params,
-            "total": _count(model),
+            "total": total,
             "trainable": trainable,
             "trainable_pct": 100.0 * trainable / base_params,
             "head": head_params,
             "head_modules": backbone.head_modules,
             "artifact_bytes": artifact_bytes,
+            "budget": budget,  # method.budget_pct: requested, reached, knob and its value
         },
         "cost": {
             "setup_time_s": setup_time,
             "train_time_s": train_time,
             "eval_time_s": eval_clock.seconds,
             **timer.summary(),
-            "peak_mem_bytes": memory.read(),
+            **compute,
+            "peak_mem_bytes": peak_memory,
+            "inference": inference,
         },
         "metrics": {
             "primary": {

@@ -36,6 +36,8 @@ class StepTimer:
         self.durations: list[float] = []
         self.samples = 0
         self.tokens = 0
+        self.padded_tokens = 0  # what the hardware computed on, padding included
+        self.padded_tokens_all = 0  # the same, warm-up steps included (for the run's FLOPs)
 
     @contextmanager
     def step(self, batch: dict) -> Iterator[None]:
@@ -44,10 +46,12 @@ class StepTimer:
         if self.device.type == "cuda":  # kernels are asynchronous: wait before reading the clock
             torch.cuda.synchronize(self.device)
         self.durations.append(time.perf_counter() - start)
+        self.padded_tokens_all += batch["input_ids"].numel()
         if len(self.durations) > self.warmup:  # throughput counts measured steps only
             self.samples += len(batch["input_ids"])
             mask = batch.get("attention_mask")
             self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            self.padded_tokens += batch["input_ids"].numel()
 
     def summary(self) -> dict:
         warm = self.durations[: self.warmup]
@@ -66,7 +70,12 @@ class StepTimer:
             "samples_per_s": self.samples / total if total else None,
             # non-padding tokens (attention_mask == 1), per second of measured step time
             "tokens_per_s": self.tokens / total if total else None,
+            "padded_tokens_per_s": self.padded_tokens / total if total else None,
         }
+
+    @property
+    def measured_seconds(self) -> float:
+        return sum(self.durations[self.warmup :])
 
 
 class Clock:
@@ -116,3 +125,67 @@ class PeakMemory:
             "reserved": torch.cuda.max_memory_reserved(self.device) if on_cuda else None,
             "rss": _read_status_kb("VmHWM"),
         }
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name substring.
+# Checked in order, so more specific names come first. Override with instrument.peak_tflops.
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+]
+
+
+def peak_tflops(device_name: str, override: float | None = None) -> float | None:
+    """The device's peak for the MFU denominator, or None when unknown (e.g. CPUs)."""
+    if override:
+        return float(override)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in device_name), None)
+
+
+def forward_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in matrix multiplies: all but embedding tables (lookups)."""
+    embedding = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding)
+        for p in m.parameters(recurse=False)
+    )
+    return sum(p.numel() for p in model.parameters()) - embedding
+
+
+def training_flops_per_token(n_forward: int, n_trainable: int) -> int:
+    """Analytic training cost of one token.
+
+    2N for the forward pass, 2N for the activation gradients of the backward pass, and 2N for
+    weight gradients of *trainable* weights only: frozen weights need none. Attention's
+    sequence-length term is left out (small at the lengths used here); so is the fact that no
+    activation gradient is needed below the lowest trainable parameter.
+    """
+    return 4 * n_forward + 2 * n_trainable
+
+
+@torch.no_grad()
+def inference_speed(model: torch.nn.Module, loader, device: torch.device) -> dict:
+    """Forward-only latency per batch (p50/p90) and samples/s over a split."""
+    was_training = model.training
+    model.eval()
+    durations, samples = [], 0
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        start = time.perf_counter()
+        model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        durations.append(time.perf_counter() - start)
+        samples += len(batch["input_ids"])
+    model.train(was_training)
+    ordered = sorted(durations)
+    return {
+        "batch_latency_s": {"p50": _percentile(ordered, 50), "p90": _percentile(ordered, 90)},
+        "samples_per_s": samples / sum(durations),
+        "n_batches": len(durations),
+    }

@@ -31,7 +31,10 @@ class Backbone:
 def _auto_class(head: str) -> type:
     import transformers
 
-    classes = {"sequence_classification": transformers.AutoModelForSequenceClassification}
+    classes = {
+        "sequence_classification": transformers.AutoModelForSequenceClassification,
+        "token_classification": transformers.AutoModelForTokenClassification,
+    }
     return classes[head]
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import socket
 import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from peftbench.secrets import scrub
 
 SCHEMA_VERSION = 1
 RECORDS_DIR = "records"
@@ -42,22 +46,74 @@ def find_success(results_dir: Path, run_id: str) -> Path | None:
 
 
 def write_record(record: dict, results_dir: Path) -> Path:
-    """Writes the record atomically: a temp file in the same folder, then a rename."""
+    """Writes the record atomically: a temp file in the same folder, then a hard link.
+
+    Linking (unlike a rename) never replaces an existing file, so two writers that pick the
+    same name (same run, same microsecond) cannot overwrite each other: the later one takes the
+    next timestamp. Temp files of writers killed mid-write (SIGKILL) are removed on the way.
+    """
     folder = records_dir(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    path = folder / f"{record['run_id']}__{stamp}__{record['status']}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, default=_jsonable)
+            json.dump(scrub(record), f, indent=1, default=_jsonable)  # no secrets on disk
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        return _publish(Path(tmp), folder, record)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def _publish(tmp: Path, folder: Path, record: dict) -> Path:
+    while True:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = folder / f"{record['run_id']}__{stamp}__{record['status']}.json"
+        try:
+            os.link(tmp, path)
+            return path
+        except FileExistsError:
+            continue  # another writer took this name: next microsecond
+        except OSError:  # a file system without hard links: rename, if the name is free
+            if path.exists():
+                continue
+            os.replace(tmp, path)
+            return path
+
+
+# ".tmp-<host>@<pid>@<random>.json": whose temp file it is, so a dead writer's can be removed.
+_TEMP_NAME = re.compile(r"^\.tmp-(?P<host>.*)@(?P<pid>\d+)@")
+
+
+def _temp_prefix() -> str:
+    return f".tmp-{socket.gethostname()}@{os.getpid()}@"
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Removes temp files left by writers on this host whose process no longer exists.
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for path in folder.glob(".tmp-*"):
+        match = _TEMP_NAME.match(path.name)
+        if match is None or match["host"] != socket.gethostname() or _alive(int(match["pid"])):
+            continue  # another host's writer, or a live one: not ours to judge
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _jsonable(value: Any) -> Any:

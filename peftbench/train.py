@@ -32,15 +32,27 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in ``dtype`` (e.g. bf16 on GPUs); a no-op context when None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task: Any, device: torch.device) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    task: Any,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
     """Runs the model over a split and returns the task's metrics."""
     was_training = model.training
     model.eval()
     preds, refs = [], []
     for batch in loader:
         batch = to_device(batch, device)
-        outputs = model(**batch)
+        with autocast(device, autocast_dtype):
+            outputs = model(**batch)
         preds += task.predict(outputs, batch)
         refs += task.references(batch)
     model.train(was_training)
@@ -91,6 +103,8 @@ def train(
     eval_clock: Clock,
     log: Callable[[dict], None],
     description: str = "train",
+    step_hook: Callable[[int], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     """Trains the model's trainable parameters and leaves it at the best dev checkpoint.
 
@@ -106,6 +120,9 @@ def train(
         eval_clock: wraps every evaluation, so training time can exclude it.
         log: receives one dict per logged step (history row; also sent to the tracker).
         description: progress-bar label.
+        step_hook: the method's per-step hook (``peftbench.methods.step_hook``), called with
+            the 0-based step after each optimiser step, while the gradients are still there.
+        autocast_dtype: mixed-precision dtype of forward passes (bf16 on GPUs), or None.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
@@ -120,47 +137,55 @@ def train(
     model.train()
     # Off when stderr is not a terminal (CI logs stay readable).
     bar = tqdm(total=steps, desc=description, leave=False, dynamic_ncols=True, disable=None)
-    step = 0
-    while step < steps:
-        for batch in train_loader:
-            batch = to_device(batch, device)
-            with timer.step(batch):
-                loss = model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, float(cfg.max_grad_norm))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}")
-            bar.update()
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            if step % int(cfg.log_every_steps) == 0:
-                log(
-                    {
-                        "step": step,
-                        "train/loss": loss_value,
-                        "train/lr": scheduler.get_last_lr()[0],
-                        "elapsed_s": time.perf_counter() - start,
-                    }
-                )
-            if step % eval_every == 0 or step == steps:
-                with eval_clock.measure():
-                    dev = evaluate(model, dev_loader, task, device)
-                log(
-                    {
-                        "step": step,
-                        **{f"dev/{k}": v for k, v in dev.items()},
-                        "elapsed_s": time.perf_counter() - start,
-                    }
-                )
-                if _is_better(dev[task.primary_metric], best_value, task.higher_is_better):
-                    best_value, best_state = dev[task.primary_metric], _snapshot(model)
-                    result.best_step, result.best_dev = step, dev
-            if step >= steps:
-                break
+    step = 0  # the step running now (1-based) once the first batch is drawn
+    try:
+        while step < steps:
+            for batch in train_loader:
+                batch = to_device(batch, device)
+                step += 1
+                with timer.step(batch):
+                    with autocast(device, autocast_dtype):
+                        loss = model(**batch).loss
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, float(cfg.max_grad_norm))
+                    optimizer.step()
+                    if step_hook is not None:  # e.g. AdaLoRA: reads gradients, so before zeroing
+                        step_hook(step - 1)  # 0-based, as peft's examples count
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                bar.update()
+                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                if step % int(cfg.log_every_steps) == 0:
+                    log(
+                        {
+                            "step": step,
+                            "train/loss": loss_value,
+                            "train/lr": scheduler.get_last_lr()[0],
+                            "elapsed_s": time.perf_counter() - start,
+                        }
+                    )
+                if step % eval_every == 0 or step == steps:
+                    with eval_clock.measure():
+                        dev = evaluate(model, dev_loader, task, device, autocast_dtype)
+                    log(
+                        {
+                            "step": step,
+                            **{f"dev/{k}": v for k, v in dev.items()},
+                            "elapsed_s": time.perf_counter() - start,
+                        }
+                    )
+                    if _is_better(dev[task.primary_metric], best_value, task.higher_is_better):
+                        best_value, best_state = dev[task.primary_metric], _snapshot(model)
+                        result.best_step, result.best_dev = step, dev
+                if step >= steps:
+                    break
+    except Exception as error:
+        # A failed run's record names the step (diverged at 5, out of memory at 1).
+        error.step = step  # type: ignore[attr-defined]
+        raise
     bar.close()
     if best_state is not None:
         _restore(model, best_state)

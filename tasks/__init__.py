@@ -3,7 +3,7 @@
 Importing this package registers every task kind and reader.
 """
 
-from tasks import classification, readers  # noqa: F401  (registration side effects)
+from tasks import classification, readers, token_classification  # noqa: F401  (registration side effects)
 from tasks.base import TASK_KINDS, Task, build_task
 
 __all__ = ["TASK_KINDS", "Task", "build_task"]

@@ -12,7 +12,7 @@ import torch
 
 from peftbench.registry import Registry
 from tasks import metrics as metric_lib
-from tasks.splits import stratified_split
+from tasks.splits import SPLITS, grouped_split, stratified_split
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")
 
@@ -29,6 +29,8 @@ class Task:
     head: ClassVar[str]
     #: The peft ``TaskType`` name, so peft wraps the model the right way.
     peft_task_type: ClassVar[str]
+    #: The row field a split is stratified by (None: one stratum, e.g. regression or NER).
+    stratify_key: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -36,18 +38,66 @@ class Task:
         self.version: int = int(cfg.version)
 
     # -- data ---------------------------------------------------------------------------
-    def read_rows(self) -> list[dict]:
-        """Reads every example of the source as dicts (implemented through a reader)."""
+    def read_rows(self) -> list[dict] | dict[str, list[dict]]:
+        """Reads every example of the source: one list, or a dict per split if pre-split."""
         from tasks.readers import READERS
 
         return READERS.get(self.cfg.source.reader)(self.cfg.source)
 
+    @property
+    def split_text_key(self) -> str | list[str]:
+        """The row field(s) hashed to rank examples for the split."""
+        return list(self.cfg.text_fields)
+
     @cached_property
     def splits(self) -> dict[str, list[dict]]:
-        """The train/dev/test examples, deterministic for a given task version."""
-        rows = self.read_rows()
+        """The train/dev/test examples, deterministic for a given task version.
+
+        A pre-split source keeps its splits; otherwise ``split.by`` (a row field) keeps each
+        group in one split, and without it rows are stratified by ``stratify_key``.
+        """
+        data = self.read_rows()
+        splits = data if isinstance(data, dict) else self._split(data)
+        self._check_splits(splits)
+        return {name: splits[name] for name in SPLITS}
+
+    def _split(self, rows: list[dict]) -> dict[str, list[dict]]:
         split = self.cfg.split
-        return stratified_split(rows, fractions=dict(split.fractions), salt=str(split.salt))
+        fractions, salt = dict(split.fractions), str(split.salt)
+        if split.get("by"):
+            self._check_field(rows, str(split.by))
+            return grouped_split(rows, fractions=fractions, salt=salt, group_key=str(split.by))
+        return stratified_split(
+            rows,
+            fractions=fractions,
+            salt=salt,
+            text_key=self.split_text_key,
+            label_key=self.stratify_key,
+        )
+
+    @property
+    def _where(self) -> str:
+        """The data file to name in an error message."""
+        return str(self.cfg.source.get("path") or self.cfg.source.get("file") or self.name)
+
+    def _check_field(self, rows: list[dict], field: str) -> None:
+        from tasks.readers import DataError
+
+        if rows and field not in rows[0]:
+            raise DataError(
+                f"{self._where}: rows have no field {field!r} to split by "
+                f"(have {sorted(rows[0])}); fix the task's split.by"
+            )
+
+    def _check_splits(self, splits: dict[str, list[dict]]) -> None:
+        from tasks.readers import DataError
+
+        where = self._where
+        for name in SPLITS:
+            if not splits.get(name):
+                raise DataError(
+                    f"{where}: the {name} split is empty; add data for it or change split.fractions"
+                )
 
     @cached_property
     def fingerprint(self) -> str:

@@ -1,10 +1,13 @@
-"""Metrics computed directly with scikit-learn (the `evaluate` package cannot load offline).
+"""Metrics computed directly with scikit-learn, scipy and seqeval.
 
-Each metric says whether higher is better, so analysis never has to guess.
+The `evaluate` package cannot load its metrics offline (and costs seconds to import), so each
+metric here is a plain function of ``(predictions, references)``. Every metric says whether
+higher is better and what its best and worst values are, so analysis and tests never guess.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,9 +16,70 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 @dataclass(frozen=True)
 class Metric:
+    """A named metric.
+
+    Attributes:
+        name: the key used in configs and records (``dev/<name>``).
+        fn: ``fn(predictions, references) -> float``.
+        higher_is_better: the direction in which a score improves.
+        best: the value of a perfect prediction.
+        worst: the value of the worst possible prediction.
+    """
+
     name: str
     fn: Callable[[Sequence, Sequence], float]
     higher_is_better: bool = True
+    best: float = 1.0
+    worst: float = 0.0
+
+
+def _correlation(kind: str) -> Callable[[Sequence, Sequence], float]:
+    """Pearson or Spearman correlation (scipy), as GLUE scores STS-B.
+
+    A correlation is undefined when one side is constant (e.g. an untrained regression head
+    that predicts the same value everywhere); it scores 0.0, "no relation found", as
+    scikit-learn's MCC does, so model selection never compares against NaN.
+    """
+    from scipy import stats
+
+    def fn(preds: Sequence, refs: Sequence) -> float:
+        if len(set(preds)) < 2 or len(set(refs)) < 2:
+            return 0.0
+        result = stats.pearsonr(preds, refs) if kind == "pearson" else stats.spearmanr(preds, refs)
+        value = float(result.statistic)
+        return 0.0 if math.isnan(value) else value
+
+    return fn
+
+
+def _entity(score: str) -> Callable[[Sequence, Sequence], float]:
+    """Entity-level precision, recall or F1 over BIO tag sequences (seqeval, strict IOB2).
+
+    Strict mode counts an entity as correct only if its type and both boundaries match, and an
+    entity that does not start with ``B-`` is not an entity at all (no lenient repair of a
+    stray ``I-``), which is how CoNLL-style NER is scored.
+    """
+
+    def fn(preds: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> float:
+        from seqeval import metrics
+        from seqeval.scheme import IOB2
+
+        scorer = {
+            "precision": metrics.precision_score,
+            "recall": metrics.recall_score,
+            "f1": metrics.f1_score,
+        }[score]
+        return float(
+            scorer(
+                [list(r) for r in refs],
+                [list(p) for p in preds],
+                mode="strict",
+                scheme=IOB2,
+                zero_division=0,
+            )
+        )
+
+    return fn
 
 
 METRICS: dict[str, Metric] = {
@@ -23,7 +87,12 @@ METRICS: dict[str, Metric] = {
     for m in [
         Metric("accuracy", lambda p, r: float(accuracy_score(r, p))),
         Metric("macro_f1", lambda p, r: float(f1_score(r, p, average="macro", zero_division=0))),
-        Metric("mcc", lambda p, r: float(matthews_corrcoef(r, p))),
+        Metric("mcc", lambda p, r: float(matthews_corrcoef(r, p)), worst=-1.0),
+        Metric("pearson", _correlation("pearson"), worst=-1.0),
+        Metric("spearman", _correlation("spearman"), worst=-1.0),
+        Metric("entity_precision", _entity("precision")),
+        Metric("entity_recall", _entity("recall")),
+        Metric("entity_f1", _entity("f1")),
     ]
 }
 

@@ -4,6 +4,9 @@ Each example is ranked by the SHA-256 of (salt, text) inside its label, and the 
 cut at the requested fractions. The split therefore depends only on the data and the salt:
 not on the file's row order, the Python or NumPy version, or the run's seed. Stratifying by
 label keeps the class balance of every split equal to the corpus's.
+
+``grouped_split`` keeps whole groups (e.g. the books of the Bible) in one split, for corpora
+whose examples near-duplicate each other within a group.
 """
 
 from __future__ import annotations
@@ -20,13 +23,25 @@ def _rank_key(salt: str, text: str, index: int) -> tuple[str, int]:
     return digest, index  # the index breaks ties between duplicate texts
 
 
+def _hashed_text(row: dict, text_key: str | Sequence[str]) -> str:
+    """The text an example is ranked by; several fields (a sentence pair) joined by NUL."""
+    if isinstance(text_key, str):
+        return str(row[text_key])  # one field: exactly the historical key (polarity-v1)
+    return "\x00".join(str(row[k]) for k in text_key)
+
+
+def _check_fractions(fractions: dict[str, float]) -> None:
+    if abs(sum(fractions.values()) - 1.0) > 1e-6 or set(fractions) != set(SPLITS):
+        raise ValueError(f"split fractions must name {SPLITS} and sum to 1, got {fractions}")
+
+
 def stratified_split(
     rows: Sequence[dict],
     *,
     fractions: dict[str, float],
     salt: str,
-    text_key: str = "text",
-    label_key: str = "label",
+    text_key: str | Sequence[str] = "text",
+    label_key: str | None = "label",
 ) -> dict[str, list[dict]]:
     """Splits rows into train/dev/test, stratified by label, by hash rank.
 
@@ -34,24 +49,59 @@ def stratified_split(
         rows: examples with a text and a label field.
         fractions: share of each split, e.g. {"train": 0.8, "dev": 0.1, "test": 0.1}.
         salt: changes the assignment; part of the task's identity (bump its version).
-        text_key: field hashed to rank examples.
-        label_key: field to stratify by; None-labelled corpora use one stratum.
+        text_key: field (or fields, e.g. a sentence pair) hashed to rank examples.
+        label_key: field to stratify by; None (regression, NER) ranks all rows as one stratum.
 
     Returns:
         A dict split name -> rows, each split in ranked order.
     """
-    if abs(sum(fractions.values()) - 1.0) > 1e-6 or set(fractions) != set(SPLITS):
-        raise ValueError(f"split fractions must name {SPLITS} and sum to 1, got {fractions}")
+    _check_fractions(fractions)
     strata: dict[object, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
-        strata[row.get(label_key)].append(i)
+        strata[row.get(label_key) if label_key else None].append(i)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for label in sorted(strata, key=str):
-        ranked = sorted(strata[label], key=lambda i: _rank_key(salt, str(rows[i][text_key]), i))
+        ranked = sorted(
+            strata[label], key=lambda i: _rank_key(salt, _hashed_text(rows[i], text_key), i)
+        )
         n = len(ranked)
         n_train = round(n * fractions["train"])
         n_dev = round(n * fractions["dev"])
         out["train"] += [rows[i] for i in ranked[:n_train]]
         out["dev"] += [rows[i] for i in ranked[n_train : n_train + n_dev]]
         out["test"] += [rows[i] for i in ranked[n_train + n_dev :]]
+    return out
+
+
+def grouped_split(
+    rows: Sequence[dict], *, fractions: dict[str, float], salt: str, group_key: str
+) -> dict[str, list[dict]]:
+    """Splits rows so that every group (e.g. a Bible book) lies in exactly one split.
+
+    Near-duplicate examples share a group (the verses of one book share names and phrasing),
+    so splitting by group keeps them from leaking between train and test. Groups are ranked by
+    SHA-256(salt, group) and dealt out greedily: each group goes to the split that is furthest
+    below its target size, relative to that target. Split sizes therefore approximate the
+    fractions as closely as whole groups allow.
+
+    Args:
+        rows: examples with a ``group_key`` field.
+        fractions: share of rows per split; must name train, dev and test and sum to 1.
+        salt: changes the assignment; part of the task's identity (bump its version).
+        group_key: the field whose values must not cross splits.
+
+    Returns:
+        A dict split name -> rows, groups in ranked order, rows in input order within a group.
+    """
+    _check_fractions(fractions)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[str(row[group_key])].append(row)
+    ranked = sorted(groups, key=lambda g: _rank_key(salt, g, 0))
+    targets = {s: fractions[s] * len(rows) for s in SPLITS}
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for group in ranked:
+        # Relative shortfall, so small splits get their turn even when large groups come first.
+        name = max(SPLITS, key=lambda s: (targets[s] - len(out[s])) / max(targets[s], 1e-9))
+        out[name] += groups[group]
     return out

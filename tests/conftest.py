@@ -27,7 +27,8 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizer(vocab_file=str(ASSETS / "tiny_vocab.txt"))
+    tokenizer = BertTokenizer(vocab=str(ASSETS / "tiny_vocab.txt"))
+    assert tokenizer.tokenize("the film is good") == ["the", "film", "is", "good"]
     tokenizer.save_pretrained(folder)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -55,6 +56,7 @@ def tiny_overrides(model_dir: Path, results_dir: Path, *extra: str) -> list[str]
         "train.max_steps=4",
         "train.eval_every_steps=2",
         "train.log_every_steps=1",
+        "data_cache=false",
         "train.batch_size=8",
         "train.warmup_steps_excluded=1",
         "device=cpu",

@@ -324,7 +324,9 @@ def test_build_report_writes_every_file(results_dir: Path) -> None:
     out = results_dir / "report"
     names = {p.name for p in written}
     expected = {"comparison.md", "comparison.csv", "comparison.tex", "failures.md"}
-    for stem in ("score_vs_params", "score_vs_time", "score_vs_memory"):
+    expected |= {"reproducibility.md", "report.html"}
+    stems = ("score_vs_params", "score_vs_time", "score_vs_memory", "convergence", "average_rank")
+    for stem in stems:  # no budget_matched: no fixture record carries a budget
         expected |= {f"{stem}.png", f"{stem}.svg"}
     assert names == expected
     assert all(p.parent == out and p.stat().st_size > 0 for p in written)
@@ -391,3 +393,108 @@ def test_report_without_successes_says_where_and_what_it_found(tmp_path: Path) -
     assert str(tmp_path) in message
     assert "oom=1" in message and "success=1" in message and "synthetic" in message
     assert not (tmp_path / "report").exists()
+
+
+# ------------------------------------------------ convergence, ranks, budgets, repro, HTML
+
+
+def _history_record(path: Path, *, run_id: str, method: str, seed: int, budget=None, dev=()):
+    """A success record whose history has a dev point per (step, elapsed_s, value) in dev."""
+    history = [{"step": 1, "train/loss": 0.7, "elapsed_s": 0.1}]
+    history += [{"step": s, "dev/accuracy": v, "elapsed_s": e} for s, e, v in dev]
+    history.append({"step": 99, "test/accuracy": 0.0})  # the final test row is not a dev point
+    experiment = {"task": "polarity", "model": "minilm-l6", "method": method, "seed": seed,
+                  "weights": "pretrained", "budget_pct": budget, "sweep_id": "s",
+                  "task_version": 1}  # fmt: skip
+    metrics = {"primary": {"name": "accuracy", "split": "test", "value": dev[-1][2],
+                           "higher_is_better": True}}  # fmt: skip
+    _write_record(path, run_id=run_id, experiment=experiment, metrics=metrics, history=history)
+
+
+def test_convergence_curves_average_seeds_per_step(tmp_path: Path) -> None:
+    from analysis.convergence import load_histories, seed_curves
+
+    _history_record(tmp_path / "a.json", run_id="a", method="lora", seed=0,
+                    dev=[(2, 1.0, 0.50), (4, 2.0, 0.70)])  # fmt: skip
+    _history_record(tmp_path / "b.json", run_id="b", method="lora", seed=1,
+                    dev=[(2, 3.0, 0.60), (4, 4.0, 0.90)])  # fmt: skip
+    points = load_histories(quality_runs(load_records(tmp_path)))
+    assert len(points) == 4  # train-loss and test rows skipped
+    curves = seed_curves(points).set_index("step")
+    assert curves.loc[2, "mean"] == pytest.approx(0.55)
+    assert (curves.loc[4, "min"], curves.loc[4, "max"]) == (0.70, 0.90)
+    assert curves.loc[4, "mean"] == pytest.approx(0.80)
+    assert curves.loc[2, "elapsed_s"] == pytest.approx(2.0)  # mean of 1.0 and 3.0
+    assert curves["n"].tolist() == [2, 2]
+
+
+def test_ranks_per_task_behind_the_average_rank(records: pd.DataFrame) -> None:
+    (table,) = build_tables(aggregate(quality_runs(records)))
+    assert table.ranks.to_dict() == {
+        "polarity": {"bitfit": 2.0, "lora": 1.0, "prompt": 3.0},
+        "topic": {"bitfit": 1.0, "lora": 2.0, "prompt": 3.0},
+    }
+
+
+def test_budget_plot_only_when_runs_carry_budgets(tmp_path: Path, report_dir: Path) -> None:
+    assert not (report_dir / "budget_matched.png").exists()
+    for i, (method, budget, value) in enumerate(
+        [("lora", 0.1, 0.70), ("lora", 1.0, 0.80), ("adapter", 0.1, 0.65), ("full", None, 0.85)]
+    ):
+        _history_record(tmp_path / "results" / f"{i}.json", run_id=f"r{i}", method=method,
+                        seed=0, budget=budget, dev=[(2, 1.0, value)])  # fmt: skip
+    written = build_report(tmp_path / "results")
+    names = {p.name for p in written}
+    assert {"budget_matched.png", "budget_matched.svg"} <= names
+    cells = _table_cells((tmp_path / "results" / "report" / "comparison.md").read_text())
+    assert set(cells) == {"adapter@0.1%", "full", "lora@0.1%", "lora@1%"}
+
+
+def test_config_hash_is_canonical_sha256() -> None:
+    import hashlib
+
+    from analysis.repro import config_hash
+
+    expected = hashlib.sha256(b'{"a":1,"b":{"c":"\xc3\xa9"}}').hexdigest()  # sorted, compact, UTF-8
+    assert config_hash({"b": {"c": "é"}, "a": 1}) == expected
+
+
+def test_repro_row_from_a_record() -> None:
+    from analysis.repro import repro_row
+
+    record = json.loads((FIXTURES / "2026-11-23_11-00-00" / f"{LORA_POLARITY_S0}.json").read_text())
+    record["experiment"]["overrides"] = ["method=lora", "seed=0", "train.note=two words"]
+    record["code"]["git_dirty"] = True
+    row = repro_row(record)
+    assert row.command == "python run.py method=lora seed=0 'train.note=two words'"
+    assert row.git == "0123abc (dirty)"
+    assert row.packages == "python 3.11.9, torch 2.13.0, transformers 5.23.0, peft 0.21.2"
+    assert row.device == "cpu" and row.seed == "0"
+    assert row.data == "fingerprint f00d; train 3200 / dev 400 / test 400"
+    del record["experiment"]["overrides"]
+    assert repro_row(record).command == "not recorded"
+
+
+def test_report_keeps_secrets_out_and_embeds_everything(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hf_S3cr3tT0k3nValue"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    path = results_dir / "2026-11-23_11-00-00" / f"{LORA_POLARITY_S0}.json"
+    record = json.loads(path.read_text())
+    record["experiment"]["overrides"] = ["method=lora", "tracker.api_key=abc123xyz", secret]
+    record["config"]["tracker"] = {"api_key": "abc123xyz"}
+    path.write_text(json.dumps(record))
+    build_report(results_dir)
+    out = results_dir / "report"
+    for name in ("reproducibility.md", "report.html", "comparison.md"):
+        text = (out / name).read_text()
+        assert secret not in text and "abc123xyz" not in text, name
+    repro = (out / "reproducibility.md").read_text()
+    # Scrubbed before shell quoting, so the redaction marker is quoted like any other text.
+    assert "`python run.py method=lora 'tracker.api_key=***REDACTED***' '***REDACTED***'`" in repro
+    page = (out / "report.html").read_text()
+    assert page.count('<table class="comparison"') == 1
+    assert page.count('src="data:image/png;base64,') == 5
+    assert "http://" not in page and "https://" not in page
+    assert "<strong>82.0 ± 2.0</strong>" in page and "80.0 ± 1.4†" in page

@@ -69,3 +69,26 @@ def test_a_tracker_that_cannot_start_does_not_lose_the_record(compose, monkeypat
 
 def test_flatten_joins_nested_keys():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1]}) == {"a/b": 1, "a/c/d": 2, "e": [1]}
+
+
+def test_an_offline_wandb_run_can_be_read_back(compose, tmp_path, monkeypatch):
+    """Real wandb, offline: what the .wandb file holds is what the record says."""
+    from tests.support.wandb_log import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary = experiment.run(compose("method=lora", "tracker=wandb", "sweep_id=s-42"))
+    record = json.loads(Path(summary["path"]).read_text())
+    import wandb
+
+    wandb.teardown()  # wandb-core flushes the offline log when its service stops
+    (log_file,) = (tmp_path / "results" / "wandb").glob("offline-run-*/run-*.wandb")
+    run = read_run(log_file)
+    assert run["run"] == {"name": record["run_id"], "group": "s-42", "job_type": "lora",
+                          "tags": ["task:polarity", "model:tiny-bert"]}
+    config = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in run["config"].items()}
+    assert config["method"] == record["config"]["method"]
+    assert run["summary"]["metrics/test/accuracy"] == record["metrics"]["test"]["accuracy"]
+    assert run["summary"]["params/trainable"] == record["params"]["trainable"]
+    losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
+    assert losses == [row["train/loss"] for row in record["history"] if "train/loss" in row]
+    assert all("train/step_time_s" in row for row in run["history"] if "train/loss" in row)

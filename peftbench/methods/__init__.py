@@ -1,6 +1,13 @@
 """PEFT methods behind one interface. Importing this package registers every method kind."""
 
-from peftbench.methods import adapters, baselines, peft_backend  # noqa: F401  (registration)
+from peftbench.methods import (  # noqa: F401  (registration)
+    adapters,
+    baselines,
+    hybrid,
+    peft_backend,
+    quantized,
+    selective,
+)
 from peftbench.methods.base import (
     METHOD_KINDS,
     MethodContext,

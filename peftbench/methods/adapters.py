@@ -1,20 +1,31 @@
-"""Bottleneck adapters (peft has none), inserted at the output projections of sub-layers.
+"""Bottleneck adapters (peft has none), inserted around the sub-layers of every family.
 
-Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP": two adapters per layer,
-one after the attention output projection and one after the feed-forward output projection,
-each ``x + up(act(down(x)))`` added before the sub-layer's residual connection and LayerNorm.
-Parameters per layer: 2 x (2*d*m + d + m) for hidden size d and bottleneck m.
+- Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP": two sequential
+  adapters per layer, after the attention and after the feed-forward output projections, each
+  ``x + up(act(down(x)))`` added before the sub-layer's residual connection and LayerNorm.
+  Parameters per layer: 2 x (2*d*m + d + m) for hidden size d and bottleneck m.
+- Pfeiffer et al. 2021, "AdapterFusion" (the "Pfeiffer" configuration): one sequential adapter
+  per layer, after the feed-forward block. Per layer: 2*d*m + d + m.
+- He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning" (scaled
+  parallel adapter): ``FFN(x) + s * up(act(down(x)))`` reading the feed-forward block's input.
+  Per layer: 2*d*m + d + m.
+- Mahabadi et al. 2021, "Compacter": Houlsby placement, but each projection is a
+  parameterised hypercomplex multiplication (PHM) layer ``W = sum_i A_i kron (s_i t_i^T)``
+  with the n x n matrices ``A_i`` shared by every layer of the model. Total:
+  n^3 + L * 2 adapters * (2*(d + m) + d + m).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head
-from peftbench.methods.blocks import out_features, output_projections
+from peftbench.methods.blocks import ffn_pairs, out_features, output_projections
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -36,6 +47,79 @@ class BottleneckAdapter(nn.Module):
         return x + self.up(self.act(self.down(x)))
 
 
+class ParallelAdapter(nn.Module):
+    """``s * up(act(down(x)))``: the scaled branch added beside a block (He et al. 2022).
+
+    ``up`` starts at zero (the LoRA-style initialisation of the paper's code), so the adapted
+    network starts exactly as the pretrained one.
+    """
+
+    def __init__(self, dim: int, bottleneck: int, *, scale: float, activation: str = "relu"):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = _ACTIVATIONS[activation]()
+        self.up = nn.Linear(bottleneck, dim)
+        self.scale = scale
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.act(self.down(x)))
+
+
+class PHMLinear(nn.Module):
+    """A linear layer whose weight is a sum of Kronecker products (Compacter's PHM layer).
+
+    ``W = sum_i A_i kron B_i`` with ``B_i = s_i t_i^T`` of rank ``rank`` ("low-rank
+    parameterised hypercomplex multiplication"). ``rule`` holds the n matrices ``A_i`` and is
+    shared between layers; only ``s``, ``t`` and the bias belong to this layer.
+    """
+
+    def __init__(self, rule: nn.Parameter, in_features: int, out_features: int, rank: int = 1):
+        super().__init__()
+        n = rule.shape[0]
+        if in_features % n or out_features % n:
+            raise ValueError(
+                f"PHM with n={n} needs sizes divisible by n: {in_features}, {out_features}"
+            )
+        # A plain attribute, not a submodule/parameter: the shared rule is registered once, on
+        # the model, so it is counted, trained and saved once.
+        self._rule = [rule]
+        self.s = nn.Parameter(torch.empty(n, in_features // n, rank))
+        self.t = nn.Parameter(torch.empty(n, rank, out_features // n))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        # Compacter's code: Glorot-normal-like small factors, so the adapter starts near zero.
+        nn.init.normal_(self.s, std=0.01)
+        nn.init.normal_(self.t, std=0.01)
+
+    def weight(self) -> torch.Tensor:
+        rule = self._rule[0]
+        n, p, q = rule.shape[0], self.s.shape[1], self.t.shape[2]
+        blocks = self.s @ self.t  # (n, p, q): B_i = s_i t_i^T
+        # kron(A_i, B_i)[a*p + c, b*q + e] = A_i[a, b] * B_i[c, e], summed over i.
+        return torch.einsum("iab,ice->acbe", rule, blocks).reshape(n * p, n * q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight() + self.bias
+
+
+class PHMAdapter(nn.Module):
+    """``x + up(act(down(x)))`` with PHM projections (one Compacter adapter)."""
+
+    def __init__(
+        self, rule: nn.Parameter, dim: int, bottleneck: int, *, activation: str, rank: int
+    ):
+        super().__init__()
+        self.down = PHMLinear(rule, dim, bottleneck, rank)
+        self.act = _ACTIVATIONS[activation]()
+        self.up = PHMLinear(rule, bottleneck, dim, rank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
 def _apply_adapter_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     return module.adapter(output)
 
@@ -50,17 +134,90 @@ def attach_adapter(projection: nn.Module, adapter: nn.Module) -> None:
     projection.register_forward_hook(_apply_adapter_hook)
 
 
+def attach_parallel(entry: nn.Module, exit_: nn.Module, adapter: nn.Module) -> None:
+    """Adds ``adapter(input of entry)`` to the output of ``exit_`` (a parallel branch).
+
+    A pre-hook on the block's first linear layer keeps its input until the block's output
+    projection runs; the hook then consumes it, so no activation outlives the forward pass.
+    """
+    exit_.add_module("parallel_adapter", adapter.to(exit_.weight.device))
+    inputs: list[torch.Tensor] = []
+
+    def keep_input(module: nn.Module, args: tuple) -> None:
+        inputs.append(args[0])
+
+    def add_branch(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + module.parallel_adapter(inputs.pop())
+
+    entry.register_forward_pre_hook(keep_input)
+    exit_.register_forward_hook(add_branch)
+
+
+def add_sequential_adapters(
+    model: nn.Module, blocks: tuple[str, ...], make: Callable[[int], nn.Module]
+) -> None:
+    """Attaches ``make(width)`` after the output projection of each of ``blocks``."""
+    for block in blocks:
+        for _, projection in output_projections(model, block):
+            attach_adapter(projection, make(out_features(projection)))
+
+
+def add_parallel_adapters(model: nn.Module, cfg: Any) -> None:
+    """Adds a scaled parallel adapter beside every feed-forward block (He et al. 2022)."""
+    for entry, exit_ in ffn_pairs(model):
+        adapter = ParallelAdapter(
+            out_features(exit_),
+            int(cfg.bottleneck),
+            scale=float(cfg.scale),
+            activation=str(cfg.activation),
+        )
+        attach_parallel(entry, exit_, adapter)
+
+
+def _bottleneck(cfg: Any) -> Callable[[int], nn.Module]:
+    return lambda width: BottleneckAdapter(
+        width, int(cfg.bottleneck), activation=str(cfg.activation), init_std=float(cfg.init_std)
+    )
+
+
 @METHOD_KINDS.register("houlsby")
 def houlsby_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Freezes the backbone and adds a bottleneck adapter after each attention and FFN block."""
     freeze_all_but_head(model, ctx.head_modules)
-    for block in ("attention", "ffn"):
-        for _, projection in output_projections(model, block):
-            adapter = BottleneckAdapter(
-                out_features(projection),
-                int(cfg.bottleneck),
-                activation=str(cfg.activation),
-                init_std=float(cfg.init_std),
-            )
-            attach_adapter(projection, adapter)
+    add_sequential_adapters(model, ("attention", "ffn"), _bottleneck(cfg))
+    return model
+
+
+@METHOD_KINDS.register("pfeiffer")
+def pfeiffer_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
+    """Freezes the backbone and adds one bottleneck adapter after each FFN block."""
+    freeze_all_but_head(model, ctx.head_modules)
+    add_sequential_adapters(model, ("ffn",), _bottleneck(cfg))
+    return model
+
+
+@METHOD_KINDS.register("parallel_adapter")
+def parallel_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
+    """Freezes the backbone and adds a scaled parallel adapter beside each FFN block."""
+    freeze_all_but_head(model, ctx.head_modules)
+    add_parallel_adapters(model, cfg)
+    return model
+
+
+@METHOD_KINDS.register("compacter")
+def compacter_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
+    """Freezes the backbone and adds PHM adapters (Houlsby placement) sharing one rule A."""
+    freeze_all_but_head(model, ctx.head_modules)
+    n = int(cfg.phm_dim)
+    device = next(model.parameters()).device
+    rule = nn.Parameter(torch.empty(n, n, n, device=device))
+    nn.init.xavier_uniform_(rule.view(n * n, n))  # Glorot init of A, as in Compacter's code
+    model.register_parameter("compacter_phm_rule", rule)
+    add_sequential_adapters(
+        model,
+        ("attention", "ffn"),
+        lambda width: PHMAdapter(
+            rule, width, int(cfg.bottleneck), activation=str(cfg.activation), rank=int(cfg.phm_rank)
+        ),
+    )
     return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,20 @@ from peftbench.registry import Registry
 METHOD_KINDS: Registry[Callable[..., nn.Module]] = Registry("method kind")
 
 
+#: Name of the optional model attribute holding ``hook(step)``, which the training loop calls
+#: after every optimiser step and before gradients are cleared (AdaLoRA re-allocates its rank
+#: budget there from the gradients). A method that needs no per-step work sets nothing.
+STEP_HOOK_ATTR = "peftbench_step_hook"
+
+
+class MethodNotApplicable(ValueError):
+    """A method cannot be applied to this model, task or machine (a config error, not a bug).
+
+    The message names the method and the reason in one line; callers show it without a
+    traceback.
+    """
+
+
 @dataclass(frozen=True)
 class MethodContext:
     """What a method needs to know about the backbone and task it is applied to."""
@@ -23,6 +37,11 @@ class MethodContext:
     head_modules: list[str]  # always trained, whatever the method
     peft_task_type: str  # e.g. "SEQ_CLS"
     model_type: str  # transformers' config.model_type, e.g. "bert", "llama"
+    #: ``calibration_batches(n)`` yields up to ``n`` training batches (dicts of tensors with
+    #: labels, on the model's device); for data-dependent methods such as fisher_mask.
+    calibration_batches: Callable[[int], Iterable[dict]] | None = None
+    #: How many optimiser steps the run will take (AdaLoRA schedules its budget over them).
+    total_steps: int | None = None
 
 
 def apply_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
@@ -36,9 +55,60 @@ def freeze_all_but_head(model: nn.Module, head_modules: list[str]) -> None:
         param.requires_grad = name.split(".")[0] in head_modules
 
 
+def is_head_param(name: str, head_modules: list[str]) -> bool:
+    """Whether a parameter belongs to the task head, also inside peft's wrappers.
+
+    peft prefixes names with ``base_model.model.`` and keeps trained copies of the head under
+    ``modules_to_save``; a component named like a head module anywhere in the path counts.
+    """
+    return any(part in head_modules for part in name.split("."))
+
+
+def count_trainable(model: nn.Module, head_modules: list[str]) -> tuple[int, int]:
+    """Scalars trained by the method and by the task head: ``(method, head)``.
+
+    Every method trains whole tensors (a sparse method trains a tensor of its selected
+    entries), so ``requires_grad`` is the exact count.
+    """
+    method, head = 0, 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if is_head_param(name, head_modules):
+            head += param.numel()
+        else:
+            method += param.numel()
+    return method, head
+
+
+def step_hook(model: nn.Module) -> Callable[[int], None] | None:
+    """The per-step hook a method installed on ``model``, if any (see :data:`STEP_HOOK_ATTR`)."""
+    return getattr(model, STEP_HOOK_ATTR, None)
+
+
+def merge(model: nn.Module, cfg: Any) -> nn.Module:
+    """Folds a mergeable method into the backbone weights and returns the plain model.
+
+    Raises:
+        MethodNotApplicable: when the method's YAML does not declare ``mergeable: true``.
+    """
+    if not cfg.get("mergeable", False):
+        raise MethodNotApplicable(f"method {cfg.name!r} cannot be merged into the backbone")
+    return model.merge_and_unload()
+
+
 def trainable_state(model: nn.Module) -> dict:
-    """The trainable tensors by parameter name: what a method adds or changes."""
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """What a method adds or changes: trainable tensors and method buffers, by name.
+
+    Method buffers are those of modules that set ``saves_buffers = True`` (e.g. the positions
+    of a sparse mask): without them the trained values could not be put back in place.
+    """
+    state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    for name, module in model.named_modules():
+        if getattr(module, "saves_buffers", False):
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                state[f"{name}.{buffer_name}"] = buffer.detach().contiguous()
+    return state
 
 
 def save_trainable(model: nn.Module, path: Path) -> int:
@@ -48,11 +118,21 @@ def save_trainable(model: nn.Module, path: Path) -> int:
 
 
 def load_trainable(model: nn.Module, path: Path) -> None:
-    """Loads a state saved by :func:`save_trainable` into a model the method was applied to."""
+    """Loads a state saved by :func:`save_trainable` into a model the method was applied to.
+
+    Raises:
+        KeyError: a saved tensor matches no parameter or buffer of ``model``.
+        ValueError: a saved tensor has another shape (e.g. a sparse mask chose other entries).
+    """
     state = load_file(str(path))
-    params = dict(model.named_parameters())
-    missing = set(state) - set(params)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    missing = set(state) - set(tensors)
     if missing:
         raise KeyError(f"{path}: {len(missing)} tensors match no parameter, e.g. {min(missing)}")
     for name, tensor in state.items():
-        params[name].data.copy_(tensor)
+        if tensors[name].shape != tensor.shape:
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, model has "
+                f"{tuple(tensors[name].shape)}"
+            )
+        tensors[name].data.copy_(tensor)

@@ -1,4 +1,4 @@
-"""Baselines every comparison needs: full fine-tuning."""
+"""Baselines every comparison needs: full fine-tuning and the linear probe (head only)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from peftbench.methods.base import METHOD_KINDS, MethodContext
+from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head
 
 
 @METHOD_KINDS.register("full")
@@ -14,4 +14,11 @@ def full_finetuning(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module
     """Every parameter trains (the reference every PEFT method is compared against)."""
     for param in model.parameters():
         param.requires_grad = True
+    return model
+
+
+@METHOD_KINDS.register("linear")
+def linear_probe(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
+    """Only the task head trains: the floor any PEFT method has to beat."""
+    freeze_all_but_head(model, ctx.head_modules)
     return model

@@ -1,8 +1,10 @@
 """Find the attention and feed-forward blocks of a transformer, whatever its family.
 
 Native methods insert modules at the *output projection* of each sub-layer (where Houlsby
-adapters go). The projection's name differs per architecture; each pattern below matches the
-last linear layer of a sub-layer for one family, so adding a family is one pattern.
+adapters go), read the *input* of the feed-forward block (parallel adapters), wrap the query
+and value projections (gated LoRA) or select whole layers (last_layers). The module names
+differ per architecture; each pattern below matches one role for one family, so adding a
+family is one pattern per role.
 """
 
 from __future__ import annotations
@@ -24,7 +26,30 @@ _OUTPUT_PROJECTIONS: dict[str, list[str]] = {
         r"DenseReluDense\.wo$",  # T5
         r"mlp\.c_proj$",  # GPT-2
     ],
+    # The first linear layer of the feed-forward block: its input is the block's input.
+    "ffn_input": [
+        r"layer\.\d+\.intermediate\.dense$",  # BERT family
+        r"mlp\.gate_proj$",  # Llama, Gemma, Mistral, Qwen (up_proj reads the same input)
+        r"DenseReluDense\.wi(_0)?$",  # T5 (wi_0 in gated variants)
+    ],
+    "query": [
+        r"attention\.self\.query$",  # BERT family
+        r"self_attn\.q_proj$",  # Llama, Gemma, Mistral, Qwen
+        r"SelfAttention\.q$",  # T5
+    ],
+    "value": [
+        r"attention\.self\.value$",  # BERT family
+        r"self_attn\.v_proj$",  # Llama, Gemma, Mistral, Qwen
+        r"SelfAttention\.v$",  # T5
+    ],
 }
+
+#: The ModuleList that holds the transformer layers of one stack, per family.
+_LAYER_STACKS = [
+    r"encoder\.layer$",  # BERT family
+    r"(^|\.)layers$",  # Llama, Gemma, Mistral, Qwen
+    r"(encoder|decoder)\.block$",  # T5 (two stacks)
+]
 
 
 def output_projections(model: nn.Module, block: str) -> list[tuple[str, nn.Module]]:
@@ -32,7 +57,8 @@ def output_projections(model: nn.Module, block: str) -> list[tuple[str, nn.Modul
 
     Args:
         model: any transformers model (possibly wrapped).
-        block: "attention" or "ffn".
+        block: a role of ``_OUTPUT_PROJECTIONS``: "attention", "ffn" (output projections),
+            "ffn_input", "query" or "value".
 
     Raises:
         ValueError: when no pattern matches, naming the model class, so that a new family
@@ -55,3 +81,39 @@ def output_projections(model: nn.Module, block: str) -> list[tuple[str, nn.Modul
 def out_features(module: nn.Module) -> int:
     """Width of the residual stream a projection writes to."""
     return module.out_features
+
+
+def ffn_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """Returns (first linear, output projection) of every feed-forward block, layer by layer.
+
+    A parallel adapter reads the block's input (the first linear's input) and adds to its
+    output (the output projection's output).
+    """
+    entries = [m for _, m in output_projections(model, "ffn_input")]
+    exits = [m for _, m in output_projections(model, "ffn")]
+    if len(entries) != len(exits):
+        raise ValueError(
+            f"{type(model).__name__}: {len(entries)} feed-forward inputs but {len(exits)} "
+            "outputs; fix the patterns in peftbench/methods/blocks.py"
+        )
+    return list(zip(entries, exits, strict=True))
+
+
+def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Returns (name, ModuleList) of each stack of transformer layers (two in T5).
+
+    Raises:
+        ValueError: when no stack is found, naming the model class.
+    """
+    patterns = [re.compile(p) for p in _LAYER_STACKS]
+    stacks = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and any(p.search(name) for p in patterns)
+    ]
+    if not stacks:
+        raise ValueError(
+            f"no stack of transformer layers found in {type(model).__name__}; add its pattern "
+            "to peftbench/methods/blocks.py"
+        )
+    return stacks

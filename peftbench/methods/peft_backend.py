@@ -1,17 +1,120 @@
-"""Methods peft already implements: one YAML names the peft type and its arguments."""
+"""Methods peft already implements: one YAML names the peft type and its arguments.
+
+Also the two places where the harness has to help peft: AdaLoRA's per-step budget
+re-allocation (a step hook plus a schedule sized to the run) and prompt-style methods on
+token classification (labels and logits re-aligned around the virtual tokens).
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from peftbench.methods.base import METHOD_KINDS, MethodContext
+from peftbench.methods.base import (
+    METHOD_KINDS,
+    STEP_HOOK_ATTR,
+    MethodContext,
+    MethodNotApplicable,
+)
 
 # peft 0.21 calls a transformers 5 attribute that warns on every wrap; it is not actionable here.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+#: peft types that prepend virtual tokens to the input sequence (prefix tuning does not: it
+#: adds keys and values only, so sequence positions are unchanged).
+_PREPENDS_TOKENS = {"PROMPT_TUNING", "P_TUNING"}
+
+
+def peft_args(cfg: Any, ctx: MethodContext) -> dict:
+    """The peft config arguments: the YAML's ``peft:`` block plus what the run decides."""
+    args = OmegaConf.to_container(cfg.peft, resolve=True)
+    args = {k: v for k, v in args.items() if v is not None}  # null = peft's own default
+    args["task_type"] = ctx.peft_task_type
+    if ctx.head_modules:
+        args["modules_to_save"] = sorted(
+            set(args.get("modules_to_save") or []) | set(ctx.head_modules)
+        )
+    if args["peft_type"] == "ADALORA":
+        args.update(adalora_schedule(cfg, ctx))
+    return args
+
+
+def adalora_schedule(cfg: Any, ctx: MethodContext) -> dict:
+    """AdaLoRA's phases in steps of this run: warm-up, budget pruning, final fine-tuning.
+
+    The YAML gives them as shares of the run (``schedule.tinit_frac``, ``schedule.tfinal_frac``)
+    because the paper's step counts belong to its own, much longer, schedules.
+    """
+    if not ctx.total_steps:
+        raise MethodNotApplicable(
+            f"method {cfg.name!r} (AdaLoRA) needs the run's total step count to schedule its "
+            "rank budget (MethodContext.total_steps)"
+        )
+    steps = int(ctx.total_steps)
+    tinit = math.floor(float(cfg.schedule.tinit_frac) * steps)
+    tfinal = math.floor(float(cfg.schedule.tfinal_frac) * steps)
+    return {"total_step": steps, "tinit": tinit, "tfinal": tfinal}
+
+
+def align_virtual_tokens(model: nn.Module, n_virtual: int) -> None:
+    """Token classification with prepended virtual tokens: keeps labels and logits aligned.
+
+    peft prepends ``n_virtual`` prompt vectors but passes the labels through unchanged, so
+    the loss would pair each label with the wrong position. Labels get ``-100`` (ignored)
+    for the virtual positions, and the logits of those positions are dropped, so predictions
+    line up with the input tokens again.
+    """
+
+    def pad_labels(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        labels = kwargs.get("labels")
+        if labels is not None:
+            pad = labels.new_full((labels.shape[0], n_virtual), -100)
+            kwargs["labels"] = torch.cat([pad, labels], dim=1)
+        return args, kwargs
+
+    def drop_virtual_logits(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        output.logits = output.logits[:, n_virtual:]
+        return output
+
+    model.register_forward_pre_hook(pad_labels, with_kwargs=True)
+    model.register_forward_hook(drop_virtual_logits, with_kwargs=True)
+
+
+def keep_positions_from_zero(model: nn.Module) -> int:
+    """Stops absolute position embeddings from being shifted by the length of a prefix.
+
+    transformers' BERT-family embeddings start position ids at the cache length, and peft
+    passes its prefix as a cache, so with a 20-token prefix the real tokens would get
+    positions 20.. instead of 0.. (and overflow the table near the maximum length). A prefix
+    holds keys and values only, never positions, so the offset is forced back to zero.
+    Returns how many embedding modules were patched (0 for rotary-position families).
+    """
+
+    def from_zero(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs["past_key_values_length"] = 0
+        return args, kwargs
+
+    patched = 0
+    for module in model.modules():
+        if "past_key_values_length" in inspect.signature(module.forward).parameters:
+            module.register_forward_pre_hook(from_zero, with_kwargs=True)
+            patched += 1
+    return patched
+
+
+def wrap(model: nn.Module, args: dict) -> nn.Module:
+    """``peft.get_peft_model`` with the harness's fixes for prefix-style methods."""
+    import peft
+
+    if args["peft_type"] == "PREFIX_TUNING":
+        keep_positions_from_zero(model)
+    return peft.get_peft_model(model, peft.get_peft_config(args))
 
 
 @METHOD_KINDS.register("peft")
@@ -20,13 +123,11 @@ def peft_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
 
     The task head is put in ``modules_to_save`` so it trains for every method.
     """
-    import peft
-
-    args = OmegaConf.to_container(cfg.peft, resolve=True)
-    args = {k: v for k, v in args.items() if v is not None}  # null = peft's own default
-    args["task_type"] = ctx.peft_task_type
-    if ctx.head_modules:
-        args["modules_to_save"] = sorted(
-            set(args.get("modules_to_save") or []) | set(ctx.head_modules)
-        )
-    return peft.get_peft_model(model, peft.get_peft_config(args))
+    args = peft_args(cfg, ctx)
+    wrapped = wrap(model, args)
+    if args["peft_type"] == "ADALORA":
+        # peft: call after optimizer.step() and before zero_grad(), with the step index.
+        setattr(wrapped, STEP_HOOK_ATTR, wrapped.base_model.update_and_allocate)
+    if ctx.peft_task_type == "TOKEN_CLS" and args["peft_type"] in _PREPENDS_TOKENS:
+        align_virtual_tokens(wrapped, int(args["num_virtual_tokens"]))
+    return wrapped

