@@ -41,8 +41,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def cache_key(task: Any, split: str, tokenizer: Any) -> str:
     task_cfg = json.dumps(OmegaConf.to_container(task.cfg, resolve=True), sort_keys=True)
-    parts = [str(ENCODING_VERSION), task.fingerprint, split, task_cfg,
-             tokenizer_fingerprint(tokenizer)]
+    parts = [
+        str(ENCODING_VERSION),
+        task.fingerprint,
+        split,
+        task_cfg,
+        tokenizer_fingerprint(tokenizer),
+    ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
 
 

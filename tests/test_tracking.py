@@ -83,8 +83,12 @@ def test_an_offline_wandb_run_can_be_read_back(compose, tmp_path, monkeypatch):
     wandb.teardown()  # wandb-core flushes the offline log when its service stops
     (log_file,) = (tmp_path / "results" / "wandb").glob("offline-run-*/run-*.wandb")
     run = read_run(log_file)
-    assert run["run"] == {"name": record["run_id"], "group": "s-42", "job_type": "lora",
-                          "tags": ["task:polarity", "model:tiny-bert"]}
+    assert run["run"] == {
+        "name": record["run_id"],
+        "group": "s-42",
+        "job_type": "lora",
+        "tags": ["task:polarity", "model:tiny-bert"],
+    }
     config = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in run["config"].items()}
     assert config["method"] == record["config"]["method"]
     assert run["summary"]["metrics/test/accuracy"] == record["metrics"]["test"]["accuracy"]

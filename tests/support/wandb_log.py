@@ -51,8 +51,12 @@ def read_run(path: Path) -> dict:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
-            out["run"] = {"name": run.display_name, "group": run.run_group,
-                          "job_type": run.job_type, "tags": list(run.tags)}
+            out["run"] = {
+                "name": run.display_name,
+                "group": run.run_group,
+                "job_type": run.job_type,
+                "tags": list(run.tags),
+            }
             out["config"].update({u.key: json.loads(u.value_json) for u in run.config.update})
         elif kind == "config":
             out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
