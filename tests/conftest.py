@@ -20,15 +20,12 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 METHOD_YAMLS = sorted((ROOT / "conf" / "method").glob("*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT (hidden 32) with random weights and a 31-word vocabulary, saved to disk."""
+def save_tiny_bert(folder: Path, vocab: Path, *, max_positions: int = 64) -> Path:
+    """Saves a 2-layer BERT (hidden 32) with random weights and the given vocabulary."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizer(vocab=str(ASSETS / "tiny_vocab.txt"))
-    assert tokenizer.tokenize("the film is good") == ["the", "film", "is", "good"]
+    tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5 ignores `vocab_file=`
     tokenizer.save_pretrained(folder)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -36,10 +33,25 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT with a 31-word vocabulary (tests/assets/tiny_vocab.txt)."""
+    folder = save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), ASSETS / "tiny_vocab.txt")
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(folder).tokenize("the film is good") == [
+        "the",
+        "film",
+        "is",
+        "good",
+    ]
     return folder
 
 

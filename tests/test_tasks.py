@@ -25,7 +25,7 @@ from tasks.metrics import METRICS
 from tasks.readers import READERS, DataError
 from tasks.splits import grouped_split
 from tasks.token_classification import IGNORE_INDEX, align_labels
-from tests.conftest import ASSETS, ROOT, tiny_overrides
+from tests.conftest import ASSETS, ROOT, save_tiny_bert, tiny_overrides
 
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
 TASK_NAMES = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
@@ -37,24 +37,10 @@ WORDS = ["the", "good", "great", "fine", "lovely", "superb", "moving", "funny", 
 @pytest.fixture(scope="session")
 def wordpiece_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT whose vocabulary splits "films" into "film" + "##s"."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     folder = tmp_path_factory.mktemp("wordpiece-bert")
     vocab = folder / "vocab.txt"
     vocab.write_text((ASSETS / "tiny_vocab.txt").read_text().rstrip("\n") + "\n##s\n##ing\n")
-    tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5 ignores `vocab_file=`
-    tokenizer.save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder, vocab, max_positions=128)
 
 
 def _sentence(i: int, n: int = 4) -> str:
