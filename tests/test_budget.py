@@ -91,9 +91,9 @@ def test_lora_rank_matches_the_closed_form():
     assert sized.peft.r == round(0.02 * base / (4 * 4 * 64))
 
 
-@pytest.mark.parametrize("name", ["ia3", "bitfit", "linear", "full"])
-def test_fixed_size_methods_say_they_cannot_be_sized(name):
-    with pytest.raises(MethodNotApplicable, match=rf"'{name}' has a fixed size"):
+@pytest.mark.parametrize("name", ["ia3", "bitfit", "linear", "full", "boft", "oft"])
+def test_methods_without_a_size_knob_say_they_cannot_be_sized(name):
+    with pytest.raises(MethodNotApplicable, match=rf"'{name}' has no size knob"):
         fit_budget(_model(), _cfg(name, 0.5), CONTEXT)
 
 

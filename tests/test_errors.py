@@ -102,6 +102,7 @@ CASES = [
         "a method that needs CUDA, on CPU",
         ("+method.requires=[cuda]", "device=cpu"),
     ),
+    Case("qlora-cpu", "qlora (4-bit, bitsandbytes) on CPU", ("method=qlora", "device=cpu")),
     Case("method-kind", "unknown method kind", ("method.kind=lora",), config=False),
     Case("reader-unknown", "unknown data reader", ("task.source.reader=csvv",), config=False),
     Case("metric-unknown", "unknown metric", ("task.metrics=[accuracy,f2]",), config=False),

@@ -4,7 +4,8 @@
 the backbone (its parameters, head excluded), within 10%. Each sizable method names its size
 knob in its YAML (``budget_knob: peft.r``, ``bottleneck``, ``density_pct``...); the knob is
 searched by bisection, since every method's size grows monotonically with its knob. Methods
-with a fixed size (IA3, BitFit, the linear probe...) have ``budget_knob: null`` and refuse.
+with a fixed size (IA3, BitFit, the linear probe...) or whose sizes must divide layer widths
+(OFT, BOFT) have ``budget_knob: null`` and refuse.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def fit_budget(model: nn.Module, cfg: Any, ctx: MethodContext) -> tuple[Any, dic
     knob = cfg.get("budget_knob")
     if not knob:
         raise MethodNotApplicable(
-            f"method {cfg.name!r} has a fixed size and cannot be sized to budget_pct={pct}; "
-            "run it without a budget"
+            f"method {cfg.name!r} has no size knob (budget_knob: null in its YAML) and cannot "
+            f"be sized to budget_pct={pct}; run it without a budget or size it by hand"
         )
     base = backbone_size(model, ctx.head_modules)
     target = float(pct) / 100.0 * base
