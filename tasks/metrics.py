@@ -1,4 +1,4 @@
-"""Metrics computed directly with scikit-learn, scipy and seqeval.
+"""Metrics computed directly with scikit-learn, scipy, seqeval and sacreBLEU.
 
 The `evaluate` package cannot load its metrics offline (and costs seconds to import), so each
 metric here is a plain function of ``(predictions, references)``. Every metric says whether
@@ -82,6 +82,21 @@ def _entity(score: str) -> Callable[[Sequence, Sequence], float]:
     return fn
 
 
+def _sacrebleu(kind: str) -> Callable[[Sequence[str], Sequence[str]], float]:
+    """Corpus BLEU or chrF (sacreBLEU defaults: 13a tokenisation, chrF n=6, beta=2), 0-100.
+
+    Computed on detokenised text against one reference per sentence, as WMT reports them.
+    """
+
+    def fn(preds: Sequence[str], refs: Sequence[str]) -> float:
+        from sacrebleu.metrics import BLEU, CHRF
+
+        scorer = BLEU() if kind == "bleu" else CHRF()
+        return float(scorer.corpus_score(list(preds), [list(refs)]).score)
+
+    return fn
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
@@ -93,6 +108,8 @@ METRICS: dict[str, Metric] = {
         Metric("entity_precision", _entity("precision")),
         Metric("entity_recall", _entity("recall")),
         Metric("entity_f1", _entity("f1")),
+        Metric("bleu", _sacrebleu("bleu"), best=100.0),
+        Metric("chrf", _sacrebleu("chrf"), best=100.0),
     ]
 }
 

@@ -68,9 +68,29 @@ def test_entity_type_must_match():
     assert scores["entity_f1"] == 0.0
 
 
+def test_bleu_is_the_geometric_mean_of_n_gram_precisions():
+    # hyp "the cat sat on a mat" vs ref "the cat sat on the mat" (6 words each, BP = 1):
+    # 1-grams 5/6, 2-grams 3/5, 3-grams 2/4, 4-grams 1/3 -> (1/12) ** (1/4) on a 0-100 scale.
+    value = compute(["bleu"], ["the cat sat on a mat"], ["the cat sat on the mat"])["bleu"]
+    assert value == pytest.approx(100 * (1 / 12) ** 0.25)
+
+
+def test_bleu_penalises_short_output():
+    # 4 of the 6 reference words, all n-grams right: BP = exp(1 - 6/4).
+    value = compute(["bleu"], ["the cat sat on"], ["the cat sat on the mat"])["bleu"]
+    assert value == pytest.approx(100 * math.exp(1 - 6 / 4))
+
+
+def test_chrf_averages_character_n_gram_f2_over_orders_present():
+    # "abc" vs "abd": 1-grams P = R = 2/3, 2-grams 1/2, 3-grams 0; orders 4-6 exist on neither
+    # side and do not count: (2/3 + 1/2 + 0) / 3.
+    assert compute(["chrf"], ["abc"], ["abd"])["chrf"] == pytest.approx(100 * 7 / 18)
+
+
 LABELS = [0, 1, 0, 1]
 SCORES = [1.0, 2.0, 3.0, 4.0]
 TAGS = [["B-PER", "I-PER", "O"], ["O", "B-LOC"]]
+TEXTS = ["in the beginning god created the heavens .", "and the earth was empty ."]
 #: name -> (references, all-wrong predictions); a perfect prediction is the references.
 CASES = {
     "accuracy": (LABELS, [1, 0, 1, 0]),
@@ -81,6 +101,8 @@ CASES = {
     "entity_precision": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
     "entity_recall": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
     "entity_f1": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
+    "bleu": (TEXTS, ["xyz qq", "zzz"]),
+    "chrf": (TEXTS, ["xyz qq", "zzz"]),
 }
 
 
