@@ -181,6 +181,9 @@ SCHEMA: dict[str, Rule] = {
     "tracker.name": _NON_EMPTY_STR,
     "tracker.mode": _one_of("offline", "online", "disabled"),
 }
+    "task.max_target_length": _int_at_least(2, "80"),  # translation: a token and the eos
+    "task.generation.num_beams": _int_at_least(1, "4"),
+    "task.generation.max_new_tokens": _int_at_least(1, "80"),
 #: Rules for method arguments by key name, wherever they sit under ``method`` (peft or native),
 #: so a new method's YAML is checked without touching this file.
 METHOD_ARG_RULES: dict[str, Rule] = {
@@ -319,6 +322,37 @@ def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
     method = _lookup(cfg, "method.name")
     device = str(_lookup(cfg, "device", "auto"))
     if "cuda" in requires:
+#: peft methods that add virtual tokens or key/value prefixes instead of editing weights.
+_PROMPT_LEARNING = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
+
+
+def _check_warm_start(cfg: Mapping) -> None:
+    """A warm-started encoder-decoder (two BERT stacks) generates, and edits weights only.
+
+    peft's prompt learning reads one stack's layer count from the model config (an
+    EncoderDecoderConfig has none) and BERT's decoder would take the prefix for its position
+    offset, so those methods are refused here rather than failing in the run.
+    """
+    if not _lookup(cfg, "model.warm_start"):
+        return
+    model, kind = _lookup(cfg, "model.name"), _lookup(cfg, "task.kind")
+    if kind not in ("translation", "summarization"):
+        raise ConfigError(
+            f"model {model!r} is a warm-started encoder-decoder for generation, but task "
+            f"{_lookup(cfg, 'task.name')!r} is {kind}",
+            "use it for translation, or choose an encoder model such as model=minilm-l6",
+        )
+    peft_types = {v for p, v in _walk(cfg.get("method") or {}) if p.endswith("peft_type")}
+    prompt_learning = sorted(peft_types & set(_PROMPT_LEARNING))
+    if prompt_learning:
+        raise ConfigError(
+            f"method {_lookup(cfg, 'method.name')!r} ({prompt_learning[0]}) cannot run on model "
+            f"{model!r}: peft's prompt learning needs a single-stack config, and a "
+            "warm-started encoder-decoder has two BERT stacks",
+            "choose a method that edits weights, e.g. method=lora or method=adapter",
+        )
+
+
         no_cuda = device in ("cpu", "mps") or (device == "auto" and cuda_available is False)
         if no_cuda:
             raise ConfigError(
@@ -364,6 +398,7 @@ def validate(cfg: Any, *, cuda_available: bool | None = None) -> None:
 # --------------------------------------------------------------------------- the command line
 
 
+    _check_warm_start(cfg)
 def _closest(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     return f"did you mean {close[0]}? " if close else ""

@@ -349,7 +349,7 @@ def _first_batches(loader: DataLoader, device: torch.device, n: int) -> list[dic
 
 def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     from peftbench.methods import MethodContext, apply_method, save_trainable
-    from peftbench.methods.base import count_trainable, step_hook
+    from peftbench.methods.base import count_trainable, is_head_param, step_hook
     from peftbench.methods.budget import fit_budget
     from peftbench.models import load_backbone
     from peftbench.train import evaluate, total_steps, train
@@ -362,7 +362,11 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
 
     backbone = load_backbone(cfg.model, task)
     base_params = _count(backbone.model)
-    head_params = sum(_count(getattr(backbone.model, name)) for name in backbone.head_modules)
+    head_params = sum(  # head modules may sit deep inside (an encoder-decoder's cross-attention)
+        p.numel()
+        for name, p in backbone.model.named_parameters()
+        if is_head_param(name, backbone.head_modules)
+    )
     cache_dir = cache_root() / "tokenized" if cfg.data_cache else None
     loaders, data_facts = _loaders(
         task,

@@ -175,7 +175,7 @@ def inference_speed(model: torch.nn.Module, loader, device: torch.device) -> dic
     model.eval()
     durations, samples = [], 0
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels" or keep_labels}
         start = time.perf_counter()
         model(**batch)
         if device.type == "cuda":
@@ -187,5 +187,7 @@ def inference_speed(model: torch.nn.Module, loader, device: torch.device) -> dic
     return {
         "batch_latency_s": {"p50": _percentile(ordered, 50), "p90": _percentile(ordered, 90)},
         "samples_per_s": samples / sum(durations),
+    # An encoder-decoder needs its labels (shifted into decoder inputs); others do without.
+    keep_labels = getattr(model.config, "is_encoder_decoder", False)
         "n_batches": len(durations),
     }

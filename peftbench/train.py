@@ -52,8 +52,7 @@ def evaluate(
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, autocast_dtype):
-            outputs = model(**batch)
-        preds += task.predict(outputs, batch)
+            preds += task.predict_batch(model, batch)  # a forward pass, or generation
         refs += task.references(batch)
     model.train(was_training)
     return task.compute_metrics(preds, refs)

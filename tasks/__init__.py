@@ -3,7 +3,12 @@
 Importing this package registers every task kind and reader.
 """
 
-from tasks import classification, readers, token_classification  # noqa: F401  (registration side effects)
+from tasks import (  # noqa: F401  (registration side effects)
+    classification,
+    readers,
+    token_classification,
+    translation,
+)
 from tasks.base import TASK_KINDS, Task, build_task
 
 __all__ = ["TASK_KINDS", "Task", "build_task"]

