@@ -24,11 +24,24 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.generator = generator
         self.mega = mega
+        self._epoch_start = generator.get_state()
+        self._skip = 0
+
+    def state_dict(self) -> dict:
+        """The generator as the current epoch began: replaying it gives the epoch's order."""
+        return {"generator": self._epoch_start}
+
+    def load_state_dict(self, state: dict, *, skip: int) -> None:
+        """Makes the next epoch replay the saved one without its first ``skip`` batches."""
+        self.generator.set_state(state["generator"])
+        self._skip = skip
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        self._epoch_start = self.generator.get_state()
+        skip, self._skip = self._skip, 0  # batches a resumed run already trained on
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
         size = self.batch_size * self.mega
         batches = []
@@ -37,7 +50,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches += [
                 group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
             ]
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+        for b in torch.randperm(len(batches), generator=self.generator).tolist()[skip:]:
             yield batches[b]
 
 

@@ -8,6 +8,8 @@ Hydra's basic launcher runs every job of a sweep in one process.
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
 import statistics
 import sys
 import time
@@ -77,6 +79,13 @@ class StepTimer:
     def measured_seconds(self) -> float:
         return sum(self.durations[self.warmup :])
 
+    def state_dict(self) -> dict:
+        """The counts so far: a resumed run's statistics then cover the whole run."""
+        return {k: v for k, v in vars(self).items() if k != "device"}
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
 
 class Clock:
     """Accumulates wall time spent inside ``with clock.measure():`` blocks."""
@@ -91,6 +100,12 @@ class Clock:
             yield
         finally:
             self.seconds += time.perf_counter() - start
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds = state["seconds"]
 
 
 def _read_status_kb(field: str) -> int | None:
@@ -124,7 +139,59 @@ class PeakMemory:
             "allocated": torch.cuda.max_memory_allocated(self.device) if on_cuda else None,
             "reserved": torch.cuda.max_memory_reserved(self.device) if on_cuda else None,
             "rss": _read_status_kb("VmHWM"),
+            # now, not a peak (NVML keeps none): CUDA context + allocator cache + other libraries
+            "device_process": nvml_process_bytes(self.device) if on_cuda else None,
         }
+
+
+def nvml_process_bytes(device: torch.device) -> int | None:
+    """This process's memory on ``device`` as the driver reports it, or None if unknown.
+
+    Needs ``pynvml`` (the ``nvidia-ml-py`` package) and a driver; None without them, and
+    inside a container whose PIDs the driver does not see.
+    """
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}".encode())
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:  # no package, no driver, no such device: a missing reading, not an error
+        return None
+    used = [p.usedGpuMemory for p in processes if p.pid == os.getpid()]
+    return used[0] if used and used[0] is not None else None
+
+
+class AcceleratorBusy(RuntimeError):
+    """The accelerator holds memory the starting run did not allocate (one-line message)."""
+
+
+def ensure_idle(device: torch.device) -> None:
+    """Refuses to start a run while tensors of an earlier run still occupy the device.
+
+    Hydra's basic launcher runs every job of a sweep in one process: memory leaked by job k
+    would inflate job k+1's peak and could push it out of memory.
+
+    Raises:
+        AcceleratorBusy: naming the amount and the fix.
+    """
+    if device.type != "cuda":
+        return
+    gc.collect()  # cycles (model <-> hooks) keep tensors alive until collected
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:  # cuBLAS keeps its workspace allocated between runs
+        clear_workspaces()
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_allocated(device)
+    if held > 0:
+        driver = nvml_process_bytes(device)
+        seen = f" (the driver sees {driver / 2**20:.0f} MiB for this process)" if driver else ""
+        raise AcceleratorBusy(
+            f"{device} already holds {held / 2**20:.1f} MiB of tensors this run did not "
+            f"allocate{seen}; run each job in its own process (hydra/launcher=local) "
+            "or free what the previous run left referenced"
+        )
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name substring.
@@ -174,6 +241,8 @@ def inference_speed(model: torch.nn.Module, loader, device: torch.device) -> dic
     was_training = model.training
     model.eval()
     durations, samples = [], 0
+    # An encoder-decoder needs its labels (shifted into decoder inputs); others do without.
+    keep_labels = getattr(model.config, "is_encoder_decoder", False)
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels" or keep_labels}
         start = time.perf_counter()
@@ -187,7 +256,5 @@ def inference_speed(model: torch.nn.Module, loader, device: torch.device) -> dic
     return {
         "batch_latency_s": {"p50": _percentile(ordered, 50), "p90": _percentile(ordered, 90)},
         "samples_per_s": samples / sum(durations),
-    # An encoder-decoder needs its labels (shifted into decoder inputs); others do without.
-    keep_labels = getattr(model.config, "is_encoder_decoder", False)
         "n_batches": len(durations),
     }
