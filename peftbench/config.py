@@ -175,15 +175,15 @@ SCHEMA: dict[str, Rule] = {
     "task.kind": _NON_EMPTY_STR,
     "task.version": _int_at_least(1, "1"),
     "task.max_length": _int_at_least(1, "128"),
+    "task.max_target_length": _int_at_least(2, "80"),  # translation: a token and the eos
+    "task.generation.num_beams": _int_at_least(1, "4"),
+    "task.generation.max_new_tokens": _int_at_least(1, "80"),
     "task.labels": Rule(list, lambda v: len(v) >= 2, "a list of at least 2 labels", "[neg, pos]"),
     "task.metrics": Rule(list, lambda v: len(v) >= 1, "a non-empty list", "[accuracy]"),
     "task.primary_metric": _NON_EMPTY_STR,
     "tracker.name": _NON_EMPTY_STR,
     "tracker.mode": _one_of("offline", "online", "disabled"),
 }
-    "task.max_target_length": _int_at_least(2, "80"),  # translation: a token and the eos
-    "task.generation.num_beams": _int_at_least(1, "4"),
-    "task.generation.max_new_tokens": _int_at_least(1, "80"),
 #: Rules for method arguments by key name, wherever they sit under ``method`` (peft or native),
 #: so a new method's YAML is checked without touching this file.
 METHOD_ARG_RULES: dict[str, Rule] = {
@@ -316,12 +316,6 @@ def _check_family(cfg: Mapping) -> None:
         )
 
 
-def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
-    """A method's ``requires:`` list (cuda, biases) against the device and the model."""
-    requires = list(_lookup(cfg, "method.requires") or [])
-    method = _lookup(cfg, "method.name")
-    device = str(_lookup(cfg, "device", "auto"))
-    if "cuda" in requires:
 #: peft methods that add virtual tokens or key/value prefixes instead of editing weights.
 _PROMPT_LEARNING = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
 
@@ -353,6 +347,12 @@ def _check_warm_start(cfg: Mapping) -> None:
         )
 
 
+def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
+    """A method's ``requires:`` list (cuda, biases) against the device and the model."""
+    requires = list(_lookup(cfg, "method.requires") or [])
+    method = _lookup(cfg, "method.name")
+    device = str(_lookup(cfg, "device", "auto"))
+    if "cuda" in requires:
         no_cuda = device in ("cpu", "mps") or (device == "auto" and cuda_available is False)
         if no_cuda:
             raise ConfigError(
@@ -392,13 +392,13 @@ def validate(cfg: Any, *, cuda_available: bool | None = None) -> None:
     _check_task(cfg)
     _check_model_source(cfg)
     _check_family(cfg)
+    _check_warm_start(cfg)
     _check_requires(cfg, cuda_available)
 
 
 # --------------------------------------------------------------------------- the command line
 
 
-    _check_warm_start(cfg)
 def _closest(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     return f"did you mean {close[0]}? " if close else ""

@@ -6,6 +6,7 @@ pointed at differs (a verified local folder vs a Hub id at a pinned revision).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +35,10 @@ def _auto_class(head: str) -> type:
     classes = {
         "sequence_classification": transformers.AutoModelForSequenceClassification,
         "token_classification": transformers.AutoModelForTokenClassification,
-    }
-    return classes[head]
         "seq2seq_lm": transformers.AutoModelForSeq2SeqLM,
         "causal_lm": transformers.AutoModelForCausalLM,
+    }
+    return classes[head]
 
 
 def resolve_source(model_cfg: Any) -> tuple[str, dict, str]:
@@ -64,12 +65,56 @@ def _head_modules(model: nn.Module, missing_keys: list[str]) -> list[str]:
     return sorted(names)
 
 
+# Printed on every run that passes labels, which is the intended way since transformers 4.12.
+warnings.filterwarnings("ignore", message="Version v4.12.0 introduces", category=FutureWarning)
+
+#: What ``from_encoder_decoder_pretrained`` creates new in a BERT-family decoder: every layer's
+#: cross-attention and the LM head's transform. Every method trains them, like a task head.
+WARM_START_HEADS = ["crossattention", "transform"]
+
+
+def warm_start_encoder_decoder(where: str, kwargs: dict, tokenizer: Any) -> nn.Module:
+    """An EncoderDecoderModel whose encoder and decoder both start from one pretrained encoder.
+
+    Rothe et al. 2020 ("Leveraging Pre-trained Checkpoints for Sequence Generation Tasks"):
+    the decoder is the encoder with causal self-attention, new cross-attention and an LM head
+    tied to its word embeddings. The head's output bias is new as well but stays at zero: it
+    lives beside the tied embeddings, which a head module would copy and train in full.
+    The decoder starts from [CLS] and stops at [SEP], on ``config`` and ``generation_config``.
+    """
+    import transformers
+
+    both = {f"{side}_{k}": v for k, v in kwargs.items() for side in ("encoder", "decoder")}
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the expected "newly initialised" report
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
+            where, where, encoder_use_safetensors=True, decoder_use_safetensors=True, **both
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    ids = {
+        "decoder_start_token_id": tokenizer.cls_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    for config in (model.config, model.generation_config):
+        for key, value in ids.items():
+            setattr(config, key, value)
+    return model.float()
+
+
 def load_backbone(model_cfg: Any, task: Any) -> Backbone:
     """Loads tokenizer and model with the task's head; weights only from safetensors."""
     import transformers
 
     where, kwargs, printable = resolve_source(model_cfg)
     tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
+    task.tokenizer = tokenizer  # generative tasks decode predictions with it
+    if model_cfg.get("warm_start") == "encoder_decoder":
+        model = warm_start_encoder_decoder(where, kwargs, tokenizer)
+        return Backbone(model, tokenizer, WARM_START_HEADS, printable, "pretrained")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the expected "head newly initialised" report
     transformers.utils.logging.disable_progress_bar()
@@ -92,46 +137,6 @@ def load_backbone(model_cfg: Any, task: Any) -> Backbone:
         model=model,
         tokenizer=tokenizer,
         head_modules=_head_modules(model, info.get("missing_keys", [])),
-#: What ``from_encoder_decoder_pretrained`` creates new in a BERT-family decoder: every layer's
-#: cross-attention and the LM head's transform. Every method trains them, like a task head.
-WARM_START_HEADS = ["crossattention", "transform"]
-
-
-def warm_start_encoder_decoder(where: str, kwargs: dict, tokenizer: Any) -> nn.Module:
-    """An EncoderDecoderModel whose encoder and decoder both start from one pretrained encoder.
-
-    Rothe et al. 2020 ("Leveraging Pre-trained Checkpoints for Sequence Generation Tasks"):
-    the decoder is the encoder with causal self-attention, new cross-attention and an LM head
-    tied to its word embeddings. The head's output bias is new as well but stays at zero: it
-    lives beside the tied embeddings, which a head module would copy and train in full.
-    The decoder starts from [CLS] and stops at [SEP], on ``config`` and ``generation_config``.
-    """
-    import transformers
-
-    both = {f"{side}_{k}": v for k, v in kwargs.items() for side in ("encoder", "decoder")}
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the expected "newly initialised" report
-    try:
-        model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
-            where, where, encoder_use_safetensors=True, decoder_use_safetensors=True, **both
-        )
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    ids = {
-        "decoder_start_token_id": tokenizer.cls_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
-    }
-    for config in (model.config, model.generation_config):
-        for key, value in ids.items():
-            setattr(config, key, value)
-    return model.float()
-
-
         source=printable,
         weights="pretrained",
     )
-    task.tokenizer = tokenizer  # generative tasks decode predictions with it
-    if model_cfg.get("warm_start") == "encoder_decoder":
-        model = warm_start_encoder_decoder(where, kwargs, tokenizer)
-        return Backbone(model, tokenizer, WARM_START_HEADS, printable, "pretrained")

@@ -102,6 +102,22 @@ CASES = [
         "a method that needs CUDA, on CPU",
         ("+method.requires=[cuda]", "device=cpu"),
     ),
+    Case("bible-encoder", "Bible translation on an encoder-only model", ("task=bible-de-en",)),
+    Case(
+        "warm-start-prefix",
+        "prefix tuning on the warm-started encoder-decoder",
+        ("task=bible-de-en", "model=minilm2minilm", "method=prefix"),
+    ),
+    Case(
+        "warm-start-classify",
+        "warm-started encoder-decoder on classification",
+        ("model=minilm2minilm",),
+    ),
+    Case(
+        "beams-zero",
+        "0 beams for translation decoding",
+        ("task=bible-de-en", "model=minilm2minilm", "task.generation.num_beams=0"),
+    ),
     Case("qlora-cpu", "qlora (4-bit, bitsandbytes) on CPU", ("method=qlora", "device=cpu")),
     Case("method-kind", "unknown method kind", ("method.kind=lora",), config=False),
     Case("reader-unknown", "unknown data reader", ("task.source.reader=csvv",), config=False),
