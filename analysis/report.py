@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis import repro
 from analysis.comparisons import plot_average_rank, plot_budget_matched
-from analysis.convergence import plot_convergence
+from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
 from analysis.page import PAGE, Plot, render_page
 from analysis.plots import plot_all
 from analysis.records import SUCCESS, SYNTHETIC, load_records, quality_runs, select
@@ -34,14 +34,18 @@ PLOT_CAPTIONS = {
 
 
 def build_report(
-    results_dir: Path, out_dir: Path | None = None, filters: dict[str, Any] | None = None
+    results_dir: Path,
+    out_dir: Path | None = None,
+    filters: dict[str, Any] | None = None,
+    target_fraction: float = TARGET_FRACTION,
 ) -> list[Path]:
     """Builds the comparison report from the run records under ``results_dir``.
 
     Quality outputs use the latest successful record of each run_id and never runs on
     synthetic weights. Writes ``comparison.md``, ``comparison.csv``, ``comparison.tex``,
     ``score_vs_params.{png,svg}`` (plus ``score_vs_time`` and ``score_vs_memory`` when those
-    costs were recorded), ``convergence`` (when histories have dev points), ``average_rank``,
+    costs were recorded), ``convergence`` (when histories have dev points),
+    ``time_to_target.{md,csv}`` (when full fine-tuning ran on a task), ``average_rank``,
     ``budget_matched`` (when runs carry budgets), ``reproducibility.md``, ``report.html``
     (everything in one self-contained page) and, when some runs did not succeed,
     ``failures.md``. Every text output is scrubbed of secrets.
@@ -50,6 +54,7 @@ def build_report(
         results_dir: Directory of run records (searched recursively).
         out_dir: Where to write; defaults to ``<results_dir>/report``.
         filters: Keyword arguments of ``records.select`` (task, model, method, sweep).
+        target_fraction: Time to target: the share of full fine-tuning's best dev score.
 
     Returns:
         The paths written.
@@ -78,6 +83,7 @@ def build_report(
         _write(out_dir / "comparison.csv", to_csv(tables)),
         _write(out_dir / "comparison.tex", to_latex(tables)),
         *plots,
+        *write_time_to_target(runs, out_dir, target_fraction),
         _write(out_dir / REPRO_FILE, repro.to_markdown(rows)),
         _write(out_dir / PAGE, _page(tables, plots, rows, runs, records)),
     ]

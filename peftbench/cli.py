@@ -106,6 +106,10 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
         report.add_argument(
             f"--{name}", nargs="+", metavar=name.upper(), help=f"keep these {name}s"
         )
+    report.add_argument(
+        "--target-fraction", type=float, default=0.95, metavar="F",
+        help="time to target: share of full fine-tuning's best dev score (default 0.95)",
+    )  # fmt: skip
     report.set_defaults(handler=_cmd_report)
 
 
@@ -201,10 +205,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for name in ("task", "method", "model", "sweep")
         if getattr(args, name) is not None
     }
+    if not 0 < args.target_fraction <= 1:
+        raise _UserError(f"--target-fraction must be in (0, 1], got {args.target_fraction}")
     from analysis.report import build_report  # lazy: pulls pandas and matplotlib
 
     try:
-        written = build_report(results_dir=args.results, out_dir=args.out, filters=filters)
+        written = build_report(
+            results_dir=args.results,
+            out_dir=args.out,
+            filters=filters,
+            target_fraction=args.target_fraction,
+        )
     except ValueError as exc:  # build_report's "nothing to report" (and bad records)
         raise _UserError(str(exc)) from None
     for path in written:

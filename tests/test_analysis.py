@@ -428,6 +428,58 @@ def test_convergence_curves_average_seeds_per_step(tmp_path: Path) -> None:
     assert curves["n"].tolist() == [2, 2]
 
 
+def _timed_record(path: Path, method: str, seed: int, dev: list[tuple[int, float, float]]):
+    """A success record whose dev rows are (step, train_s, value); elapsed_s is 10 s later."""
+    history = [{"step": s, "dev/accuracy": v, "train_s": t, "elapsed_s": t + 10} for s, t, v in dev]
+    experiment = {"task": "polarity", "model": "minilm-l6", "method": method, "seed": seed,
+                  "weights": "pretrained", "budget_pct": None, "sweep_id": "s",
+                  "task_version": 1}  # fmt: skip
+    metrics = {"primary": {"name": "accuracy", "split": "test", "value": dev[-1][2],
+                           "higher_is_better": True}}  # fmt: skip
+    run_id = f"polarity--minilm-l6--{method}--s{seed}"
+    _write_record(path, run_id=run_id, experiment=experiment, metrics=metrics, history=history)
+
+
+def test_time_to_target_is_the_first_hit_of_95_percent_of_full_fine_tuning(
+    tmp_path: Path,
+) -> None:
+    from analysis.convergence import load_histories, time_to_target, write_time_to_target
+
+    # full: best dev 0.80 and 0.90 -> reference 0.85, target 0.95 x 0.85 = 0.8075
+    _timed_record(tmp_path / "f0.json", "full", 0, [(2, 1.0, 0.80)])
+    _timed_record(tmp_path / "f1.json", "full", 1, [(2, 2.0, 0.90)])
+    _timed_record(tmp_path / "l0.json", "lora", 0, [(2, 1.0, 0.70), (4, 2.0, 0.81), (6, 3.0, 0.85)])
+    _timed_record(tmp_path / "l1.json", "lora", 1, [(2, 0.5, 0.82)])
+    _timed_record(tmp_path / "p0.json", "prompt", 0, [(2, 1.0, 0.50), (4, 2.0, 0.60)])
+    runs = quality_runs(load_records(tmp_path))
+    table = time_to_target(load_histories(runs)).set_index("method_label")
+
+    assert table["target"].unique() == pytest.approx([0.8075])
+    assert table.loc["lora", ["runs", "reached"]].tolist() == [2, 2]
+    assert table.loc["lora", "step"] == pytest.approx(3.0)  # steps 4 and 2
+    assert table.loc["lora", "train_s"] == pytest.approx(1.25)  # training seconds, not elapsed
+    assert table.loc["full", ["reached", "step", "train_s"]].tolist() == [1, 2.0, 2.0]
+    assert table.loc["prompt", "reached"] == 0 and math.isnan(table.loc["prompt", "step"])
+    half = time_to_target(load_histories(runs), fraction=0.5)
+    assert half.loc[0, "target"] == pytest.approx(0.425)
+
+    md, _ = write_time_to_target(runs, tmp_path)
+    assert "| polarity | minilm-l6 | lora | 0.8075 | 2/2 | 3 | 1.2 |" in md.read_text()
+
+
+def test_time_to_target_for_lower_is_better_and_without_full_runs() -> None:
+    from analysis.convergence import time_to_target
+
+    points = pd.DataFrame({
+        "task": "t", "model": "m", "method_label": ["full", "full", "lora", "lora"],
+        "seed": 0, "higher_is_better": False, "step": [1, 2, 1, 2],
+        "elapsed_s": 0.0, "train_s": [1.0, 2.0, 1.0, 2.0], "value": [2.0, 0.95, 1.2, 0.99],
+    })  # fmt: skip
+    table = time_to_target(points).set_index("method_label")  # target 0.95 / 0.95 = 1.0
+    assert table.loc["lora", "step"] == 2 and table.loc["full", "step"] == 2
+    assert time_to_target(points[points["method_label"] == "lora"]).empty
+
+
 def test_ranks_per_task_behind_the_average_rank(records: pd.DataFrame) -> None:
     (table,) = build_tables(aggregate(quality_runs(records)))
     assert table.ranks.to_dict() == {
