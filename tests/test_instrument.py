@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import peftbench.train
-from peftbench import experiment
+from peftbench import experiment, instrument
 from peftbench.instrument import PeakMemory, StepTimer, peak_tflops, training_flops_per_token
 
 real_evaluate = peftbench.train.evaluate
@@ -53,6 +56,10 @@ def test_training_time_excludes_evaluation(compose, tmp_path, monkeypatch):
     # 2 dev evaluations (inside the training loop) + 1 test evaluation, each 1 s slower
     assert slow["cost"]["eval_time_s"] >= 3.0
     assert slow["cost"]["train_time_s"] < fast["cost"]["train_time_s"] + 1.0
+    # history rows carry training seconds too: the last dev row saw both slow evaluations
+    last_dev = [row for row in slow["history"] if "dev/accuracy" in row][-1]
+    assert last_dev["elapsed_s"] - last_dev["train_s"] >= 2.0
+    assert last_dev["train_s"] < fast["cost"]["train_time_s"] + 1.0
 
 
 def test_memory_high_water_is_reset_between_runs_in_one_process(compose, tmp_path, monkeypatch):
@@ -112,3 +119,82 @@ def test_flops_count_only_trainable_weights_for_weight_gradients():
 def test_peak_table_matches_device_names(name, peak):
     assert peak_tflops(name) == peak
     assert peak_tflops(name, override=100.0) == 100.0
+
+
+# ------------------------------------------------------------- accelerator idle check, NVML
+
+MiB = 2**20
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A CUDA device on a CPU machine: ``held["bytes"]`` is what torch reports allocated."""
+    held = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: held["bytes"])
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None, raising=False)
+    monkeypatch.setattr(instrument, "nvml_process_bytes", lambda device: 1500 * MiB)
+    return held
+
+
+def test_a_run_starting_on_a_device_that_holds_tensors_is_refused(fake_cuda):
+    fake_cuda["bytes"] = 300 * MiB  # e.g. the previous job's model, still referenced
+    with pytest.raises(instrument.AcceleratorBusy) as refused:
+        instrument.ensure_idle(CUDA)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "300.0 MiB" in message and "1500 MiB" in message  # torch's count and the driver's
+    assert "hydra/launcher=local" in message  # the fix
+    fake_cuda["bytes"] = 0
+    instrument.ensure_idle(CUDA)  # an idle device passes
+    instrument.ensure_idle(torch.device("cpu"))  # nothing to check on a CPU
+
+
+def test_the_refused_run_leaves_a_one_line_failed_record(compose, tmp_path, monkeypatch, fake_cuda):
+    fake_cuda["bytes"] = 64 * MiB
+    monkeypatch.setattr(experiment, "ensure_idle", lambda device: instrument.ensure_idle(CUDA))
+    summary = experiment.run(compose("method=lora", results_dir=tmp_path))
+    record = json.loads(Path(summary["path"]).read_text())
+    assert record["status"] == "failed" and "64.0 MiB" in record["error"]
+    assert record["traceback"] is None  # a refusal, not a bug
+
+
+class _FakeNvml:
+    """pynvml's calls that nvml_process_bytes makes, with one process: this one."""
+
+    def __init__(self, pid: int, used: int | None) -> None:
+        self.process = SimpleNamespace(pid=pid, usedGpuMemory=used)
+
+    def nvmlInit(self):  # noqa: N802 (pynvml's names)
+        pass
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):  # noqa: N802
+        assert uuid == b"GPU-1234"
+        return "handle"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):  # noqa: N802
+        return [SimpleNamespace(pid=-1, usedGpuMemory=1), self.process]
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (_FakeNvml(os.getpid(), 900 * MiB), 900 * MiB),
+        (_FakeNvml(os.getpid(), None), None),  # the driver does not report it
+        (_FakeNvml(-2, 900 * MiB), None),  # a container: the driver sees other PIDs
+        (None, None),  # nvidia-ml-py not installed: import fails
+    ],
+)
+def test_nvml_process_memory_is_read_or_null(monkeypatch, module, expected):
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    props = SimpleNamespace(uuid="1234")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert instrument.nvml_process_bytes(CUDA) == expected
+
+
+def test_nvml_without_a_driver_gives_null(monkeypatch):
+    broken = _FakeNvml(os.getpid(), 1)
+    broken.nvmlInit = lambda: (_ for _ in ()).throw(RuntimeError("NVML Shared Library Not Found"))
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    assert instrument.nvml_process_bytes(CUDA) is None
