@@ -159,6 +159,8 @@ SCHEMA: dict[str, Rule] = {
     "train.precision": _one_of("auto", "fp32", "bf16"),
     "train.gradient_checkpointing": _BOOL,
     "train.num_workers": _int_at_least(0, "0"),
+    "train.checkpoint_every_steps": _int_at_least(0, "500"),
+    "train.keep_checkpoints": _BOOL,
     "data_cache": _BOOL,
     "instrument.inference": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),

@@ -22,12 +22,15 @@ from torch.utils.data import DataLoader
 
 from peftbench.assets import cache_root
 from peftbench.batching import LengthGroupedBatchSampler, sorted_batches
+from peftbench.checkpoint import Checkpointer, Replay, remove_checkpoint
 from peftbench.config import ConfigError, validate
 from peftbench.data_cache import cache_key, cached_encode
 from peftbench.instrument import (
+    AcceleratorBusy,
     Clock,
     PeakMemory,
     StepTimer,
+    ensure_idle,
     forward_params,
     inference_speed,
     peak_tflops,
@@ -130,6 +133,8 @@ def run(cfg: Any) -> dict:
         _finish(record, results_dir, tracker)
         raise
     path = _finish(record, results_dir, tracker)
+    if record["status"] == "success" and not cfg.train.get("keep_checkpoints"):
+        remove_checkpoint(results_dir, run_id)  # the record now holds everything
     return {
         "run_id": run_id,
         "status": record["status"],
@@ -208,7 +213,7 @@ def _failure(error: Exception, cfg: Any) -> dict:
 def _is_refusal(error: Exception) -> bool:
     from peftbench.methods.base import MethodNotApplicable
 
-    return isinstance(error, MethodNotApplicable)
+    return isinstance(error, MethodNotApplicable | AcceleratorBusy)
 
 
 def _finish(record: dict, results_dir: Path, tracker: Any) -> Path:
@@ -266,6 +271,9 @@ def _loaders(
             collate_fn=collate,
             num_workers=int(cfg.num_workers),
             pin_memory=pin_memory,
+            # its own seed source: iterating must not draw from the global RNG that dropout
+            # uses, or a run resumed mid-epoch would see other dropout masks
+            generator=torch.Generator().manual_seed(seed),
         )
     return loaders, {"n_truncated": truncated, "tokenize": tokenize}
 
@@ -356,6 +364,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
 
     device = pick_device(cfg.device)
     seed_everything(int(cfg.seed))
+    ensure_idle(device)  # a leak from the previous job of this process would skew this one
     memory = PeakMemory(device)
     memory.reset()
     setup_start = time.perf_counter()
@@ -402,7 +411,9 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         history.append(row)
         tracker.log(row)
 
-    train_start = time.perf_counter()
+    checkpoint = Checkpointer.for_run(
+        cfg, run_id, {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
+    )
     result = train(
         model,
         train_loader=loaders["train"],
@@ -417,8 +428,9 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         description=run_id,
         step_hook=step_hook(model),
         autocast_dtype=autocast_dtype,
+        checkpoint=checkpoint,
     )
-    train_time = time.perf_counter() - train_start - eval_clock.seconds
+    train_time = result.train_s  # evaluation and checkpoint saving excluded
     with eval_clock.measure():
         test = evaluate(model, loaders["test"], task, device, autocast_dtype)
     log_row({"step": result.steps, **{f"test/{k}": v for k, v in test.items()}})
@@ -458,6 +470,11 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
             "setup_time_s": setup_time,
             "train_time_s": train_time,
             "eval_time_s": eval_clock.seconds,
+            # peak memory covers the resumed process only; times and counts the whole run
+            "checkpoint": {
+                "every_steps": checkpoint.every,
+                "resumed_from_step": checkpoint.resumed_from,
+            },
             **timer.summary(),
             **compute,
             "peak_mem_bytes": peak_memory,

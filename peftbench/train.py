@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from peftbench.checkpoint import Checkpointer, LoopState
 from peftbench.instrument import Clock, StepTimer
 
 
@@ -26,6 +27,7 @@ class TrainResult:
     best_step: int
     best_dev: dict[str, float]
     history: list[dict] = field(default_factory=list)
+    train_s: float = 0.0  # loop wall time without evaluation and checkpoint saving
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -104,6 +106,7 @@ def train(
     description: str = "train",
     step_hook: Callable[[int], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """Trains the model's trainable parameters and leaves it at the best dev checkpoint.
 
@@ -122,6 +125,8 @@ def train(
         step_hook: the method's per-step hook (``peftbench.methods.step_hook``), called with
             the 0-based step after each optimiser step, while the gradients are still there.
         autocast_dtype: mixed-precision dtype of forward passes (bf16 on GPUs), or None.
+        checkpoint: resumes from a checkpoint of this run if there is one, and saves one
+            every ``cfg.checkpoint_every_steps`` steps.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
@@ -130,18 +135,27 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, steps))
     eval_every = int(cfg.eval_every_steps) or len(train_loader)
 
-    result = TrainResult(steps=steps, best_step=0, best_dev={})
-    best_value, best_state = None, None
-    start = time.perf_counter()
+    sampler = train_loader.batch_sampler
+    state = checkpoint and checkpoint.restore(model, optimizer, scheduler, sampler)
+    state = state or LoopState()  # state.step: the step running now (1-based) once drawn
+    start = time.perf_counter() - state.elapsed_s
+    saving = checkpoint or Clock()  # both count seconds: spent saving, none without
+
+    def train_s() -> float:
+        return time.perf_counter() - start - eval_clock.seconds - saving.seconds
+
     model.train()
     # Off when stderr is not a terminal (CI logs stay readable).
-    bar = tqdm(total=steps, desc=description, leave=False, dynamic_ncols=True, disable=None)
-    step = 0  # the step running now (1-based) once the first batch is drawn
+    bar = tqdm(
+        total=steps, initial=state.step, desc=description, leave=False, dynamic_ncols=True,
+        disable=None,
+    )  # fmt: skip
     try:
-        while step < steps:
+        while state.step < steps:
             for batch in train_loader:
                 batch = to_device(batch, device)
-                step += 1
+                state.step += 1
+                step = state.step
                 with timer.step(batch):
                     with autocast(device, autocast_dtype):
                         loss = model(**batch).loss
@@ -164,6 +178,7 @@ def train(
                             "train/loss": loss_value,
                             "train/lr": scheduler.get_last_lr()[0],
                             "elapsed_s": time.perf_counter() - start,
+                            "train_s": train_s(),
                         }
                     )
                 if step % eval_every == 0 or step == steps:
@@ -174,18 +189,23 @@ def train(
                             "step": step,
                             **{f"dev/{k}": v for k, v in dev.items()},
                             "elapsed_s": time.perf_counter() - start,
+                            "train_s": train_s(),
                         }
                     )
-                    if _is_better(dev[task.primary_metric], best_value, task.higher_is_better):
-                        best_value, best_state = dev[task.primary_metric], _snapshot(model)
-                        result.best_step, result.best_dev = step, dev
+                    value = dev[task.primary_metric]
+                    if _is_better(value, state.best_value, task.higher_is_better):
+                        state.best_value, state.best_state = value, _snapshot(model)
+                        state.best_step, state.best_dev = step, dev
                 if step >= steps:
                     break
+                if checkpoint is not None and checkpoint.due(step):
+                    elapsed = time.perf_counter() - start
+                    checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
     except Exception as error:
         # A failed run's record names the step (diverged at 5, out of memory at 1).
-        error.step = step  # type: ignore[attr-defined]
+        error.step = state.step  # type: ignore[attr-defined]
         raise
     bar.close()
-    if best_state is not None:
-        _restore(model, best_state)
-    return result
+    if state.best_state is not None:
+        _restore(model, state.best_state)
+    return TrainResult(steps, state.best_step, state.best_dev, train_s=train_s())

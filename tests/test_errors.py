@@ -71,6 +71,11 @@ CASES = [
     Case("epochs-float", "fractional epochs", ("train.epochs=1.5",)),
     Case("max-steps-negative", "negative max_steps", ("train.max_steps=-5",)),
     Case("warmup-range", "warm-up ratio over 1", ("train.warmup_ratio=1.5",)),
+    Case(
+        "checkpoint-negative",
+        "negative checkpoint interval",
+        ("train.checkpoint_every_steps=-1",),
+    ),
     Case("seed-negative", "negative seed", ("seed=-1",)),
     Case("device-unknown", "unknown device", ("device=gpu",)),
     Case("bool-text", "text for a boolean", ("model.trust_remote_code=yes",)),

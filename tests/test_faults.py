@@ -250,3 +250,119 @@ def test_secrets_in_the_environment_reach_no_output_file(tiny_bert_dir, tmp_path
             assert secret.encode() not in content, f"{name} leaked into {path}"
     for name, secret in SECRETS.items():
         assert secret not in done.stdout + done.stderr, f"{name} leaked into the console"
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+CHECKPOINTED = (
+    "method=adapter",
+    "train.max_steps=12",  # 8 batches per epoch: the run crosses an epoch boundary
+    "train.eval_every_steps=3",
+    "train.checkpoint_every_steps=5",  # mid-epoch, between evaluations
+)
+#: History fields that measure time or memory: they differ between any two runs.
+MEASURED = {"elapsed_s", "train_s", "train/step_time_s", "train/peak_rss_bytes"}
+#: Runs one cell in a child process; with ``pause`` it stops for good after the first
+#: checkpoint is written, so the test can kill it at a known step.
+_DRIVER = """
+import sys, time
+from hydra import compose, initialize_config_dir
+from peftbench import experiment
+from peftbench.checkpoint import Checkpointer
+
+if sys.argv[1] == "pause":
+    save = Checkpointer.save
+    def save_then_hang(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        time.sleep(600)
+    Checkpointer.save = save_then_hang
+with initialize_config_dir(config_dir=sys.argv[2], version_base="1.3"):
+    cfg = compose("config", overrides=sys.argv[3:])
+assert experiment.run(cfg)["status"] == "success"
+"""
+
+
+def _cell(tiny_bert_dir: Path, results: Path, mode: str) -> list[str]:
+    overrides = tiny_overrides(tiny_bert_dir, results, *CHECKPOINTED)
+    return [sys.executable, "-c", _DRIVER, mode, str(ROOT / "conf"), *overrides]
+
+
+def _outcome(results: Path) -> tuple[dict, list[dict]]:
+    (path,) = records_dir(results).glob("*__success.json")
+    record = json.loads(path.read_text())
+    return record["metrics"], _learned(record["history"])
+
+
+def _learned(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in MEASURED} for row in history]
+
+
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_metrics_and_history(
+    tiny_bert_dir, tmp_path
+):
+    from peftbench.checkpoint import checkpoint_path
+
+    killed = tmp_path / "killed"
+    checkpoint = checkpoint_path(killed, "polarity--tiny-bert--adapter--s0")
+    proc = subprocess.Popen(
+        _cell(tiny_bert_dir, killed, "pause"), cwd=ROOT, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before writing a checkpoint"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not list(records_dir(killed).glob("*.json"))  # killed before the end
+
+    for results, mode in ((killed, "resume"), (tmp_path / "whole", "whole")):
+        done = subprocess.run(
+            _cell(tiny_bert_dir, results, mode), cwd=ROOT, env=_env(), capture_output=True,
+            text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads(next(records_dir(killed).glob("*.json")).read_text())
+    assert resumed["cost"]["checkpoint"]["resumed_from_step"] == 5
+    assert _outcome(killed) == _outcome(tmp_path / "whole")
+    assert not checkpoint.exists()  # removed after success
+    assert [row["step"] for row in _outcome(killed)[1]][:3] == [1, 2, 3]  # history from step 1
+
+
+def _checkpointed_run(compose, results: Path, *extra: str) -> dict:
+    summary = experiment.run(compose(*CHECKPOINTED, *extra, results_dir=results))
+    assert summary["status"] == "success"
+    return json.loads(Path(summary["path"]).read_text())
+
+
+def test_checkpoint_of_another_config_is_not_resumed_and_success_removes_it(
+    compose, tmp_path, caplog
+):
+    from peftbench.checkpoint import checkpoint_path
+
+    results = tmp_path / "results"
+    checkpoint = checkpoint_path(results, "polarity--tiny-bert--adapter--s0")
+    first = _checkpointed_run(compose, results, "train.keep_checkpoints=true")
+    assert checkpoint.is_file()  # kept: written at step 10, the last due before the end
+
+    # Another learning rate: the step-10 state belongs to another run; start from step 1.
+    caplog.set_level("WARNING", logger="peftbench")
+    other = _checkpointed_run(compose, results, "force=true", "method.lr=5e-4")
+    warnings = [r.getMessage() for r in caplog.records if "another config" in r.getMessage()]
+    assert len(warnings) == 1 and "starting fresh" in warnings[0]
+    assert other["cost"]["checkpoint"]["resumed_from_step"] is None
+    assert other["history"][0]["step"] == 1
+    assert not checkpoint.exists()  # keep_checkpoints=false: removed after success
+    assert first["cost"]["checkpoint"]["resumed_from_step"] is None
+
+
+def test_a_kept_checkpoint_resumes_in_process_to_the_same_result(compose, tmp_path):
+    results = tmp_path / "results"
+    whole = _checkpointed_run(compose, results, "train.keep_checkpoints=true")
+    resumed = _checkpointed_run(compose, results, "force=true")  # from step 10
+    assert resumed["cost"]["checkpoint"]["resumed_from_step"] == 10
+    assert _learned(resumed["history"]) == _learned(whole["history"])
+    assert resumed["metrics"] == whole["metrics"]
+    assert resumed["cost"]["step_time_s"]["n"] == whole["cost"]["step_time_s"]["n"]
