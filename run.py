@@ -14,12 +14,14 @@ from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> dict | float:
     from peftbench.config import input_errors_exit
     from peftbench.experiment import run
+    from peftbench.tune import is_tuning, objective
 
     with input_errors_exit():  # a bad config, data file or asset: one line, exit 2
-        return run(cfg)
+        summary = run(cfg)
+    return objective(summary) if is_tuning() else summary  # the Optuna sweeper wants a number
 
 
 if __name__ == "__main__":

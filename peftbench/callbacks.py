@@ -17,14 +17,20 @@ _TOTAL_ENV = "PEFTBENCH_SWEEP_TOTAL"
 
 
 def sweep_size(overrides: list[str]) -> int | None:
-    """Number of jobs a list of command-line overrides expands to (None if it can't tell)."""
+    """Number of jobs a list of command-line overrides expands to (None if it can't tell).
+
+    A key given twice counts once, the later value winning (as in Hydra's basic sweeper).
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-        return math.prod(
-            len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()
-        )
+        sizes = {
+            o.get_key_element(): len(list(o.sweep_string_iterator()))
+            for o in parsed
+            if o.is_sweep_override()
+        }
+        return math.prod(sizes.values())
     except Exception:  # e.g. glob() sweeps need the config repository to expand
         return None
 
@@ -33,7 +39,12 @@ class ReportAtSweepEnd(Callback):
     """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        total = sweep_size(list(config.hydra.overrides.task))
+        sweeper = config.hydra.sweeper
+        if sweeper.get("n_trials"):  # Optuna: a fixed number of trials
+            total = int(sweeper.n_trials)
+        else:  # a preset's hydra.sweeper.params, then the command line (wins on a key)
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            total = sweep_size(params + list(config.hydra.overrides.task))
         os.environ[_TOTAL_ENV] = str(total or "?")
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
@@ -42,6 +53,8 @@ class ReportAtSweepEnd(Callback):
         summary = job_return.return_value if job_return.status.name == "COMPLETED" else None
         status = summary["status"] if isinstance(summary, dict) else "error"
         run_id = summary["run_id"] if isinstance(summary, dict) else "?"
+        if isinstance(summary, float):  # an Optuna trial returns its objective
+            status, run_id = "trial", f"dev objective {summary:.4f}"
         number = int(config.hydra.job.num) + 1
         log.info("[sweep] job %d/%s %s: %s", number, os.environ[_TOTAL_ENV], status, run_id)
 
@@ -49,6 +62,8 @@ class ReportAtSweepEnd(Callback):
         from analysis.report import build_report
 
         os.environ.pop(_TOTAL_ENV, None)
+        if os.environ.get("RANK", "0") != "0":
+            return  # a data-parallel sweep (torchrun): rank 0 writes the report
         results_dir = Path(config.results_dir)
         try:
             paths = build_report(results_dir=results_dir)

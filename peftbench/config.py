@@ -19,7 +19,7 @@ import difflib
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +161,12 @@ SCHEMA: dict[str, Rule] = {
     "train.num_workers": _int_at_least(0, "0"),
     "train.checkpoint_every_steps": _int_at_least(0, "500"),
     "train.keep_checkpoints": _BOOL,
+    "train.threads": Rule(
+        object,
+        lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+        "auto or an integer >= 1",
+        "auto",
+    ),
     "data_cache": _BOOL,
     "instrument.inference": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
@@ -173,6 +179,8 @@ SCHEMA: dict[str, Rule] = {
     "model.name": _NON_EMPTY_STR,
     "model.family": _one_of(*MODEL_FAMILIES),
     "model.trust_remote_code": _BOOL,
+    "model.weights": _one_of("pretrained", "synthetic"),
+    "model.biases": _BOOL,
     "task.name": _NON_EMPTY_STR,
     "task.kind": _NON_EMPTY_STR,
     "task.version": _int_at_least(1, "1"),
@@ -289,14 +297,33 @@ def _check_model_source(cfg: Mapping) -> None:
             f"model.source.hub_id {source['hub_id']!r} has no pinned revision",
             "set model.source.revision=<commit sha> so the run can be reproduced",
         )
-    if given == ["path"]:
-        _check_model_folder(Path(str(source["path"])))
+    if _lookup(cfg, "model.weights") == "synthetic":
+        _check_architecture(cfg)
+    elif given == ["path"]:
+        _check_model_folder(Path(str(source["path"])), source.get("gguf_file"))
 
 
-def _check_model_folder(folder: Path) -> None:
+def _check_architecture(cfg: Mapping) -> None:
+    """Synthetic weights are built from ``model.architecture``: it must name a model type."""
+    architecture = _lookup(cfg, "model.architecture")
+    if not isinstance(architecture, Mapping) or not architecture.get("model_type"):
+        raise ConfigError(
+            f"model {_lookup(cfg, 'model.name')!r} has synthetic weights but no "
+            "model.architecture.model_type to build them from",
+            "add architecture: {model_type: llama, ...} to the model YAML "
+            "(see conf/model/llama-1b-synthetic.yaml)",
+        )
+
+
+def _check_model_folder(folder: Path, gguf_file: str | None = None) -> None:
     if not folder.is_dir():
         raise ConfigError(
             f"model.source.path {folder} is not a folder", "point it at a saved model folder"
+        )
+    if gguf_file and not (folder / gguf_file).is_file():
+        raise ConfigError(
+            f"model.source.gguf_file {gguf_file!r} is not in {folder}",
+            "fix model.source.gguf_file, or set it to null for a safetensors folder",
         )
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.gguf")):
         # .bin/.pt/.ckpt weights are pickles: loading one can run arbitrary code.
@@ -315,6 +342,12 @@ def _check_family(cfg: Mapping) -> None:
             f"task {_lookup(cfg, 'task.name')!r} (kind {kind}) cannot use model "
             f"{_lookup(cfg, 'model.name')!r}: it is an {family} model",
             f"choose a model whose family is {' or '.join(allowed)}",
+        )
+    if kind in (_lookup(cfg, "model.unsupported_task_kinds") or ()):
+        raise ConfigError(
+            f"model {_lookup(cfg, 'model.name')!r} has no {kind} head in transformers "
+            f"(model.unsupported_task_kinds), so task {_lookup(cfg, 'task.name')!r} cannot use it",
+            "choose another model or a task of another kind",
         )
 
 
@@ -456,7 +489,44 @@ def _jobs(parsed: list[Any], multirun: bool) -> list[list[str]]:
         )
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
+    parsed = [_interval_bounds(o) for o in parsed]
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _interval_bounds(override: Any) -> Any:
+    """An Optuna search range, ``interval(a, b)``, as the choice ``a,b``: both ends checked.
+
+    The basic sweeper cannot expand a range it would sample from; its two ends are the
+    extreme values the Optuna sweeper may try, so validating them catches e.g. a negative lr.
+    """
+    if not override.is_interval_sweep():
+        return override
+    interval = override.value()
+    key = override.input_line.split("=", 1)[0]
+    return _parse([f"{key}={interval.start},{interval.end}"])[0]
+
+
+def _preset_sweeps(parsed: list[Any], conf_dir: Path, config_name: str) -> list[Any]:
+    """The sweep an experiment preset declares in ``hydra.sweeper.params``, as overrides.
+
+    Hydra's sweepers put these before the command line's overrides (which win on the same
+    key), so they are checked the same way. Empty when the config does not compose: the
+    per-job check then reports why.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params") or {}
+    except Exception:  # Hydra and OmegaConf raise many types; _check_job names the problem
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    return _parse([f"{key}={value}" for key, value in params.items()])
 
 
 def _unknown_key(key: str, base: Mapping) -> ConfigError:
@@ -476,8 +546,14 @@ def _unknown_key(key: str, base: Mapping) -> ConfigError:
     )
 
 
-def _check_added_keys(job: list[str], compose: Callable[[list[str]], Any]) -> None:
-    """Rejects ``+key=value`` for a key no YAML defines, outside the open namespaces."""
+def _check_added_keys(
+    job: list[str], compose: Callable[[list[str]], Any], groups: Collection[str] = ()
+) -> None:
+    """Rejects ``+key=value`` for a key no YAML defines, outside the open namespaces.
+
+    ``+experiment=<preset>`` adds a config group (its choice is checked against the folder),
+    and ``+hydra/...`` one of Hydra's: neither is a key.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(job)
@@ -487,7 +563,7 @@ def _check_added_keys(job: list[str], compose: Callable[[list[str]], Any]) -> No
     base = None
     for override in added:
         key = override.key_or_group
-        if key.startswith(OPEN_PREFIXES) or key in OPTIONAL_KEYS:
+        if key.startswith(OPEN_PREFIXES) or key in OPTIONAL_KEYS or key in groups or "/" in key:
             continue
         if base is None:
             kept = [o.input_line for o in parsed if not (o.is_add() or o.is_force_add())]
@@ -537,12 +613,21 @@ def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "conf
         conf_dir = (Path(sys.argv[0]).resolve().parent / args.config_path).resolve()
     config_name = args.config_name or config_name
     parsed = _parse(list(args.overrides))
-    _check_group_choices(parsed, _group_options(conf_dir))
+    parsed = _preset_sweeps(parsed, conf_dir, config_name) + parsed
+    groups = _group_options(conf_dir)
+    _check_group_choices(parsed, groups)
+    checked: set[tuple[str, ...]] = set()
     for job in _jobs(parsed, bool(args.multirun)):
-        _check_job(job, conf_dir, config_name)
+        # Jobs that differ only in the seed compose alike: compose one, check each seed's value.
+        others = tuple(o for o in job if not o.startswith("seed="))
+        if others in checked:
+            validate({"seed": _parse([o for o in job if o.startswith("seed=")])[0].value()})
+            continue
+        checked.add(others)
+        _check_job(job, conf_dir, config_name, groups)
 
 
-def _check_job(job: list[str], conf_dir: Path, config_name: str) -> None:
+def _check_job(job: list[str], conf_dir: Path, config_name: str, groups: Collection[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -557,7 +642,7 @@ def _check_job(job: list[str], conf_dir: Path, config_name: str) -> None:
         raise _composition_error(error, job, composer) from None
     finally:
         GlobalHydra.instance().clear()
-    _check_added_keys(job, composer)
+    _check_added_keys(job, composer, groups)
     validate(cfg)
 
 

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from peftbench import distributed, parallel
 from peftbench.assets import cache_root
 from peftbench.batching import LengthGroupedBatchSampler, sorted_batches
 from peftbench.checkpoint import Checkpointer, Replay, remove_checkpoint
@@ -52,9 +53,18 @@ log = logging.getLogger("peftbench")
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto``: the rank's own GPU under torchrun, a free GPU of several, else cuda or cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    rank_device = distributed.local_device()
+    if rank_device is not None:
+        return rank_device
+    count = torch.cuda.device_count()
+    if count > 1:  # parallel runs on a multi-GPU node: one GPU each (README "Scaling out")
+        return torch.device(f"cuda:{parallel.claim_gpu(count, parallel.job_number() % count)}")
+    return torch.device("cuda")
 
 
 def seed_everything(seed: int) -> None:
@@ -120,7 +130,11 @@ def run(cfg: Any) -> dict:
         "code": code_info(),
     }
     tracker = make_tracker(
-        cfg.tracker, run_id=run_id, config=config, experiment=experiment, results_dir=results_dir
+        cfg.tracker if distributed.is_main() else OmegaConf.create({"name": "none"}),
+        run_id=run_id,
+        config=config,
+        experiment=experiment,
+        results_dir=results_dir,
     )
     try:
         record.update(_execute(cfg, run_id, tracker, task))
@@ -128,18 +142,23 @@ def run(cfg: Any) -> dict:
     except Exception as error:  # a failed run is data; the sweep goes on
         record.update(_failure(error, cfg))
         log.error("%s: %s: %s", run_id, record["status"].upper(), record["error"])
+        if not distributed.is_main():
+            raise  # torchrun then stops rank 0, which would wait for this rank forever
     except KeyboardInterrupt:
         record.update(status="cancelled", error="KeyboardInterrupt")
         _finish(record, results_dir, tracker)
         raise
+    finally:
+        parallel.release_gpu()  # the next run of this worker process may take another
     path = _finish(record, results_dir, tracker)
     if record["status"] == "success" and not cfg.train.get("keep_checkpoints"):
         remove_checkpoint(results_dir, run_id)  # the record now holds everything
     return {
         "run_id": run_id,
         "status": record["status"],
-        "path": str(path),
+        "path": str(path) if path else None,  # None on data-parallel ranks other than 0
         "primary": record.get("metrics", {}).get("primary"),
+        "dev": record.get("metrics", {}).get("dev"),  # at the selected step: what tuning ranks
     }
 
 
@@ -216,7 +235,9 @@ def _is_refusal(error: Exception) -> bool:
     return isinstance(error, MethodNotApplicable | AcceleratorBusy)
 
 
-def _finish(record: dict, results_dir: Path, tracker: Any) -> Path:
+def _finish(record: dict, results_dir: Path, tracker: Any) -> Path | None:
+    if not distributed.is_main():
+        return None  # a data-parallel run has one record, written by rank 0
     record["finished_at"] = utc_now()
     path = write_record(record, results_dir)
     tracker.finish(record)
@@ -267,7 +288,7 @@ def _loaders(
             batches = sorted_batches(lengths, int(cfg.eval_batch_size))
         loaders[split] = DataLoader(
             features,
-            batch_sampler=batches,
+            batch_sampler=distributed.shard(batches, split=split == "train"),
             collate_fn=collate,
             num_workers=int(cfg.num_workers),
             pin_memory=pin_memory,
@@ -363,6 +384,10 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     from peftbench.train import evaluate, total_steps, train
 
     device = pick_device(cfg.device)
+    distributed.init(device)
+    threads = parallel.torch_threads(cfg.train.get("threads", "auto"))
+    if threads is not None:  # parallel runs share the cores instead of oversubscribing them
+        torch.set_num_threads(threads)
     seed_everything(int(cfg.seed))
     ensure_idle(device)  # a leak from the previous job of this process would skew this one
     memory = PeakMemory(device)
@@ -415,7 +440,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         cfg, run_id, {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
     )
     result = train(
-        model,
+        distributed.wrap(model, device),  # gradients averaged across ranks under torchrun
         train_loader=loaders["train"],
         dev_loader=loaders["dev"],
         task=task,
@@ -428,7 +453,8 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         description=run_id,
         step_hook=step_hook(model),
         autocast_dtype=autocast_dtype,
-        checkpoint=checkpoint,
+        # one process's state; a data-parallel run's ranks would each need theirs
+        checkpoint=checkpoint if distributed.world_size() == 1 else None,
     )
     train_time = result.train_s  # evaluation and checkpoint saving excluded
     with eval_clock.measure():
@@ -444,10 +470,12 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     peak_memory = memory.read()  # training's peak, before the inference measurements
     compute = _compute_cost(model, timer, trainable, device, cfg.instrument)
     inference = (
-        _inference_cost(model, loaders["test"], device) if cfg.instrument.inference else None
+        _inference_cost(model, loaders["test"], device)
+        if cfg.instrument.inference and distributed.is_main()  # rank 0 records; others skip
+        else None
     )
     return {
-        "env": env_info(device),
+        "env": {**env_info(device), "distributed": distributed.info()},
         "data": {
             "source": str(task.cfg.source.get("file") or task.cfg.source),
             "asset": task.cfg.source.get("asset"),

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from peftbench import distributed
 from peftbench.checkpoint import Checkpointer, LoopState
 from peftbench.instrument import Clock, StepTimer
 
@@ -48,6 +49,7 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
 ) -> dict:
     """Runs the model over a split and returns the task's metrics."""
+    model = distributed.unwrap(model)  # no gradient sync to do; DDP would hide generate()
     was_training = model.training
     model.eval()
     preds, refs = [], []
@@ -57,6 +59,7 @@ def evaluate(
             preds += task.predict_batch(model, batch)  # a forward pass, or generation
         refs += task.references(batch)
     model.train(was_training)
+    preds, refs = distributed.gather(preds), distributed.gather(refs)  # each rank's share
     return task.compute_metrics(preds, refs)
 
 
@@ -166,7 +169,7 @@ def train(
                         step_hook(step - 1)  # 0-based, as peft's examples count
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                loss_value = loss.item()
+                loss_value = distributed.mean(loss.item())  # the global batch's loss
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss is {loss_value} at step {step}")
                 bar.update()
