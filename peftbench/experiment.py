@@ -91,6 +91,8 @@ def experiment_info(cfg: Any) -> dict:
         "method": cfg.method.name,
         "seed": int(cfg.seed),
         "budget_pct": budget,
+        # analysis keeps synthetic (random-weight) runs out of every quality table
+        "weights": str(cfg.model.get("weights") or "pretrained"),
         "sweep_id": str(cfg.sweep_id),
         "overrides": _hydra_overrides(),
     }

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+PRETRAINED, SYNTHETIC = "pretrained", "synthetic"
 # Module names that hold a task head in transformers' auto-classes; every method trains them.
 _HEAD_MODULE_NAMES = ("classifier", "score", "qa_outputs")
 
@@ -42,8 +44,18 @@ def _auto_class(head: str) -> type:
 
 
 def resolve_source(model_cfg: Any) -> tuple[str, dict, str]:
-    """Returns (path or Hub id, from_pretrained kwargs, a printable source) for a model config."""
+    """Returns (path or Hub id, from_pretrained kwargs, a printable source) for a model config.
+
+    With ``source.gguf_file`` the GGUF file (in the asset, the local folder or the Hub repo)
+    is dequantized once to an fp32 safetensors folder (see ``peftbench.gguf``) and that folder
+    is returned, so GGUF models load like any other.
+    """
     source = model_cfg.source
+    if source.get("gguf_file"):
+        from peftbench.gguf import dequantized_dir
+
+        gguf = _gguf_path(source)
+        return str(dequantized_dir(gguf)), {}, str(gguf)
     if source.get("asset"):
         from peftbench.assets import fetch
 
@@ -55,6 +67,22 @@ def resolve_source(model_cfg: Any) -> tuple[str, dict, str]:
     if source.get("path"):
         return str(source.path), {}, str(source.path)
     raise ValueError(f"model {model_cfg.name!r}: source needs one of asset, hub_id or path")
+
+
+def _gguf_path(source: Any) -> Path:
+    """The local GGUF file named by ``source.gguf_file``: in the asset, the folder or the Hub."""
+    name = str(source.gguf_file)
+    if source.get("asset"):
+        from peftbench.assets import fetch
+
+        return fetch(source.asset) / name
+    if source.get("hub_id"):
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source.hub_id, name, revision=source.get("revision")))
+    if source.get("path"):
+        return Path(str(source.path)).expanduser() / name
+    raise ValueError(f"source.gguf_file {name!r} needs one of asset, hub_id or path")
 
 
 def _head_modules(model: nn.Module, missing_keys: list[str]) -> list[str]:
@@ -106,9 +134,15 @@ def warm_start_encoder_decoder(where: str, kwargs: dict, tokenizer: Any) -> nn.M
 
 
 def load_backbone(model_cfg: Any, task: Any) -> Backbone:
-    """Loads tokenizer and model with the task's head; weights only from safetensors."""
+    """Loads tokenizer and model with the task's head; weights only from safetensors or GGUF.
+
+    ``model.weights: synthetic`` builds the architecture from the config with random weights
+    instead (cost benchmarks only; records say so and quality tables leave them out).
+    """
     import transformers
 
+    if str(model_cfg.get("weights") or PRETRAINED) == SYNTHETIC:
+        return _synthetic_backbone(model_cfg, task)
     where, kwargs, printable = resolve_source(model_cfg)
     tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
     task.tokenizer = tokenizer  # generative tasks decode predictions with it
@@ -130,13 +164,58 @@ def load_backbone(model_cfg: Any, task: Any) -> Backbone:
         )
     finally:
         transformers.logging.set_verbosity(verbosity)
-    if tokenizer.pad_token is None:  # decoders often lack one; padding is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
+    _share_pad_token(tokenizer, model)
     return Backbone(
         model=model,
         tokenizer=tokenizer,
         head_modules=_head_modules(model, info.get("missing_keys", [])),
         source=printable,
-        weights="pretrained",
+        weights=PRETRAINED,
     )
+
+
+def _share_pad_token(tokenizer: Any, model: nn.Module) -> None:
+    """Decoders often lack a pad token: use <eos> (padding is masked anyway). The model needs
+    the id too: a decoder's sequence-classification head reads the last non-pad token."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _synthetic_backbone(model_cfg: Any, task: Any) -> Backbone:
+    """A real architecture at real size with random weights: no weights are read.
+
+    ``model.architecture`` holds ``model_type`` and the config fields (e.g. Llama 3.2 1B);
+    the tokenizer comes from ``model.source``. Throughput and memory are real, scores are not.
+    """
+    import transformers
+    from omegaconf import DictConfig, OmegaConf
+
+    where, kwargs, printable = resolve_source(model_cfg)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
+    task.tokenizer = tokenizer  # generative tasks decode predictions with it
+    architecture = model_cfg.architecture
+    if isinstance(architecture, DictConfig):
+        architecture = OmegaConf.to_container(architecture, resolve=True)
+    fields = dict(architecture)
+    model_type = fields.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **fields, **task.model_kwargs())
+    model = _auto_class(task.head).from_config(config, dtype=torch.float32)
+    _share_pad_token(tokenizer, model)
+    if len(tokenizer) > config.vocab_size:
+        _clip_token_ids(model)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        head_modules=_head_modules(model, []),
+        source=f"synthetic {model_type} (tokenizer: {printable})",
+        weights=SYNTHETIC,
+    )
+
+
+def _clip_token_ids(model: nn.Module) -> None:
+    """Maps token ids beyond the embedding table to its last row: a borrowed tokenizer may
+    be larger than the synthetic architecture's vocabulary (the cost is the same)."""
+    embeddings = model.get_input_embeddings()
+    last = embeddings.num_embeddings - 1
+    embeddings.register_forward_pre_hook(lambda _, args: (args[0].clamp(max=last), *args[1:]))
