@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
+    Gemma3TextConfig,
     LlamaConfig,
     T5Config,
 )
@@ -41,6 +42,21 @@ FAMILIES = {
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
+            pad_token_id=0,
+            num_labels=2,
+        ),
+        "score",
+    ),
+    "gemma3": (  # Gemma 3 text: sandwich norms, GQA, sliding-window layers; no bias terms
+        lambda: Gemma3TextConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            sliding_window=8,
             pad_token_id=0,
             num_labels=2,
         ),
@@ -107,7 +123,7 @@ def method_cfg(request):
     return OmegaConf.load(request.param)
 
 
-@pytest.fixture(params=["bert", "llama"])
+@pytest.fixture(params=["bert", "llama", "gemma3"])
 def family(request) -> str:
     return request.param
 
@@ -263,12 +279,14 @@ def test_zero_initialised_branches_start_as_the_pretrained_model(kind):
         assert adapted.shape == reference.shape
 
 
-@pytest.mark.parametrize("family", ["bert", "llama", "t5"])
+@pytest.mark.parametrize("family", ["bert", "llama", "gemma3", "t5"])
 @pytest.mark.parametrize("kind", ["houlsby", "pfeiffer", "parallel_adapter", "compacter"])
 def test_native_adapters_are_found_in_every_family(kind, family):
     cfg = _adapter_cfg(kind, 4, scale=4.0, phm_dim=4, phm_rank=1)
     model = apply_method(_tiny_classifier(family), cfg, _context(family))
-    n_layers = {"bert": 2, "llama": 2, "t5": 4}[family]  # T5: 2 encoder + 2 decoder layers
+    n_layers = {"bert": 2, "llama": 2, "gemma3": 2, "t5": 4}[
+        family
+    ]  # T5: 2 encoder + 2 decoder layers
     per_layer = 2 if kind in ("houlsby", "compacter") else 1
     names = [n for n, _ in model.named_modules() if n.endswith(("adapter", "parallel_adapter"))]
     assert len(names) == per_layer * n_layers
@@ -276,10 +294,17 @@ def test_native_adapters_are_found_in_every_family(kind, family):
     assert logits.shape == (4, 2)
 
 
-def test_bitfit_refuses_a_model_without_biases():
+@pytest.mark.parametrize(
+    ("family", "model_class"),
+    [
+        ("llama", "LlamaForSequenceClassification"),
+        ("gemma3", "Gemma3TextForSequenceClassification"),
+    ],
+)
+def test_bitfit_refuses_a_model_without_biases(family, model_class):
     cfg = OmegaConf.load(next(p for p in METHOD_YAMLS if p.stem == "bitfit"))
-    with pytest.raises(MethodNotApplicable, match=r"'bitfit'.*LlamaForSequenceClassification"):
-        apply_method(_tiny_classifier("llama"), cfg, _context("llama"))
+    with pytest.raises(MethodNotApplicable, match=rf"'bitfit'.*{model_class}"):
+        apply_method(_tiny_classifier(family), cfg, _context(family))
 
 
 def test_bitfit_trains_exactly_the_bias_terms():
