@@ -5,6 +5,7 @@
     peftbench assets verify [IDS]         re-hash cached files
     peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] ...
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
+    peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -64,7 +65,38 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_report_command(commands)
     _add_reproduce_command(commands)
     _add_bench_command(commands)
+    _add_tune_command(commands)
     return parser
+
+
+def _add_tune_command(commands: argparse._SubParsersAction) -> None:
+    tune = commands.add_parser(
+        "tune", help="Optuna search per method (same trial budget), then seeds of the best"
+    )
+    tune.add_argument("--methods", required=True, help="comma-separated, e.g. lora,prefix,adapter")
+    tune.add_argument("--tasks", default=None, help="comma-separated (default: the config's)")
+    tune.add_argument("--trials", type=int, default=12, help="trials per method (all equal)")
+    tune.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
+    tune.add_argument("--results", type=Path, default=Path("results/tuned"), help="output")
+    tune.add_argument("--dry-run", action="store_true", help="print the commands only")
+    tune.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run"
+    )
+    tune.set_defaults(handler=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from peftbench.tune import flow
+
+    return flow(
+        args.methods.split(","),
+        tasks=args.tasks.split(",") if args.tasks else None,
+        trials=args.trials,
+        seeds=args.seeds,
+        results=args.results,
+        overrides=list(args.overrides),
+        dry_run=args.dry_run,
+    )
 
 
 def _add_assets_commands(commands: argparse._SubParsersAction) -> None:
