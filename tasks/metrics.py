@@ -102,6 +102,8 @@ METRICS: dict[str, Metric] = {
     for m in [
         Metric("accuracy", lambda p, r: float(accuracy_score(r, p))),
         Metric("macro_f1", lambda p, r: float(f1_score(r, p, average="macro", zero_division=0))),
+        # F1 of the positive class (label index 1), as GLUE reports it for MRPC and QQP
+        Metric("f1", lambda p, r: float(f1_score(r, p, pos_label=1, zero_division=0))),
         Metric("mcc", lambda p, r: float(matthews_corrcoef(r, p)), worst=-1.0),
         Metric("pearson", _correlation("pearson"), worst=-1.0),
         Metric("spearman", _correlation("spearman"), worst=-1.0),

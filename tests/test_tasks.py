@@ -68,11 +68,16 @@ def _tiny_source(task_cfg, folder: Path) -> dict:
         source = {"label_type": "tags", "tokens_column": "tokens", "label_column": "tags"}
     else:
         fields = list(task_cfg.text_fields)
+        regression = task_cfg.kind == "regression"  # a 0-5 score (STS-B) instead of a label
         records = [
-            {**{f: _sentence(i + k) for k, f in enumerate(fields)}, "y": labels[i % len(labels)]}
+            {
+                **{f: _sentence(i + k) for k, f in enumerate(fields)},
+                "y": float(i % 6) if regression else labels[i % len(labels)],
+            }
             for i in range(N_TINY)
         ]
-        source = {"label_type": "class", "text_columns": fields, "label_column": "y"}
+        label_type = "float" if regression else "class"
+        source = {"label_type": label_type, "text_columns": fields, "label_column": "y"}
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return {"reader": "table", "path": str(path), "asset": None, "file": None,
             "label_values": labels, **source}  # fmt: skip
@@ -134,6 +139,8 @@ def _check_metrics(task, refs: list) -> None:
         assert value == pytest.approx(METRICS[name].best), name
     if task.kind == "token_classification":
         wrong = [["O"] * len(r) for r in refs]  # every entity missed
+    elif task.kind == "regression":
+        wrong = [-r for r in refs]  # perfectly anti-correlated
     else:
         wrong = [(r + 1) % len(task.labels) for r in refs]
     primary = task.compute_metrics(wrong, refs)[task.primary_metric]
