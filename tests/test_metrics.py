@@ -21,6 +21,10 @@ def test_macro_f1_averages_per_class_f1():
     assert compute(["macro_f1"], PREDS, REFS)["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
 
 
+def test_f1_is_the_positive_class_f1_as_glue_reports_it():
+    assert compute(["f1"], PREDS, REFS)["f1"] == pytest.approx(2 / 3)  # class 1 above
+
+
 def test_mcc_matches_the_formula():
     # tp 1, tn 2, fp 1, fn 0: (1*2 - 1*0) / sqrt((1+1)(1+0)(2+1)(2+0)) = 2 / sqrt(12)
     assert compute(["mcc"], PREDS, REFS)["mcc"] == pytest.approx(2 / math.sqrt(12))
@@ -95,6 +99,7 @@ TEXTS = ["in the beginning god created the heavens .", "and the earth was empty 
 CASES = {
     "accuracy": (LABELS, [1, 0, 1, 0]),
     "macro_f1": (LABELS, [1, 0, 1, 0]),
+    "f1": (LABELS, [1, 0, 1, 0]),
     "mcc": (LABELS, [1, 0, 1, 0]),
     "pearson": (SCORES, SCORES[::-1]),
     "spearman": (SCORES, SCORES[::-1]),
