@@ -127,6 +127,22 @@ CASES = [
         ("task=bible-de-en", "model=minilm2minilm", "task.generation.num_beams=0"),
     ),
     Case("qlora-cpu", "qlora (4-bit, bitsandbytes) on CPU", ("method=qlora", "device=cpu")),
+    Case(
+        "bitfit-no-biases",
+        "bitfit on a decoder without bias terms",
+        ("model=smollm2-135m", "model.source.gguf_file=null", "method=bitfit"),
+    ),
+    Case(
+        "model-task-kind",
+        "token classification on a model with no such head (Gemma 3)",
+        ("model=gemma3-270m", "model.source.gguf_file=null", "task=wnut16"),
+    ),
+    Case("gguf-missing", "GGUF file not in the model folder", ("model=smollm2-135m",)),
+    Case(
+        "synthetic-no-architecture",
+        "synthetic weights without an architecture",
+        ("model=llama-1b-synthetic", "~model.architecture"),
+    ),
     Case("method-kind", "unknown method kind", ("method.kind=lora",), config=False),
     Case("reader-unknown", "unknown data reader", ("task.source.reader=csvv",), config=False),
     Case("metric-unknown", "unknown metric", ("task.metrics=[accuracy,f2]",), config=False),
