@@ -25,10 +25,12 @@ def sweep_size(overrides: list[str]) -> int | None:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
+        # A plain value counts too: ``seed=0`` after a preset's ``seed: 0,1,2`` is one job.
         sizes = {
             o.get_key_element(): len(list(o.sweep_string_iterator()))
-            for o in parsed
             if o.is_sweep_override()
+            else 1
+            for o in parsed
         }
         return math.prod(sizes.values())
     except Exception:  # e.g. glob() sweeps need the config repository to expand

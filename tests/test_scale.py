@@ -313,3 +313,9 @@ def test_tune_flow_searches_then_runs_the_best_trial_with_every_seed(tiny_bert_d
         assert final["status"] == "success"
         assert final["config"]["method"]["lr"] == pytest.approx(best["method.lr"])
         assert final["config"]["method"]["peft"]["r"] == best["method.peft.r"]
+
+
+def test_sweep_size_counts_a_plain_value_that_overrides_a_preset_sweep():
+    # `+experiment=offline-suite seed=0`: the preset sweeps 3 seeds, the command line fixes one.
+    assert sweep_size(["seed=0,1,2", "method=lora,adapter", "seed=0"]) == 2
+    assert sweep_size(["seed=0,1,2", "method=lora,adapter"]) == 6
