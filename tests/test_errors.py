@@ -219,13 +219,10 @@ def _run_case(case: Case, scratch: Path, tiny_bert_dir: Path) -> Outcome:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     env.update({k: v.replace("{tmp}", str(scratch)) for k, v in case.env.items()})
     multirun = [a for a in args if a == "-m"]
-    command = [
-        sys.executable,
-        "run.py",
-        *multirun,
-        *tiny_overrides(tiny_bert_dir, results),
-        *(a for a in args if a != "-m"),
-    ]
+    tiny = tiny_overrides(tiny_bert_dir, results)
+    if any(a.startswith("model=") for a in args):  # messages should name the chosen model
+        tiny.remove("model.name=tiny-bert")
+    command = [sys.executable, "run.py", *multirun, *tiny, *(a for a in args if a != "-m")]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
