@@ -40,7 +40,7 @@ MODEL_FAMILIES = ("encoder", "decoder", "encoder_decoder")
 #: Keys a ``+key=value`` override may add although no YAML defines them. ``method.peft`` takes
 #: any peft argument; elsewhere an added key would be silently ignored, so it is a typo.
 OPEN_PREFIXES = ("hydra.", "method.peft.")
-OPTIONAL_KEYS = ("method.budget_pct", "method.requires")
+OPTIONAL_KEYS = ("method.budget_pct", "method.requires", "task.label_words")
 #: Hydra flags that print something instead of running jobs: nothing to validate.
 _INFO_FLAGS = ("help", "hydra_help", "version", "cfg", "info", "shell_completion")
 
@@ -274,6 +274,15 @@ def _check_task(cfg: Mapping) -> None:
             f"task.primary_metric {primary!r} is not among task.metrics {list(metrics)}",
             f"set task.primary_metric to one of {', '.join(map(str, metrics))}",
         )
+    words, labels = _lookup(cfg, "task.label_words"), _lookup(cfg, "task.labels")
+    if words is not None and labels is not None:
+        words, labels = list(words), list(labels)
+        if len(words) != len(labels) or len(set(words)) < len(words):
+            raise ConfigError(
+                f"task.label_words {words} must give each of the {len(labels)} labels "
+                f"{labels} its own word",
+                f"list {len(labels)} different words, in the order of task.labels",
+            )
     _check_split(cfg)
 
 
@@ -382,6 +391,26 @@ def _check_warm_start(cfg: Mapping) -> None:
         )
 
 
+#: Task kinds whose output an encoder-decoder writes as text with its LM head (no task head).
+_TEXT_OUTPUT_KINDS = ("translation", "summarization")
+_TEXT_TO_TEXT_KINDS = ("classification", "regression")
+
+
+def _check_head(cfg: Mapping) -> None:
+    """The linear probe trains a task head only; generation and text-to-text have none."""
+    if _lookup(cfg, "method.kind") != "linear":
+        return
+    kind, family = _lookup(cfg, "task.kind"), _lookup(cfg, "model.family")
+    if kind in _TEXT_OUTPUT_KINDS or (kind in _TEXT_TO_TEXT_KINDS and family == "encoder_decoder"):
+        how = "generates its output" if kind in _TEXT_OUTPUT_KINDS else "classifies text-to-text"
+        raise ConfigError(
+            f"method {_lookup(cfg, 'method.name')!r} trains only a task head, but model "
+            f"{_lookup(cfg, 'model.name')!r} {how} on task {_lookup(cfg, 'task.name')!r} "
+            "with its LM head, so there is none",
+            "choose another method, e.g. method=lora",
+        )
+
+
 def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
     """A method's ``requires:`` list (cuda, biases) against the device and the model."""
     requires = list(_lookup(cfg, "method.requires") or [])
@@ -428,6 +457,7 @@ def validate(cfg: Any, *, cuda_available: bool | None = None) -> None:
     _check_model_source(cfg)
     _check_family(cfg)
     _check_warm_start(cfg)
+    _check_head(cfg)
     _check_requires(cfg, cuda_available)
 
 

@@ -16,6 +16,33 @@ from tasks.splits import SPLITS, grouped_split, stratified_split
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")
 
+IGNORE_INDEX = -100  # torch's CrossEntropyLoss default ignore_index
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:
+    """Pads lists of ids to one width with ``value``, on the left or the right."""
+    width = max(len(row) for row in rows)
+    fill = [[value] * (width - len(row)) for row in rows]
+    padded = [f + list(r) if left else list(r) + f for f, r in zip(fill, rows, strict=True)]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def decoder_targets(
+    tokenizer: Any, texts: Sequence[str], max_length: int | None = None
+) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of an encoder-decoder's targets (its labels), and which hit ``max_length``.
+
+    A BERT-style tokenizer opens with [CLS]: that is the decoder's start token, which the
+    model prepends when it shifts the labels, so it is no label itself.
+    """
+    truncate = {"truncation": True, "max_length": max_length} if max_length else {}
+    rows = tokenizer(text_target=list(texts), **truncate)["input_ids"]
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    hit = [bool(max_length) and len(row) >= max_length for row in rows]
+    ids = [list(row[1:]) if start is not None and row and row[0] == start else list(row)
+           for row in rows]  # fmt: skip
+    return ids, hit
+
 
 class Task:
     """A task = a data source + a split + preprocessing + prediction + metrics.

@@ -3,30 +3,60 @@
 ``text_fields`` names one row field (single sentence) or two (a sentence pair, encoded as
 ``[CLS] a [SEP] b [SEP]`` by the tokenizer). The ``regression`` kind (STS-B-like) predicts one
 float with a single-output head trained on mean squared error.
+
+On an encoder-decoder (``model_family: encoder_decoder``, e.g. T5) both kinds are text-to-text,
+as T5 and the Delta Tuning study run GLUE: the decoder's target is the label's word
+(``label_words``, by default the label names) or the score as text, and the loss is the
+decoder's. A class is predicted by rank classification (the label word the model finds most
+likely), a score by generating it. peft's prompt learning (prompt, prefix, P-tuning) supports
+T5's seq2seq LM but not its classification head, so this is also what lets those methods run.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from tasks.base import TASK_KINDS, Task
+from tasks.base import IGNORE_INDEX, TASK_KINDS, Task, decoder_targets, pad_rows
 
 
 @TASK_KINDS.register("classification")
 class ClassificationTask(Task):
     kind = "classification"
-    head = "sequence_classification"
-    peft_task_type = "SEQ_CLS"
     stratify_key: ClassVar[str | None] = "label"
+
+    @property
+    def text_to_text(self) -> bool:
+        """An encoder-decoder model: the label is the decoder's target text, not a head's class."""
+        return str(self.cfg.get("model_family") or "encoder") == "encoder_decoder"
+
+    @property
+    def head(self) -> str:  # type: ignore[override]
+        return "seq2seq_lm" if self.text_to_text else "sequence_classification"
+
+    @property
+    def peft_task_type(self) -> str:  # type: ignore[override]
+        return "SEQ_2_SEQ_LM" if self.text_to_text else "SEQ_CLS"
 
     @property
     def labels(self) -> list[str]:
         return list(self.cfg.labels)
 
+    @property
+    def label_words(self) -> list[str]:
+        """The decoder's target per class (text-to-text): ``label_words``, or the label names.
+
+        The config check (peftbench/config.py) makes sure there is one word per label.
+        """
+        words = self.cfg.get("label_words") or [name.replace("_", " ") for name in self.labels]
+        return list(words)
+
     def model_kwargs(self) -> dict:
+        if self.text_to_text:
+            return {}  # the model's own LM head writes the label word
         return {
             "num_labels": len(self.labels),
             "id2label": dict(enumerate(self.labels)),
@@ -42,18 +72,64 @@ class ClassificationTask(Task):
         # Pairs: "longest_first" trims the longer segment first, so both sides keep text.
         enc = tokenizer(*texts, truncation=True, max_length=int(self.cfg.max_length))
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        return [
-            {**{k: enc[k][i] for k in keys}, "labels": row["label"]} for i, row in enumerate(rows)
-        ]
+        labels = [row["label"] for row in rows]
+        if self.text_to_text:
+            self.tokenizer = tokenizer
+            self._label_targets()  # label words the tokenizer cannot tell apart stop here
+            labels = decoder_targets(tokenizer, [self.target_text(y) for y in labels])[0]
+        return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(rows))]
+
+    def target_text(self, label: Any) -> str:
+        """The decoder's target for a label (text-to-text)."""
+        return self.label_words[label]
 
     def collate(self, features: Sequence[dict], tokenizer: Any) -> dict[str, torch.Tensor]:
-        return tokenizer.pad(list(features), return_tensors="pt")
+        if not self.text_to_text:
+            return tokenizer.pad(list(features), return_tensors="pt")
+        inputs = tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in features])
+        batch = {k: torch.tensor(v) for k, v in inputs.items()}
+        batch["labels"] = pad_rows([f["labels"] for f in features], IGNORE_INDEX)
+        return batch
 
     def predict(self, outputs: Any, batch: dict) -> list:
         return outputs.logits.argmax(dim=-1).tolist()
 
+    def predict_batch(self, model: Any, batch: dict) -> list:
+        """A head's argmax, or (text-to-text) the label word the decoder scores highest.
+
+        Rank classification: each label word is scored by the sum of its tokens'
+        log-probabilities given the input, one teacher-forced decoder pass per class.
+        """
+        if not self.text_to_text:
+            return super().predict_batch(model, batch)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        scores = []
+        for target in self._label_targets():
+            labels = torch.tensor(
+                [target] * len(batch["input_ids"]), device=batch["input_ids"].device
+            )
+            logits = model(**inputs, labels=labels).logits.float()
+            token_scores = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1))
+            scores.append(token_scores.squeeze(-1).sum(-1))
+        return torch.stack(scores, dim=-1).argmax(dim=-1).tolist()
+
+    def _label_targets(self) -> list[list[int]]:
+        """Each label word's token ids; two words the tokenizer cannot tell apart are refused."""
+        targets = decoder_targets(self.tokenizer, self.label_words)[0]
+        if len({tuple(t) for t in targets}) < len(targets):
+            raise ValueError(
+                f"task {self.name}: label_words {self.label_words} give the same tokens "
+                "for two labels; set task.label_words to words the model's tokenizer tells apart"
+            )
+        return targets
+
     def references(self, batch: dict) -> list:
-        return batch["labels"].tolist()
+        if not self.text_to_text:
+            return batch["labels"].tolist()
+        index = {tuple(target): i for i, target in enumerate(self._label_targets())}
+        return [
+            index[tuple(t for t in row if t != IGNORE_INDEX)] for row in batch["labels"].tolist()
+        ]
 
 
 @TASK_KINDS.register("regression")
@@ -63,23 +139,60 @@ class RegressionTask(ClassificationTask):
     transformers' sequence-classification heads switch to ``problem_type="regression"`` (MSE)
     when ``num_labels`` is 1 and the labels are floats; it is set explicitly here so a model
     config that says otherwise cannot turn it into classification.
+
+    Text-to-text (an encoder-decoder), as T5 does STS-B: the target is the score rounded to
+    a multiple of 0.2 and written with one decimal ("3.8"); the prediction is the generated
+    number, and text that is no number counts as -1, T5's default. The references are the
+    rounded targets as written, so the metric sees what the model was asked to produce.
     """
 
     kind = "regression"
     stratify_key: ClassVar[str | None] = None  # a float label is no stratum
+    #: T5's STS-B recipe: scores in fifths (steps of 0.2); unparsable output scores this.
+    STEPS_PER_UNIT, UNPARSABLE = 5, -1.0
 
     @property
     def labels(self) -> list[str]:
         return [str(self.cfg.get("score_name") or "score")]
 
     def model_kwargs(self) -> dict:
-        return {"num_labels": 1, "problem_type": "regression"}
+        return {} if self.text_to_text else {"num_labels": 1, "problem_type": "regression"}
 
     def encode(self, rows: Sequence[dict], tokenizer: Any) -> list[dict]:
         features = super().encode(rows, tokenizer)
-        for feature in features:
-            feature["labels"] = float(feature["labels"])  # a float tensor, as MSE needs
+        if not self.text_to_text:
+            for feature in features:
+                feature["labels"] = float(feature["labels"])  # a float tensor, as MSE needs
         return features
+
+    def target_text(self, label: Any) -> str:
+        return f"{round(float(label) * self.STEPS_PER_UNIT) / self.STEPS_PER_UNIT:.1f}"
 
     def predict(self, outputs: Any, batch: dict) -> list[float]:
         return outputs.logits.squeeze(-1).float().tolist()
+
+    def predict_batch(self, model: Any, batch: dict) -> list[float]:
+        if not self.text_to_text:
+            return super().predict_batch(model, batch)  # the head's output
+        out = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=8,
+            do_sample=False,
+        )
+        return [self._number(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def references(self, batch: dict) -> list[float]:
+        if not self.text_to_text:
+            return batch["labels"].tolist()
+        ignored = batch["labels"] == IGNORE_INDEX
+        labels = batch["labels"].masked_fill(ignored, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return [self._number(t) for t in texts]
+
+    def _number(self, text: str) -> float:
+        try:  # a word-level tokenizer decodes "3.8" as "3 . 8"
+            value = float("".join(text.split()))
+        except ValueError:
+            return self.UNPARSABLE
+        return value if math.isfinite(value) else self.UNPARSABLE

@@ -12,9 +12,7 @@ from typing import Any
 
 import torch
 
-from tasks.base import TASK_KINDS, Task
-
-IGNORE_INDEX = -100  # torch's CrossEntropyLoss default ignore_index
+from tasks.base import IGNORE_INDEX, TASK_KINDS, Task
 
 
 def align_labels(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]:

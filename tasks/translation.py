@@ -23,17 +23,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from tasks.base import TASK_KINDS, Task
-
-IGNORE_INDEX = -100  # torch's CrossEntropyLoss default ignore_index
-
-
-def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:
-    """Pads lists of ids to one width with ``value``, on the left or the right."""
-    width = max(len(row) for row in rows)
-    fill = [[value] * (width - len(row)) for row in rows]
-    padded = [f + list(r) if left else list(r) + f for f, r in zip(fill, rows, strict=True)]
-    return torch.tensor(padded, dtype=torch.long)
+from tasks.base import IGNORE_INDEX, TASK_KINDS, Task, decoder_targets, pad_rows
 
 
 def subsample(rows: list[dict], limit: int | None, salt: str) -> list[dict]:
@@ -85,19 +75,10 @@ class TranslationTask(Task):
     def _encode_seq2seq(self, rows: Sequence[dict], tokenizer: Any) -> list[dict]:
         max_source, max_target = int(self.cfg.max_length), int(self.cfg.max_target_length)
         src = tokenizer([r["source"] for r in rows], truncation=True, max_length=max_source)
-        tgt = tokenizer(
-            text_target=[r["target"] for r in rows], truncation=True, max_length=max_target
-        )
-        # A BERT-style tokenizer opens with [CLS]: that is the decoder's start token, which the
-        # model prepends when it shifts the labels, so it is no label itself.
-        start = tokenizer.cls_token_id
-        start = tokenizer.bos_token_id if start is None else start
+        targets, target_hit = decoder_targets(tokenizer, [r["target"] for r in rows], max_target)
         features = []
-        for i in range(len(rows)):
-            labels = list(tgt["input_ids"][i])
-            truncated = len(src["input_ids"][i]) >= max_source or len(labels) >= max_target
-            if start is not None and labels and labels[0] == start:
-                labels = labels[1:]
+        for i, labels in enumerate(targets):
+            truncated = len(src["input_ids"][i]) >= max_source or target_hit[i]
             features.append(
                 {
                     "input_ids": src["input_ids"][i],

@@ -126,6 +126,16 @@ CASES = [
         "0 beams for translation decoding",
         ("task=bible-de-en", "model=minilm2minilm", "task.generation.num_beams=0"),
     ),
+    Case(
+        "linear-no-head",
+        "linear probe on an encoder-decoder (text-to-text: no task head)",
+        ("model.family=encoder_decoder", "method=linear"),
+    ),
+    Case(
+        "label-words",
+        "label words fewer than the labels",
+        ("+task.label_words=[bad]",),
+    ),
     Case("qlora-cpu", "qlora (4-bit, bitsandbytes) on CPU", ("method=qlora", "device=cpu")),
     Case(
         "bitfit-no-biases",

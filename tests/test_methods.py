@@ -4,14 +4,19 @@ with no new code. Plus the native adapters' parameter counts against their paper
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import (
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     BertConfig,
     Gemma3TextConfig,
     LlamaConfig,
+    PretrainedConfig,
     T5Config,
 )
 
@@ -20,9 +25,17 @@ from peftbench.methods.adapters import BottleneckAdapter
 from peftbench.methods.base import MethodNotApplicable, count_trainable, step_hook
 from tests.conftest import METHOD_YAMLS
 
-#: family -> (config factory, task head module). Hidden 32, 2 layers each.
+
+class Family(NamedTuple):
+    config: Callable[[], PretrainedConfig]
+    head: str | None  # the task head module; None: text-to-text, the LM head writes labels
+    auto_class: type = AutoModelForSequenceClassification
+    peft_task_type: str = "SEQ_CLS"
+
+
+#: Model families as peftbench builds them for classification. Hidden 32, 2 layers each.
 FAMILIES = {
-    "bert": (
+    "bert": Family(
         lambda: BertConfig(
             vocab_size=50,
             hidden_size=32,
@@ -34,7 +47,7 @@ FAMILIES = {
         ),
         "classifier",
     ),
-    "llama": (
+    "llama": Family(
         lambda: LlamaConfig(
             vocab_size=50,
             hidden_size=32,
@@ -47,7 +60,7 @@ FAMILIES = {
         ),
         "score",
     ),
-    "gemma3": (  # Gemma 3 text: sandwich norms, GQA, sliding-window layers; no bias terms
+    "gemma3": Family(  # Gemma 3 text: sandwich norms, GQA, sliding-window layers; no bias terms
         lambda: Gemma3TextConfig(
             vocab_size=50,
             hidden_size=32,
@@ -62,7 +75,8 @@ FAMILIES = {
         ),
         "score",
     ),
-    "t5": (
+    # T5 classifies text-to-text (tasks/classification.py): its seq2seq LM writes the label word
+    "t5": Family(
         lambda: T5Config(
             vocab_size=50,
             d_model=32,
@@ -73,9 +87,10 @@ FAMILIES = {
             num_decoder_layers=2,
             decoder_start_token_id=0,
             pad_token_id=0,
-            num_labels=2,
         ),
-        "classification_head",
+        None,
+        AutoModelForSeq2SeqLM,
+        "SEQ_2_SEQ_LM",
     ),
 }
 TOTAL_STEPS = 10
@@ -83,26 +98,35 @@ TOTAL_STEPS = 10
 
 def _tiny_classifier(family: str = "bert", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_config(FAMILIES[family][0]())
+    return FAMILIES[family].auto_class.from_config(FAMILIES[family].config())
 
 
-def _batch(seed: int = 0) -> dict:
+def _batch(seed: int = 0, family: str = "bert") -> dict:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, 50, (4, 12), generator=generator)
-    input_ids[:, -1] = 1  # T5's classifier reads the <eos> (id 1) position; others don't care
+    classes = torch.tensor([0, 1, 0, 1])
+    if FAMILIES[family].head is None:  # text-to-text: two label "words" of one token + eos
+        labels = torch.stack([classes + 5, torch.ones(4, dtype=torch.long)], dim=1)
+    else:
+        labels = classes
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones(4, 12, dtype=torch.long),
-        "labels": torch.tensor([0, 1, 0, 1]),
+        "labels": labels,
     }
+
+
+def _heads(family: str) -> list[str]:
+    head = FAMILIES[family].head
+    return [head] if head else []
 
 
 def _context(family: str = "bert") -> MethodContext:
     return MethodContext(
-        head_modules=[FAMILIES[family][1]],
-        peft_task_type="SEQ_CLS",
+        head_modules=_heads(family),
+        peft_task_type=FAMILIES[family].peft_task_type,
         model_type=family,
-        calibration_batches=lambda n: [_batch(seed) for seed in range(n)],
+        calibration_batches=lambda n: [_batch(seed, family) for seed in range(n)],
         total_steps=TOTAL_STEPS,
     )
 
@@ -123,14 +147,14 @@ def method_cfg(request):
     return OmegaConf.load(request.param)
 
 
-@pytest.fixture(params=["bert", "llama", "gemma3"])
+@pytest.fixture(params=list(FAMILIES))
 def family(request) -> str:
     return request.param
 
 
 def test_one_step_trains_the_method_and_nothing_else(method_cfg, family):
     model = _apply(method_cfg, family)
-    head = FAMILIES[family][1]
+    head = FAMILIES[family].head
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     total = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -141,15 +165,17 @@ def test_one_step_trains_the_method_and_nothing_else(method_cfg, family):
         assert n_trainable < total
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model(**_batch()).loss.backward()
+    model(**_batch(family=family)).loss.backward()
     optimizer.step()
     if (hook := step_hook(model)) is not None:
         hook(0)
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
     assert changed <= trainable, f"frozen parameters moved: {sorted(changed - trainable)[:3]}"
-    assert any(head in n.split(".") for n in changed), "the task head must train for every method"
-    assert changed - {n for n in changed if head in n.split(".")} or method_cfg.kind == "linear", (
+    in_head = {n for n in changed if head in n.split(".")}
+    if head is not None:
+        assert in_head, "the task head must train for every method"
+    assert changed - in_head or method_cfg.kind == "linear", (
         "the method's own parameters did not move"
     )
 
@@ -165,7 +191,7 @@ def test_saved_trainable_state_reloads_to_identical_logits(method_cfg, family, t
     assert save_trainable(model, path) == path.stat().st_size > 0
     fresh = _apply(method_cfg, family).eval()
     load_trainable(fresh, path)
-    batch = {k: v for k, v in _batch().items() if k != "labels"}
+    batch = _batch(family=family)  # a seq2seq LM reads its decoder inputs off the labels
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, fresh(**batch).logits)
 
@@ -290,8 +316,8 @@ def test_native_adapters_are_found_in_every_family(kind, family):
     per_layer = 2 if kind in ("houlsby", "compacter") else 1
     names = [n for n, _ in model.named_modules() if n.endswith(("adapter", "parallel_adapter"))]
     assert len(names) == per_layer * n_layers
-    logits = model(**_batch()).logits
-    assert logits.shape == (4, 2)
+    logits = model(**_batch(family=family)).logits
+    assert logits.shape == ((4, 2, 50) if family == "t5" else (4, 2))  # T5: 2 target tokens
 
 
 @pytest.mark.parametrize(
@@ -383,7 +409,7 @@ def test_prompt_methods_keep_token_labels_aligned(peft_type):
     from transformers import AutoModelForTokenClassification
 
     torch.manual_seed(0)
-    model = AutoModelForTokenClassification.from_config(FAMILIES["bert"][0]())
+    model = AutoModelForTokenClassification.from_config(FAMILIES["bert"].config())
     extra = {"encoder_hidden_size": 16} if peft_type == "P_TUNING" else {}
     peft_cfg = {"peft_type": peft_type, "num_virtual_tokens": 5, **extra}
     cfg = OmegaConf.create({"name": "p", "kind": "peft", "lr": 1e-3, "peft": peft_cfg})

@@ -6,7 +6,12 @@ from typing import Any
 
 from torch import nn
 
-from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head
+from peftbench.methods.base import (
+    METHOD_KINDS,
+    MethodContext,
+    MethodNotApplicable,
+    freeze_all_but_head,
+)
 
 
 @METHOD_KINDS.register("full")
@@ -20,5 +25,11 @@ def full_finetuning(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module
 @METHOD_KINDS.register("linear")
 def linear_probe(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Only the task head trains: the floor any PEFT method has to beat."""
+    if not ctx.head_modules:
+        raise MethodNotApplicable(
+            f"method {cfg.name!r} trains only a task head, but {type(model).__name__} has none "
+            "(its own LM head writes the output: text-to-text or generation); "
+            "choose another method, e.g. method=lora"
+        )
     freeze_all_but_head(model, ctx.head_modules)
     return model
