@@ -2,9 +2,9 @@
 
 The same model, method, data and number of steps run (a) through a full peftbench run
 (Hydra config, instrumentation, tracker, record) and (b) through a minimal PyTorch + peft
-loop, alternately, several times in one process, so both see the same machine state. Printed:
-the ratios (a)/(b) of the median step time, of the training wall time per step, and of the
-peak resident memory.
+loop followed by the dev and test forward passes that the run evaluates, alternately, several
+times in one process, so both see the same machine state. Printed: the ratios (a)/(b) of the
+median step time, of the training wall time per step, and of the peak resident memory.
 """
 
 from __future__ import annotations
@@ -85,11 +85,22 @@ def bare_run(cfg: Any) -> dict:
         loss.item()
         durations.append(time.perf_counter() - step_start)
     wall = time.perf_counter() - start
+    _forward_passes(model, [loaders["dev"], loaders["test"]], device)
     return {
         "step_p50_s": statistics.median(durations[warmup:]),
         "wall_per_step_s": wall / steps,
         "peak_rss_bytes": memory.read()["rss"],
     }
+
+
+@torch.no_grad()
+def _forward_passes(model: torch.nn.Module, loaders: list, device: torch.device) -> None:
+    """The harness evaluates dev once (at the last step) and test once: the reference does
+    the same forward passes, so the memory ratio compares the same work."""
+    model.eval()
+    for loader in loaders:
+        for batch in loader:
+            model(**{k: v.to(device) for k, v in batch.items()})
 
 
 def overhead(overrides: list[str], *, steps: int, repeats: int) -> dict:

@@ -12,40 +12,22 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from peftbench import experiment
 from peftbench.models import load_backbone
 from tasks import build_task
 from tests.conftest import ASSETS
 from tests.test_tasks import _compose, _regression_overrides
+from tests.test_translation import save_tiny_t5
 
 LABEL_WORDS = ["negative", "positive"]  # polarity's label names are its label words
 
 
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-t5")
     corpus = (ASSETS / "tiny_vocab.txt").read_text().split()[5:]  # the words after the specials
-    words = ["<pad>", "</s>", "<unk>", *corpus, *LABEL_WORDS, *"0123456789"]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    tokenizer.save_pretrained(folder)
-    config = T5Config(
-        vocab_size=len(vocab), d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-        num_decoder_layers=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), [*corpus, *LABEL_WORDS, *"0123456789"])
 
 
 def _t5(folder: Path) -> list[str]:

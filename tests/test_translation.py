@@ -60,17 +60,21 @@ def bible_db(path: Path) -> Path:
     return path
 
 
-def _word_tokenizer(folder: Path, template: str):
-    """A word-level fast tokenizer over the fixture's words; ``template`` adds the specials."""
+def _word_tokenizer(folder: Path, template: str, words: list[str] | None = None):
+    """A word-level fast tokenizer over the fixture's words (or ``words``); ``template`` adds
+    the specials to one text, and to each text of a pair."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = SPECIALS + sorted(set(WORDS + SOURCE_WORDS)) + PROMPT_WORDS
-    vocab = {w: i for i, w in enumerate(words)}
+    words = words or sorted(set(WORDS + SOURCE_WORDS)) + PROMPT_WORDS
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(SPECIALS + words))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     specials = [(t, vocab[t]) for t in ("<s>", "</s>")]
-    core.post_processor = processors.TemplateProcessing(single=template, special_tokens=specials)
+    pair = f"{template} {template.replace('$A', '$B')}"
+    core.post_processor = processors.TemplateProcessing(
+        single=template, pair=pair, special_tokens=specials
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
         bos_token="<s>",
@@ -79,10 +83,10 @@ def _word_tokenizer(folder: Path, template: str):
     return tokenizer
 
 
-def save_tiny_t5(folder: Path) -> Path:
+def save_tiny_t5(folder: Path, words: list[str] | None = None) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    tokenizer = _word_tokenizer(folder, "$A </s>")  # T5: no start token, eos at the end
+    tokenizer = _word_tokenizer(folder, "$A </s>", words)  # T5: no start token, eos at the end
     config = T5Config(
         vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
         num_decoder_layers=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
