@@ -11,8 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     BertConfig,
     Gemma3TextConfig,
     LlamaConfig,
@@ -28,38 +30,41 @@ from tests.conftest import METHOD_YAMLS
 
 class Family(NamedTuple):
     config: Callable[[], PretrainedConfig]
-    head: str | None  # the task head module; None: text-to-text, the LM head writes labels
+    head: str | None  # the task head module; None: the LM head writes the output
     auto_class: type = AutoModelForSequenceClassification
     peft_task_type: str = "SEQ_CLS"
+    labels: str = "class"  # class (one per text), tokens (one per token), target or lm (text)
 
 
-#: Model families as peftbench builds them for classification. Hidden 32, 2 layers each.
+def _bert() -> BertConfig:
+    return BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+
+
+def _llama() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        num_labels=2,
+    )
+
+
+#: Model families with the heads peftbench gives them, per task kind. Hidden 32, 2 layers each.
 FAMILIES = {
-    "bert": Family(
-        lambda: BertConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=32,
-            num_labels=2,
-        ),
-        "classifier",
-    ),
-    "llama": Family(
-        lambda: LlamaConfig(
-            vocab_size=50,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            pad_token_id=0,
-            num_labels=2,
-        ),
-        "score",
-    ),
+    "bert": Family(_bert, "classifier"),
+    "llama": Family(_llama, "score"),
     "gemma3": Family(  # Gemma 3 text: sandwich norms, GQA, sliding-window layers; no bias terms
         lambda: Gemma3TextConfig(
             vocab_size=50,
@@ -75,7 +80,7 @@ FAMILIES = {
         ),
         "score",
     ),
-    # T5 classifies text-to-text (tasks/classification.py): its seq2seq LM writes the label word
+    # T5 classifies text-to-text (tasks/classification.py) and translates: its seq2seq LM
     "t5": Family(
         lambda: T5Config(
             vocab_size=50,
@@ -91,7 +96,11 @@ FAMILIES = {
         None,
         AutoModelForSeq2SeqLM,
         "SEQ_2_SEQ_LM",
+        "target",
     ),
+    # NER (token classification) and decoder-only translation (causal LM, prompt + target)
+    "bert-ner": Family(_bert, "classifier", AutoModelForTokenClassification, "TOKEN_CLS", "tokens"),
+    "llama-lm": Family(_llama, None, AutoModelForCausalLM, "CAUSAL_LM", "lm"),
 }
 TOTAL_STEPS = 10
 
@@ -105,8 +114,15 @@ def _batch(seed: int = 0, family: str = "bert") -> dict:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, 50, (4, 12), generator=generator)
     classes = torch.tensor([0, 1, 0, 1])
-    if FAMILIES[family].head is None:  # text-to-text: two label "words" of one token + eos
+    kind = FAMILIES[family].labels
+    if kind == "tokens":  # a tag per token, the last three ignored (padding, sub-words)
+        labels = torch.randint(0, 2, (4, 12), generator=generator)
+        labels[:, -3:] = -100
+    elif kind == "target":  # text-to-text: a label "word" of one token, then eos
         labels = torch.stack([classes + 5, torch.ones(4, dtype=torch.long)], dim=1)
+    elif kind == "lm":  # prompt + target: the loss is on the target tokens only
+        labels = input_ids.clone()
+        labels[:, :6] = -100
     else:
         labels = classes
     return {
@@ -125,7 +141,7 @@ def _context(family: str = "bert") -> MethodContext:
     return MethodContext(
         head_modules=_heads(family),
         peft_task_type=FAMILIES[family].peft_task_type,
-        model_type=family,
+        model_type=FAMILIES[family].config().model_type,
         calibration_batches=lambda n: [_batch(seed, family) for seed in range(n)],
         total_steps=TOTAL_STEPS,
     )
@@ -406,8 +422,6 @@ def test_qlora_refuses_without_cuda_in_one_line():
 
 @pytest.mark.parametrize("peft_type", ["PROMPT_TUNING", "P_TUNING"])
 def test_prompt_methods_keep_token_labels_aligned(peft_type):
-    from transformers import AutoModelForTokenClassification
-
     torch.manual_seed(0)
     model = AutoModelForTokenClassification.from_config(FAMILIES["bert"].config())
     extra = {"encoder_hidden_size": 16} if peft_type == "P_TUNING" else {}
