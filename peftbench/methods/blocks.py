@@ -64,16 +64,23 @@ def output_projections(model: nn.Module, block: str) -> list[tuple[str, nn.Modul
         ValueError: when no pattern matches, naming the model class, so that a new family
             fails loudly instead of silently training nothing.
     """
-    patterns = [re.compile(p) for p in _OUTPUT_PROJECTIONS[block]]
+    return _matching(model, nn.Linear, _OUTPUT_PROJECTIONS[block], f"{block} output projection")
+
+
+def _matching(
+    model: nn.Module, kind: type[nn.Module], patterns: list[str], what: str
+) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs of ``kind`` whose name matches a pattern; none is an error."""
+    compiled = [re.compile(p) for p in patterns]
     found = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(p.search(name) for p in patterns)
+        if isinstance(module, kind) and any(p.search(name) for p in compiled)
     ]
     if not found:
         raise ValueError(
-            f"no {block} output projection found in {type(model).__name__}; add its pattern "
-            "to peftbench/methods/blocks.py"
+            f"no {what} found in {type(model).__name__}; add its pattern to "
+            "peftbench/methods/blocks.py"
         )
     return found
 
@@ -105,15 +112,4 @@ def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     Raises:
         ValueError: when no stack is found, naming the model class.
     """
-    patterns = [re.compile(p) for p in _LAYER_STACKS]
-    stacks = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and any(p.search(name) for p in patterns)
-    ]
-    if not stacks:
-        raise ValueError(
-            f"no stack of transformer layers found in {type(model).__name__}; add its pattern "
-            "to peftbench/methods/blocks.py"
-        )
-    return stacks
+    return _matching(model, nn.ModuleList, _LAYER_STACKS, "stack of transformer layers")
