@@ -74,8 +74,7 @@ class ClassificationTask(Task):
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         labels = [row["label"] for row in rows]
         if self.text_to_text:
-            self.tokenizer = tokenizer
-            self._label_targets()  # label words the tokenizer cannot tell apart stop here
+            self._label_targets(tokenizer)  # label words it cannot tell apart stop here
             labels = decoder_targets(tokenizer, [self.target_text(y) for y in labels])[0]
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(rows))]
 
@@ -104,7 +103,7 @@ class ClassificationTask(Task):
             return super().predict_batch(model, batch)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         scores = []
-        for target in self._label_targets():
+        for target in self._label_targets(self.tokenizer):
             labels = torch.tensor(
                 [target] * len(batch["input_ids"]), device=batch["input_ids"].device
             )
@@ -113,9 +112,9 @@ class ClassificationTask(Task):
             scores.append(token_scores.squeeze(-1).sum(-1))
         return torch.stack(scores, dim=-1).argmax(dim=-1).tolist()
 
-    def _label_targets(self) -> list[list[int]]:
+    def _label_targets(self, tokenizer: Any) -> list[list[int]]:
         """Each label word's token ids; two words the tokenizer cannot tell apart are refused."""
-        targets = decoder_targets(self.tokenizer, self.label_words)[0]
+        targets = decoder_targets(tokenizer, self.label_words)[0]
         if len({tuple(t) for t in targets}) < len(targets):
             raise ValueError(
                 f"task {self.name}: label_words {self.label_words} give the same tokens "
@@ -126,7 +125,7 @@ class ClassificationTask(Task):
     def references(self, batch: dict) -> list:
         if not self.text_to_text:
             return batch["labels"].tolist()
-        index = {tuple(target): i for i, target in enumerate(self._label_targets())}
+        index = {tuple(t): i for i, t in enumerate(self._label_targets(self.tokenizer))}
         return [
             index[tuple(t for t in row if t != IGNORE_INDEX)] for row in batch["labels"].tolist()
         ]

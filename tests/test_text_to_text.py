@@ -76,9 +76,9 @@ def test_rank_classification_picks_the_most_likely_label_word(tiny_t5_dir, tmp_p
 def test_label_words_that_tokenize_alike_are_refused(tiny_t5_dir, tmp_path):
     cfg = _cfg(tiny_t5_dir, tmp_path, "+task.label_words=[zzz,yyy]")  # both <unk>
     task = build_task(cfg.task)
-    task.tokenizer = load_backbone(cfg.model, task).tokenizer
+    tokenizer = load_backbone(cfg.model, task).tokenizer
     with pytest.raises(ValueError, match=r"label_words \['zzz', 'yyy'\].*the same tokens"):
-        task.encode(task.splits["train"][:2], task.tokenizer)
+        task.encode(task.splits["train"][:2], tokenizer)
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "adapter"])
