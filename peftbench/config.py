@@ -397,8 +397,12 @@ _TEXT_TO_TEXT_KINDS = ("classification", "regression")
 
 
 def _check_head(cfg: Mapping) -> None:
-    """The linear probe trains a task head only; generation and text-to-text have none."""
-    if _lookup(cfg, "method.kind") != "linear":
+    """The linear probe trains a task head only; generation and text-to-text have none.
+
+    A warm-started encoder-decoder is the exception: what it creates new (cross-attention,
+    the LM head's transform) counts as its head, so the probe trains that.
+    """
+    if _lookup(cfg, "method.kind") != "linear" or _lookup(cfg, "model.warm_start"):
         return
     kind, family = _lookup(cfg, "task.kind"), _lookup(cfg, "model.family")
     if kind in _TEXT_OUTPUT_KINDS or (kind in _TEXT_TO_TEXT_KINDS and family == "encoder_decoder"):

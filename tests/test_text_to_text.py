@@ -112,3 +112,27 @@ def test_a_regression_run_on_t5_completes_with_prefix_tuning(tiny_t5_dir, tmp_pa
     assert summary["status"] == "success", summary
     record = json.loads(Path(summary["path"]).read_text())
     assert record["metrics"]["primary"]["name"] == "pearson"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["model=t5-small", "task=sst2"], True),  # text-to-text: no task head
+        (["model=t5-small", "task=bible-de-en"], True),  # generation: no task head
+        (["model=minilm2minilm", "task=bible-de-en"], False),  # the new cross-attention
+        (["model=minilm-l6", "task=polarity"], False),  # a classifier head
+    ],
+)
+def test_linear_probe_is_refused_only_where_there_is_no_head(overrides, refused):
+    from hydra import compose, initialize_config_dir
+
+    from peftbench.config import ConfigError, validate
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "method=linear"])
+    if refused:
+        with pytest.raises(ConfigError, match="trains only a task head"):
+            validate(cfg)
+    else:
+        validate(cfg)
