@@ -75,21 +75,31 @@ def task_infos(agg: pd.DataFrame) -> dict[str, TaskInfo]:
         agg: Output of ``stats.aggregate``.
 
     Returns:
-        TaskInfo per task name. The scale is x100 when every score of the task, over all
-        models and methods, lies in [0, 1].
+        TaskInfo per task name. The scale is x100 for a metric whose perfect score is 1
+        (accuracy, F1, MCC, correlations) and x1 for one already on a 0-100 scale (BLEU,
+        chrF), as ``tasks.metrics`` declares; a metric it does not know is x100 when every
+        score of the task, over all models and methods, lies in [0, 1].
     """
     infos = {}
     for task, group in agg.groupby("task", sort=True):
-        in_unit_range = bool(((group["min"] >= 0) & (group["max"] <= 1)).all())
         first = group.iloc[0]
         infos[task] = TaskInfo(
             name=task,
             metric=first["metric"],
             split=first["split"],
             higher_is_better=bool(first["higher_is_better"]),
-            scale=100.0 if in_unit_range else 1.0,
+            scale=_display_scale(first["metric"], group),
         )
     return infos
+
+
+def _display_scale(metric: str, group: pd.DataFrame) -> float:
+    from tasks.metrics import METRICS
+
+    if metric in METRICS:  # the declared range, not the values: a BLEU of 0.7 is not 70
+        return 100.0 if METRICS[metric].best == 1.0 else 1.0
+    in_unit_range = bool(((group["min"] >= 0) & (group["max"] <= 1)).all())
+    return 100.0 if in_unit_range else 1.0
 
 
 def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> ComparisonTable:

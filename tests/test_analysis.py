@@ -289,6 +289,18 @@ def test_lower_is_better_metric_is_not_scaled_and_min_wins() -> None:
     assert cells["b"]["Peak mem"] == "–"
 
 
+def test_a_metric_on_a_0_100_scale_is_never_scaled_even_below_1() -> None:
+    """BLEU is 0-100 (sacreBLEU): a weak 0.66 must read 0.7, not 66.0."""
+    bleu = _runs([("mt", "a", 0, 0.66), ("mt", "b", 0, 0.42)], metric="bleu", higher=True)
+    acc = _runs([("cls", "a", 0, 0.9), ("cls", "b", 0, 0.8)], metric="accuracy", higher=True)
+    (table,) = build_tables(aggregate(pd.concat([bleu, acc], ignore_index=True)))
+    scales = {t.name: t.scale for t in table.tasks}
+    assert scales == {"mt": 1.0, "cls": 100.0}
+    cells = _table_cells(to_markdown([table]))
+    assert cells["a"]["mt"] == "**0.7**" and cells["a"]["cls"] == "**90.0**"
+    assert cells["a"]["Avg."] == "–"  # BLEU and accuracy x100 share no scale
+
+
 def test_avg_is_omitted_when_tasks_differ_in_direction() -> None:
     acc = _runs([("cls", "a", 0, 0.9), ("cls", "b", 0, 0.8)], metric="accuracy", higher=True)
     ppl = _runs([("lm", "a", 0, 3.0), ("lm", "b", 0, 2.0)], metric="perplexity", higher=False)
