@@ -94,7 +94,7 @@ def task_infos(agg: pd.DataFrame) -> dict[str, TaskInfo]:
 
 
 def _display_scale(metric: str, group: pd.DataFrame) -> float:
-    from tasks.metrics import METRICS
+    from tasks.metrics import METRICS  # here: it imports scikit-learn, which tables need not
 
     if metric in METRICS:  # the declared range, not the values: a BLEU of 0.7 is not 70
         return 100.0 if METRICS[metric].best == 1.0 else 1.0

@@ -74,13 +74,13 @@ class ClassificationTask(Task):
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         labels = [row["label"] for row in rows]
         if self.text_to_text:
-            self._label_targets(tokenizer)  # label words it cannot tell apart stop here
-            labels = decoder_targets(tokenizer, [self.target_text(y) for y in labels])[0]
+            labels = self._decoder_labels(tokenizer, labels)
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(rows))]
 
-    def target_text(self, label: Any) -> str:
-        """The decoder's target for a label (text-to-text)."""
-        return self.label_words[label]
+    def _decoder_labels(self, tokenizer: Any, labels: list) -> list[list[int]]:
+        """Text-to-text: each row's target is its class's label word, tokenized once per class."""
+        targets = self._label_targets(tokenizer)  # words it cannot tell apart stop here
+        return [targets[label] for label in labels]
 
     def collate(self, features: Sequence[dict], tokenizer: Any) -> dict[str, torch.Tensor]:
         if not self.text_to_text:
@@ -165,7 +165,11 @@ class RegressionTask(ClassificationTask):
         return features
 
     def target_text(self, label: Any) -> str:
+        """The decoder's target for a score (text-to-text): "3.8"."""
         return f"{round(float(label) * self.STEPS_PER_UNIT) / self.STEPS_PER_UNIT:.1f}"
+
+    def _decoder_labels(self, tokenizer: Any, labels: list) -> list[list[int]]:
+        return decoder_targets(tokenizer, [self.target_text(y) for y in labels])[0]
 
     def predict(self, outputs: Any, batch: dict) -> list[float]:
         return outputs.logits.squeeze(-1).float().tolist()
