@@ -15,7 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+from peftbench.record import SCHEMA_VERSION
+
+#: Versions this reader understands: 1 (run ids without the recipe hash) reads as it was.
+READABLE_SCHEMAS = (1, SCHEMA_VERSION)
 SUCCESS = "success"
 SYNTHETIC = "synthetic"
 
@@ -70,9 +73,10 @@ def _read(path: Path) -> tuple[dict[str, Any], str | None]:
         return {}, f"unreadable JSON ({err})"
     if not isinstance(record, dict):
         return {}, "not a JSON object"
-    if record.get("schema_version") != SCHEMA_VERSION:
+    if record.get("schema_version") not in READABLE_SCHEMAS:
         # A newer schema may change meanings; guessing would quietly mix incomparable runs.
-        return {}, f"schema_version {record.get('schema_version')!r} != {SCHEMA_VERSION}"
+        readable = ", ".join(map(str, READABLE_SCHEMAS))
+        return {}, f"schema_version {record.get('schema_version')!r} not in {readable}"
     experiment = record.get("experiment")
     if not isinstance(experiment, dict):
         return {}, "no 'experiment' object"

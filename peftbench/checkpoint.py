@@ -10,12 +10,11 @@ unpickled: safetensors and JSON only.
 A resumed run on CPU with the same seed ends with the same metrics and history as one that
 was never interrupted: the data order (the sampler's epoch and position), dropout (torch's
 RNG) and the optimiser all continue from the same state. A checkpoint written under another
-config (its hash differs) is never resumed.
+recipe (another run id, peftbench/identity.py) is never resumed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,19 +27,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 log = logging.getLogger("peftbench")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: matched on the run id (recipe hash), not a config hash
 CHECKPOINTS_DIR = "checkpoints"
 #: Config keys that cannot change what a run computes: a resume ignores them.
-NOT_HASHED = (
-    "sweep_id", "force", "results_dir", "tracker", "data_cache", "instrument",
-    "train.checkpoint_every_steps", "train.keep_checkpoints", "train.num_workers", "train.threads",
-)  # fmt: skip
 
 
 class Stateful(Protocol):
@@ -79,42 +73,29 @@ class Replay:
             self.sink(row)
 
 
-def config_hash(config: dict) -> str:
-    """SHA-256 of the resolved config without the keys in :data:`NOT_HASHED`."""
-    config = json.loads(json.dumps(config, default=str))
-    for path in NOT_HASHED:
-        *parents, leaf = path.split(".")
-        node = config
-        for key in parents:
-            node = node.get(key) or {}
-        node.pop(leaf, None)
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class Checkpointer:
     """Saves, finds and removes the checkpoint of one run.
 
     Args:
         path: the checkpoint file.
         every: save after every ``every`` optimisation steps; 0 = never.
-        config_hash: of the run's config; a checkpoint with another hash is not resumed.
+        run_id: the run's id, recipe hash included (peftbench/identity.py); a checkpoint
+            written under another id is not resumed.
         extras: run-level state kept outside the loop (history, step timer, evaluation clock).
     """
 
     def __init__(
-        self, path: Path, *, every: int, config_hash: str, extras: dict[str, Stateful]
+        self, path: Path, *, every: int, run_id: str, extras: dict[str, Stateful]
     ) -> None:
-        self.path, self.every, self.hash, self.extras = Path(path), every, config_hash, extras
+        self.path, self.every, self.run_id, self.extras = Path(path), every, run_id, extras
         self.seconds = 0.0  # spent saving: not training time
         self.resumed_from: int | None = None  # the step a resumed run started from
 
     @classmethod
     def for_run(cls, cfg: Any, run_id: str, extras: dict[str, Stateful]) -> Checkpointer:
         path = checkpoint_path(Path(cfg.results_dir), run_id)
-        config = OmegaConf.to_container(cfg, resolve=True)
         every = int(cfg.train.get("checkpoint_every_steps") or 0)
-        return cls(path, every=every, config_hash=config_hash(config), extras=extras)
+        return cls(path, every=every, run_id=run_id, extras=extras)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -126,7 +107,7 @@ class Checkpointer:
         loop = {k: v for k, v in asdict(state).items() if k != "best_state"}
         meta = {
             "format": FORMAT_VERSION,
-            "config_hash": self.hash,
+            "run_id": self.run_id,
             "loop": {**loop, "elapsed_s": elapsed_s},
             "model": _flatten(_trainable(model), "model", tensors),
             "best_state": _flatten(state.best_state, "best", tensors),
@@ -178,7 +159,7 @@ class Checkpointer:
             meta = json.loads((f.metadata() or {}).get("peftbench", "{}"))
             names = list(f.keys())  # a safe_open handle is not iterable
             tensors = {name: f.get_tensor(name) for name in names}
-        if meta.get("format") != FORMAT_VERSION or meta.get("config_hash") != self.hash:
+        if meta.get("format") != FORMAT_VERSION or meta.get("run_id") != self.run_id:
             log.warning(
                 "%s: checkpoint %s was written under another config; starting fresh",
                 self.path.stem,

@@ -26,6 +26,8 @@ from peftbench.batching import LengthGroupedBatchSampler, sorted_batches
 from peftbench.checkpoint import Checkpointer, Replay, remove_checkpoint
 from peftbench.config import ConfigError, validate
 from peftbench.data_cache import cache_key, cached_encode
+from peftbench.identity import recipe, recipe_hash
+from peftbench.identity import run_id as make_run_id
 from peftbench.instrument import (
     AcceleratorBusy,
     Clock,
@@ -42,7 +44,6 @@ from peftbench.record import (
     code_info,
     env_info,
     find_success,
-    make_run_id,
     utc_now,
     write_record,
 )
@@ -82,8 +83,10 @@ def _hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def experiment_info(cfg: Any) -> dict:
+def experiment_info(cfg: Any, config: dict) -> dict:
+    """What the run is: its names, seed and recipe (the values that define its result)."""
     budget = cfg.method.get("budget_pct")
+    values = recipe(config, device=_device_kind(cfg.device))
     return {
         "task": cfg.task.name,
         "task_version": int(cfg.task.version),
@@ -94,8 +97,17 @@ def experiment_info(cfg: Any) -> dict:
         # analysis keeps synthetic (random-weight) runs out of every quality table
         "weights": str(cfg.model.get("weights") or "pretrained"),
         "sweep_id": str(cfg.sweep_id),
-        "overrides": _hydra_overrides(),
+        "overrides": scrub(_hydra_overrides()),
+        "recipe_hash": recipe_hash(values),
+        "recipe": values,
     }
+
+
+def _device_kind(name: str) -> str:
+    """The kind of device a run will use (``auto`` resolved), without claiming one."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(name)
 
 
 def run(cfg: Any) -> dict:
@@ -106,13 +118,14 @@ def run(cfg: Any) -> dict:
     """
     validate(cfg, cuda_available=torch.cuda.is_available())  # before anything is loaded
     results_dir = Path(cfg.results_dir)
-    experiment = experiment_info(cfg)
+    config = scrub(OmegaConf.to_container(cfg, resolve=True))  # also what wandb receives
+    experiment = experiment_info(cfg, config)
     run_id = make_run_id(
         experiment["task"],
         experiment["model"],
         experiment["method"],
         experiment["seed"],
-        experiment["budget_pct"],
+        experiment["recipe_hash"],
     )
     done = None if cfg.force else find_success(results_dir, run_id)
     if done is not None:
@@ -120,7 +133,6 @@ def run(cfg: Any) -> dict:
         return {"run_id": run_id, "status": "skipped", "path": str(done)}
 
     task = _prepare(cfg)  # bad names or data stop here: no record, no model loaded
-    config = scrub(OmegaConf.to_container(cfg, resolve=True))  # also what wandb receives
     record: dict = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -327,14 +339,15 @@ def _compute_cost(
 ) -> dict:
     """Analytic FLOPs of the run and, on a GPU with a known peak, model FLOPs utilisation."""
     per_token = training_flops_per_token(forward_params(model), trainable)
-    measured = per_token * timer.padded_tokens / timer.measured_seconds
+    seconds = timer.measured_seconds  # 0 when every step fell in the warm-up: rates are null
+    measured = per_token * timer.padded_tokens / seconds if seconds else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = peak_tflops(name, cfg.get("peak_tflops")) if device.type == "cuda" else None
     return {
         "flops_per_token": per_token,
         "flops": per_token * timer.padded_tokens_all,
-        "achieved_tflops": measured / 1e12,
-        "mfu": measured / (peak * 1e12) if peak else None,
+        "achieved_tflops": measured / 1e12 if measured is not None else None,
+        "mfu": measured / (peak * 1e12) if peak and measured is not None else None,
     }
 
 

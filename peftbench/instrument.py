@@ -56,18 +56,30 @@ class StepTimer:
             self.padded_tokens += batch["input_ids"].numel()
 
     def summary(self) -> dict:
+        """Step-time statistics and throughput over the steps after the warm-up.
+
+        A run no longer than its warm-up has no measured step: its statistics are null and
+        ``why_null`` says so (a warm-up step's time includes one-off work such as allocation).
+        """
         warm = self.durations[: self.warmup]
-        measured = sorted(self.durations[self.warmup :]) or sorted(warm)
-        total = sum(self.durations[self.warmup :])
+        measured = sorted(self.durations[self.warmup :])
+        total = sum(measured)
+        why = None
+        if not measured:
+            why = (
+                f"all {len(warm)} steps fell in the timer's warm-up "
+                f"(train.warmup_steps_excluded={self.warmup}); run more steps to time them"
+            )
         return {
             "step_time_s": {
                 "mean": statistics.fmean(measured) if measured else None,
                 "p50": _percentile(measured, 50) if measured else None,
                 "p90": _percentile(measured, 90) if measured else None,
                 "p99": _percentile(measured, 99) if measured else None,
-                "n": len(self.durations) - len(warm),
+                "n": len(measured),
                 "warmup_n": len(warm),
                 "warmup_mean": statistics.fmean(warm) if warm else None,
+                "why_null": why,
             },
             "samples_per_s": self.samples / total if total else None,
             # non-padding tokens (attention_mask == 1), per second of measured step time

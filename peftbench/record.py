@@ -20,14 +20,9 @@ from typing import Any
 
 from peftbench.secrets import scrub
 
-SCHEMA_VERSION = 1
+#: 2: the run id ends with the recipe hash; ``experiment`` holds ``recipe`` and ``recipe_hash``.
+SCHEMA_VERSION = 2
 RECORDS_DIR = "records"
-
-
-def make_run_id(task: str, model: str, method: str, seed: int, budget_pct: float | None) -> str:
-    """``<task>--<model>--<method>[--b<budget>]--s<seed>``: the identity of one cell."""
-    budget = f"--b{budget_pct:g}" if budget_pct is not None else ""
-    return f"{task}--{model}--{method}{budget}--s{seed}"
 
 
 def records_dir(results_dir: Path) -> Path:
@@ -57,6 +52,7 @@ def write_record(record: dict, results_dir: Path) -> Path:
     remove_stale_temps(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix=".json")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
         with os.fdopen(fd, "w") as f:
             json.dump(scrub(record), f, indent=1, default=_jsonable)  # no secrets on disk
             f.flush()
@@ -80,6 +76,19 @@ def _publish(tmp: Path, folder: Path, record: dict) -> Path:
                 continue
             os.replace(tmp, path)
             return path
+
+
+def _umask() -> int:
+    """The process's umask (Linux reports it; elsewhere read by setting and restoring it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ".tmp-<host>@<pid>@<random>.json": whose temp file it is, so a dead writer's can be removed.

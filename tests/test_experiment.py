@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
     assert summary["status"] == "success"
     (record,) = _records(tmp_path / "results")
     assert set(record) >= REQUIRED
-    assert record["run_id"] == "polarity--tiny-bert--lora--s0"
+    assert re.fullmatch(r"polarity--tiny-bert--lora--s0--[0-9a-f]{8}", record["run_id"])
     assert record["experiment"]["method"] == "lora" and record["experiment"]["seed"] == 0
     assert record["config"]["method"]["lr"] == 5e-4  # the fully resolved config
     assert record["data"]["n"] == {"train": 64, "dev": 8, "test": 8}

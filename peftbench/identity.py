@@ -1,0 +1,96 @@
+"""A run's identity is its recipe: every resolved config value that can change its result.
+
+``run_id = <task>--<model>--<method>--s<seed>--<recipe hash>``. The hash covers the whole
+resolved config except the keys in :data:`NOT_IN_RECIPE` (where results go, how they are
+logged or tracked, how the work is spread over processes), plus :data:`HARNESS_VERSION`.
+Two runs with one id were trained the same way, so skip-if-done, checkpoint resume and the
+report's seed aggregation may treat them as one; a run that differs in any value that can
+move its score (a learning rate, a rank, a step count, a data file...) gets another id.
+
+This is the one place the in/out lists live (README "Run identity" quotes them); adding a
+config key puts it *in* the recipe unless it is listed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+#: Bumped when the harness changes how a result is produced (the loop, the split, a metric's
+#: implementation...), so records of older code are never reused as done.
+HARNESS_VERSION = 2
+
+#: Config keys (dotted prefixes) that cannot change a run's result. The seed is part of the
+#: id on its own (seeds of one recipe aggregate into one table cell).
+NOT_IN_RECIPE: tuple[str, ...] = (
+    "seed",
+    "results_dir",  # where records go
+    "sweep_id",  # which launch a run belongs to
+    "force",  # whether to re-run
+    "tracker",  # wandb or nothing
+    "data_cache",  # tokenized splits read from disk or computed: the same encodings
+    "instrument",  # what is measured after training (latency, the MFU peak)
+    "hydra",  # launcher, sweeper, output folders
+    "train.threads",  # how the cores are shared between parallel runs
+    "train.log_every_steps",  # logging cadence
+    "train.num_workers",  # collate in background processes: the same batches
+    "train.checkpoint_every_steps",  # a resumed run ends as an uninterrupted one
+    "train.keep_checkpoints",
+)
+
+HASH_CHARS = 8
+
+
+def _out(key: str) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in NOT_IN_RECIPE)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat if flat or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: _normal(tree)}
+
+
+def _normal(value: Any) -> Any:
+    """One spelling per value: ``2.0`` and ``2`` are one number, tuples are lists."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [_normal(v) for v in value]
+    return value
+
+
+def device_kind(device: str) -> str:
+    """``cuda:1`` -> ``cuda``: which GPU of a node ran it cannot change the result."""
+    return str(device).split(":", 1)[0]
+
+
+def recipe(config: Mapping[str, Any], *, device: str | None = None) -> dict[str, Any]:
+    """The flat ``{dotted key: value}`` of every value in the recipe, sorted by key.
+
+    Args:
+        config: The resolved config (a plain dict; secret values already redacted, so the
+            hash never depends on a credential).
+        device: The device the run uses (``auto`` resolved); its kind (cpu, cuda, mps) is
+            part of the recipe, its index is not.
+    """
+    flat = {k: v for k, v in _flatten(config).items() if not _out(k) and k != "device"}
+    flat["device"] = device_kind(device or config.get("device", "auto"))
+    flat["harness_version"] = HARNESS_VERSION
+    return dict(sorted(flat.items()))
+
+
+def recipe_hash(values: Mapping[str, Any]) -> str:
+    """A stable short hash of a recipe (the same on every machine and Python version)."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def run_id(task: str, model: str, method: str, seed: int, hash_: str) -> str:
+    """``<task>--<model>--<method>--s<seed>--<hash>``: readable, and unique per recipe."""
+    return f"{task}--{model}--{method}--s{seed}--{hash_}"
