@@ -37,6 +37,29 @@ def sweep_size(overrides: list[str]) -> int | None:
         return None
 
 
+class ScrubHydraFiles(Callback):
+    """Keeps secrets out of Hydra's own files under results_dir.
+
+    Hydra saves ``.hydra/{config,hydra,overrides}.yaml`` (and a sweep's ``multirun.yaml``)
+    just before ``on_job_start``, verbatim: a token given on the command line would sit there
+    in clear. They are rewritten redacted at once. (What Hydra and the job log goes through
+    :class:`peftbench.secrets.ScrubFilter`, set in conf/config.yaml's logging configs.)
+    """
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from peftbench.secrets import scrub_file
+
+        hydra = config.hydra
+        folders = []
+        if hydra.output_subdir is not None:
+            folders.append(Path(hydra.runtime.output_dir) / hydra.output_subdir)
+        if hydra.mode is not None and hydra.mode.name == "MULTIRUN":
+            folders.append(Path(hydra.sweep.dir))
+        for folder in folders:
+            for path in folder.glob("*.yaml"):
+                scrub_file(path)
+
+
 class ReportAtSweepEnd(Callback):
     """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends."""
 

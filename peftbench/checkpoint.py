@@ -84,9 +84,7 @@ class Checkpointer:
         extras: run-level state kept outside the loop (history, step timer, evaluation clock).
     """
 
-    def __init__(
-        self, path: Path, *, every: int, run_id: str, extras: dict[str, Stateful]
-    ) -> None:
+    def __init__(self, path: Path, *, every: int, run_id: str, extras: dict[str, Stateful]) -> None:
         self.path, self.every, self.run_id, self.extras = Path(path), every, run_id, extras
         self.seconds = 0.0  # spent saving: not training time
         self.resumed_from: int | None = None  # the step a resumed run started from

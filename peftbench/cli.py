@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peftbench import assets
+from peftbench.config import ConfigError, check_command_line
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.handler(args)
-    except (assets.AssetError, _UserError) as exc:
+    except (assets.AssetError, _UserError, ConfigError) as exc:
         print(f"peftbench: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -85,9 +86,18 @@ def _add_tune_command(commands: argparse._SubParsersAction) -> None:
     tune.set_defaults(handler=_cmd_tune)
 
 
+def _check_overrides(overrides: list[str], methods: list[str] | None = None) -> None:
+    """The checks ``run.py`` makes before anything loads, for each method's runs."""
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    for method in methods or [None]:
+        chosen = [f"method={method}"] if method else []
+        check_command_line(chosen + overrides, conf_dir=conf)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from peftbench.tune import flow
 
+    _check_overrides(list(args.overrides), args.methods.split(","))
     return flow(
         args.methods.split(","),
         tasks=args.tasks.split(",") if args.tasks else None,
@@ -172,6 +182,7 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
 def _cmd_bench_overhead(args: argparse.Namespace) -> int:
     from peftbench.bench import format_overhead, overhead  # lazy: torch
 
+    _check_overrides(list(args.overrides))
     result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
     print(format_overhead(result))
     return 0

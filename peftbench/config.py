@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -142,7 +143,8 @@ _DEVICE = Rule(
 
 #: Rules by dotted path; a path absent from the config is not checked (groups differ).
 SCHEMA: dict[str, Rule] = {
-    "seed": _int_at_least(0, "0"),
+    # numpy's and torch's seeders take 32 bits
+    "seed": Rule(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", "0"),
     "device": _DEVICE,
     "results_dir": _NON_EMPTY_STR,
     "force": _BOOL,
@@ -436,6 +438,39 @@ def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
         )
 
 
+def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
+    """A CUDA device that this machine does not have (None: not known, not checked)."""
+    device = str(_lookup(cfg, "device", "auto"))
+    if cuda_devices is None or not device.startswith("cuda"):
+        return
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= cuda_devices:
+        have = f"{cuda_devices} CUDA device(s)" if cuda_devices else "no CUDA device"
+        raise ConfigError(
+            f"device={device} but this machine has {have}",
+            "use device=auto (a GPU when there is one, else the CPU) or device=cpu",
+        )
+
+
+def _check_results_dir(cfg: Mapping) -> None:
+    """``results_dir`` must be a folder this process can create or write into."""
+    value = _lookup(cfg, "results_dir")
+    if not isinstance(value, str) or not value:
+        return
+    path = Path(value).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"results_dir={value} is not a folder ({existing} is a file)",
+            "give results_dir a folder path",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"results_dir={value} is not writable ({existing} denies this user)",
+            "give results_dir a folder you can write to",
+        )
+
+
 def _plain(cfg: DictConfig) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
@@ -443,13 +478,16 @@ def _plain(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def validate(cfg: Any, *, cuda_available: bool | None = None) -> None:
+def validate(
+    cfg: Any, *, cuda_available: bool | None = None, cuda_devices: int | None = None
+) -> None:
     """Checks a composed config: types, ranges and combinations that cannot work.
 
     Args:
         cfg: the composed config (DictConfig or plain dict).
         cuda_available: whether a CUDA device exists; None (the light pre-check, which must
             not import torch) skips the checks that need to know.
+        cuda_devices: how many CUDA devices exist (None: not known, not checked).
 
     Raises:
         ConfigError: the first problem found, as ``<problem>; <fix>``.
@@ -463,6 +501,8 @@ def validate(cfg: Any, *, cuda_available: bool | None = None) -> None:
     _check_warm_start(cfg)
     _check_head(cfg)
     _check_requires(cfg, cuda_available)
+    _check_device(cfg, cuda_devices)
+    _check_results_dir(cfg)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -655,8 +695,10 @@ def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "conf
         # Jobs that differ only in the seed compose alike: compose one, check each seed's value.
         others = tuple(o for o in job if not o.startswith("seed="))
         if others in checked:
-            validate({"seed": _parse([o for o in job if o.startswith("seed=")])[0].value()})
-            continue
+            seeds = _parse([o for o in job if o.startswith("seed=")])
+            if seeds:
+                validate({"seed": seeds[0].value()})
+            continue  # the same job listed twice (method=lora,lora) runs once, then skips
         checked.add(others)
         _check_job(job, conf_dir, config_name, groups)
 

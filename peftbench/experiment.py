@@ -96,7 +96,7 @@ def experiment_info(cfg: Any, config: dict) -> dict:
         "budget_pct": budget,
         # analysis keeps synthetic (random-weight) runs out of every quality table
         "weights": str(cfg.model.get("weights") or "pretrained"),
-        "sweep_id": str(cfg.sweep_id),
+        "sweep_id": str(config["sweep_id"]),  # redacted, as all of config: wandb's group
         "overrides": scrub(_hydra_overrides()),
         "recipe_hash": recipe_hash(values),
         "recipe": values,
@@ -116,7 +116,9 @@ def run(cfg: Any) -> dict:
     Returns:
         A short summary: run_id, status, the primary metric and the record's path.
     """
-    validate(cfg, cuda_available=torch.cuda.is_available())  # before anything is loaded
+    validate(  # before anything is loaded
+        cfg, cuda_available=torch.cuda.is_available(), cuda_devices=torch.cuda.device_count()
+    )
     results_dir = Path(cfg.results_dir)
     config = scrub(OmegaConf.to_container(cfg, resolve=True))  # also what wandb receives
     experiment = experiment_info(cfg, config)
@@ -187,7 +189,7 @@ def _prepare(cfg: Any) -> Any:
         DataError: a data file that is missing or malformed, or a split that would be empty.
         AssetError: an offline asset (data or model) that cannot be fetched or verified.
     """
-    from peftbench.assets import fetch
+    from peftbench.assets import check_weights, fetch
     from peftbench.methods import METHOD_KINDS
     from tasks import TASK_KINDS, build_task
     from tasks.metrics import METRICS
@@ -210,8 +212,16 @@ def _prepare(cfg: Any) -> Any:
             f"task {task.name!r}: split {', '.join(empty)} would be empty ({total} examples "
             "in all); add examples or change task.split.fractions"
         )
+    n_train = len(task.splits["train"])
+    if int(cfg.train.batch_size) > n_train:  # would try to hold the whole set and more at once
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} exceeds the {n_train} training examples "
+            f"of task {task.name!r}",
+            f"use train.batch_size of at most {n_train} (the recipe's default is 16)",
+        )
     if cfg.model.source.get("asset"):
-        fetch(cfg.model.source.asset)  # verified (sha256) before the run starts
+        fetch(cfg.model.source.asset)  # the archive's sha256 checked when first fetched
+        check_weights(cfg.model.source.asset)  # and the unpacked weights before every run
     return task
 
 

@@ -19,9 +19,11 @@ Two rules, applied to any JSON-like tree (dicts, lists, tuples, strings, scalars
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 REDACTED = "***REDACTED***"
@@ -126,3 +128,31 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def scrub_file(path: Path) -> None:
+    """Rewrites a text file (a YAML or a log) with its secrets redacted, atomically.
+
+    YAML is parsed and dumped again, so that a secret under a secret-looking key
+    (``api_key: ...``) is caught as well as one spelt ``name=value`` or an environment
+    secret's value anywhere.
+    """
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        clean = yaml.safe_dump(scrub(yaml.safe_load(text)), sort_keys=False, allow_unicode=True)
+    else:
+        clean = scrub(text)
+    if clean != text:
+        tmp = path.with_name(f".{path.name}.scrub")
+        tmp.write_text(clean, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+class ScrubFilter(logging.Filter):
+    """A logging filter that redacts secrets from every message before a handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage()), None
+        return True

@@ -58,7 +58,12 @@ class WandbTracker:
             config=config,
             reinit="finish_previous",  # Hydra's basic launcher runs every job in one process
             settings=wandb.Settings(
-                console="off", x_disable_stats=not cfg.system_stats, silent=True
+                console="off",
+                x_disable_stats=not cfg.system_stats,
+                # wandb's metadata copies sys.argv verbatim (a token typed on the command line
+                # would be stored); the record's config and code sections hold it redacted
+                x_disable_meta=True,
+                silent=True,
             ),
         )
 

@@ -7,10 +7,13 @@ for each method (and each ``--tasks`` entry):
    of trials for every method) over the learning rate, within 10x either way of the method's
    paper value, and over the method's size knob (``budget_knob`` in its YAML: LoRA's rank,
    an adapter's bottleneck...), within 4x either way of its default. Trials are ranked on the
-   dev metric at the selected step; test is never looked at. Their records go to
-   ``<results>/trials``.
-2. the final runs: the best trial's lr and size with every seed, recorded in ``<results>``
-   (by default ``results/tuned``, apart from untuned runs, whose run ids are the same).
+   dev metric at the selected step; test is never looked at.
+2. the final runs: the best trial's lr and size with every seed. A trial is a run like any
+   other (its run id carries its recipe's hash), so the best trial *is* the final run of its
+   seed and is not trained twice; only the other seeds train.
+
+Trials and final runs share one results folder (by default ``results/tuned``); the report
+labels each recipe by what differs (``lora (lr=0.0012, r=16)``).
 
 Each step is a ``python run.py -m ...`` command; ``--dry-run`` prints them.
 """
@@ -74,14 +77,14 @@ def _run_py(*overrides: str) -> list[str]:
 
 
 def search_command(
-    method: str, *, trials: int, trial_dir: Path, sweep_dir: Path, overrides: list[str]
+    method: str, *, trials: int, results: Path, sweep_dir: Path, overrides: list[str]
 ) -> list[str]:
     return _run_py(
         "+experiment=tune",
         f"method={method}",
         *search_space(method),
         f"hydra.sweeper.n_trials={trials}",
-        f"results_dir={trial_dir}",
+        f"results_dir={results}",
         f"hydra.sweep.dir={sweep_dir}",
         *overrides,
     )
@@ -125,7 +128,7 @@ def flow(
             search = search_command(
                 method,
                 trials=trials,
-                trial_dir=results / "trials",
+                results=results,
                 sweep_dir=sweep_dir,
                 overrides=cell + overrides,
             )

