@@ -31,4 +31,8 @@ if __name__ == "__main__":
         check_command_line(sys.argv[1:], conf_dir=Path(__file__).resolve().parent / "conf")
     except ConfigError as error:
         exit_with(str(error))
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (composing, launching): no traceback
+        print("peftbench: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -159,7 +159,7 @@ class Checkpointer:
             tensors = {name: f.get_tensor(name) for name in names}
         if meta.get("format") != FORMAT_VERSION or meta.get("run_id") != self.run_id:
             log.warning(
-                "%s: checkpoint %s was written under another config; starting fresh",
+                "%s: checkpoint %s was written for another run; starting fresh",
                 self.path.stem,
                 self.path,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import tempfile
 import time
 import traceback
@@ -39,6 +40,7 @@ from peftbench.instrument import (
     peak_tflops,
     training_flops_per_token,
 )
+from peftbench.interrupt import Interrupted, stop_on_signals
 from peftbench.record import (
     SCHEMA_VERSION,
     code_info,
@@ -153,17 +155,19 @@ def run(cfg: Any) -> dict:
         results_dir=results_dir,
     )
     try:
-        record.update(_execute(cfg, run_id, tracker, task))
+        with stop_on_signals():
+            record.update(_execute(cfg, run_id, tracker, task))
         record["status"] = "success"
     except Exception as error:  # a failed run is data; the sweep goes on
         record.update(_failure(error, cfg))
         log.error("%s: %s: %s", run_id, record["status"].upper(), record["error"])
         if not distributed.is_main():
             raise  # torchrun then stops rank 0, which would wait for this rank forever
-    except KeyboardInterrupt:
-        record.update(status="cancelled", error="KeyboardInterrupt")
+    except Interrupted as stop:  # the scheduler or the user ends the sweep: say where it was
+        record.update(_interruption(stop))
         _finish(record, results_dir, tracker)
-        raise
+        print(f"peftbench: {run_id}: {record['error']}", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
     finally:
         parallel.release_gpu()  # the next run of this worker process may take another
     path = _finish(record, results_dir, tracker)
@@ -250,6 +254,24 @@ def _failure(error: Exception, cfg: Any) -> dict:
         "error_step": getattr(error, "step", None),
         # a method that refuses a model, task or machine is a config error: one line suffices
         "traceback": None if _is_refusal(error) else traceback.format_exc(limit=20),
+    }
+
+
+def _interruption(stop: Interrupted) -> dict:
+    """The record fields of a run stopped by a signal: where it was, how to go on."""
+    checkpoint = getattr(stop, "checkpoint", None)
+    where = f"after step {stop.step}" if stop.step else "before training"
+    then = (
+        f"checkpoint kept at {checkpoint}; the same command resumes from step {stop.step}"
+        if checkpoint
+        else "no checkpoint (train.checkpoint_every_steps=0 or no step done); the same "
+        "command starts it again"
+    )
+    return {
+        "status": "interrupted",
+        "error": f"interrupted by {stop.name} {where}; {then}",
+        "error_step": stop.step,
+        "traceback": None,
     }
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from peftbench import distributed
 from peftbench.checkpoint import Checkpointer, LoopState
 from peftbench.instrument import Clock, StepTimer
+from peftbench.interrupt import Interrupted, defer_stop
 
 
 @dataclass
@@ -153,9 +154,11 @@ def train(
         total=steps, initial=state.step, desc=description, leave=False, dynamic_ncols=True,
         disable=None,
     )  # fmt: skip
+    stop = defer_stop()  # a stop signal now waits for the step under way (and its eval)
     try:
         while state.step < steps:
             for batch in train_loader:
+                stop.check()  # between steps: steps 1..state.step are complete
                 batch = to_device(batch, device)
                 state.step += 1
                 step = state.step
@@ -204,10 +207,20 @@ def train(
                 if checkpoint is not None and checkpoint.due(step):
                     elapsed = time.perf_counter() - start
                     checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+        stop.check()  # a signal during the last step: its checkpoint still resumes
+    except Interrupted as interrupted:
+        interrupted.step = state.step
+        if checkpoint is not None and checkpoint.every > 0 and state.step > 0:
+            elapsed = time.perf_counter() - start
+            checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+            interrupted.checkpoint = checkpoint.path
+        raise
     except Exception as error:
         # A failed run's record names the step (diverged at 5, out of memory at 1).
         error.step = state.step  # type: ignore[attr-defined]
         raise
+    finally:
+        stop.release()
     bar.close()
     if state.best_state is not None:
         _restore(model, state.best_state)

@@ -301,22 +301,22 @@ def _learned(history: list[dict]) -> list[dict]:
 def test_run_killed_after_a_checkpoint_resumes_to_the_same_metrics_and_history(
     tiny_bert_dir, tmp_path
 ):
-    from peftbench.checkpoint import checkpoint_path
 
     killed = tmp_path / "killed"
-    checkpoint = checkpoint_path(killed, "polarity--tiny-bert--adapter--s0")
+    checkpoints = killed / "checkpoints"
     proc = subprocess.Popen(
         _cell(tiny_bert_dir, killed, "pause"), cwd=ROOT, env=_env(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while not checkpoint.exists() and time.monotonic() < deadline:
+        while not list(checkpoints.glob("*.safetensors")) and time.monotonic() < deadline:
             assert proc.poll() is None, "the run ended before writing a checkpoint"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+    (checkpoint,) = checkpoints.glob("polarity--tiny-bert--adapter--s0--*.safetensors")
     assert not list(records_dir(killed).glob("*.json"))  # killed before the end
 
     for results, mode in ((killed, "resume"), (tmp_path / "whole", "whole")):
@@ -344,19 +344,27 @@ def test_checkpoint_of_another_config_is_not_resumed_and_success_removes_it(
     from peftbench.checkpoint import checkpoint_path
 
     results = tmp_path / "results"
-    checkpoint = checkpoint_path(results, "polarity--tiny-bert--adapter--s0")
     first = _checkpointed_run(compose, results, "train.keep_checkpoints=true")
+    checkpoint = checkpoint_path(results, first["run_id"])
     assert checkpoint.is_file()  # kept: written at step 10, the last due before the end
 
-    # Another learning rate: the step-10 state belongs to another run; start from step 1.
-    caplog.set_level("WARNING", logger="peftbench")
-    other = _checkpointed_run(compose, results, "force=true", "method.lr=5e-4")
-    warnings = [r.getMessage() for r in caplog.records if "another config" in r.getMessage()]
-    assert len(warnings) == 1 and "starting fresh" in warnings[0]
+    # Another learning rate is another recipe, so another run id: its run never sees the
+    # step-10 state of the first and starts from step 1.
+    other = _checkpointed_run(compose, results, "method.lr=5e-4")
+    assert other["run_id"] != first["run_id"]
     assert other["cost"]["checkpoint"]["resumed_from_step"] is None
     assert other["history"][0]["step"] == 1
-    assert not checkpoint.exists()  # keep_checkpoints=false: removed after success
+    assert not checkpoint_path(results, other["run_id"]).exists()  # removed after success
+    assert checkpoint.is_file()  # the first run's, kept as asked
     assert first["cost"]["checkpoint"]["resumed_from_step"] is None
+
+    # A checkpoint file under this run's name but written for another run is not resumed.
+    checkpoint_path(results, other["run_id"]).write_bytes(checkpoint.read_bytes())
+    caplog.set_level("WARNING", logger="peftbench")
+    again = _checkpointed_run(compose, results, "method.lr=5e-4", "force=true")
+    warnings = [r.getMessage() for r in caplog.records if "another" in r.getMessage()]
+    assert len(warnings) == 1 and "starting fresh" in warnings[0]
+    assert again["cost"]["checkpoint"]["resumed_from_step"] is None
 
 
 def test_a_kept_checkpoint_resumes_in_process_to_the_same_result(compose, tmp_path):
