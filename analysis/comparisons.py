@@ -1,4 +1,5 @@
-"""Plots that compare methods across tasks: average rank, and scores at matched budgets."""
+"""Plots that compare methods across tasks: average rank with its critical-difference
+diagram, and scores at matched budgets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from analysis.plots import method_colors, new_figure, save_figure
 from analysis.tables import ComparisonTable, TaskInfo, task_infos
 
 RANK_STEM = "average_rank"
+CD_STEM = "critical_difference"
 BUDGET_STEM = "budget_matched"
 _MARKERS = "osD^vP*X"
 
@@ -59,6 +61,48 @@ def _draw_ranks(ax: Axes, table: ComparisonTable, colors: dict[str, tuple]) -> N
     )
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")  # the best (shortest) bar is on top
+
+
+def plot_critical_difference(
+    tables: list[ComparisonTable], agg: pd.DataFrame, out_dir: Path
+) -> list[Path]:
+    """Writes ``critical_difference.{png,svg}``: one Demšar diagram per model that has a test.
+
+    The axis is the average rank over the tasks all compared methods share (1 = best);
+    methods joined by a bar are not distinguishable by the Nemenyi post-hoc at 95%
+    (scikit-posthocs draws the diagram); the CD segment is the critical difference.
+
+    Args:
+        tables: Output of ``tables.build_tables``; tables without a rank test are skipped.
+        agg: Output of ``stats.aggregate``, for the method colours shared by every plot.
+        out_dir: Existing directory to write into.
+
+    Returns:
+        Paths written; empty when no table has 2 methods sharing 2 tasks.
+    """
+    import scikit_posthocs as sp  # pulls seaborn: only when a diagram is drawn
+
+    tested = [t for t in tables if t.rank_test is not None]
+    if not tested:
+        return []
+    colors = method_colors(agg)
+    heights = [1.4 + 0.32 * t.rank_test.k for t in tested]
+    fig = new_figure(7.0, sum(heights))
+    axes = fig.subplots(len(tested), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, table in zip(axes, tested, strict=True):
+        test = table.rank_test
+        sp.critical_difference_diagram(
+            test.ranks, test.nemenyi, ax=ax, cd=test.cd,
+            color_palette={m: colors[m] for m in test.ranks.index},
+            label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
+        )  # fmt: skip
+        name = "χ²" if test.test == "Friedman" else "wins"
+        ax.set_title(
+            f"{table.model}: {test.test} over {test.n_blocks} tasks, {test.k} methods, "
+            f"{name} = {test.statistic:.3g}, p = {test.p:.3g}; Nemenyi CD = {test.cd:.2f}",
+            fontsize=9, pad=18,
+        )  # fmt: skip
+    return save_figure(fig, out_dir / CD_STEM)
 
 
 def plot_budget_matched(agg: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -9,7 +9,11 @@ from typing import Any
 import pandas as pd
 
 from analysis import repro
-from analysis.comparisons import plot_average_rank, plot_budget_matched
+from analysis.comparisons import (
+    plot_average_rank,
+    plot_budget_matched,
+    plot_critical_difference,
+)
 from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
 from analysis.page import PAGE, Plot, render_page
 from analysis.plots import plot_all
@@ -20,14 +24,23 @@ from peftbench.secrets import scrub
 
 FAILURES_FILE = "failures.md"
 REPRO_FILE = "reproducibility.md"
+_UNCERTAINTY = (
+    "Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from 10 "
+    "seeds; none for 1 seed). Dashed: Pareto frontier of the means; hollow: off the "
+    "frontier, but its interval reaches it."
+)
 # Caption of each plot in the HTML page, by file stem (the page shows them in this order).
 PLOT_CAPTIONS = {
-    "score_vs_params": "Score vs % trainable parameters (log x), with the Pareto frontier.",
-    "score_vs_memory": "Score vs peak memory, with the Pareto frontier.",
-    "score_vs_time": "Score vs training time, with the Pareto frontier.",
+    "score_vs_params": "Score vs % trainable parameters (log x). " + _UNCERTAINTY,
+    "score_vs_memory": "Score vs peak memory. " + _UNCERTAINTY,
+    "score_vs_time": "Score vs training time. " + _UNCERTAINTY,
     "convergence": "Dev score vs optimizer step (top) and vs seconds (bottom); mean over "
     "seeds, band = range over seeds.",
     "average_rank": "Average rank over tasks (bars) and the rank on each task (markers).",
+    "critical_difference": "Critical-difference diagram: average rank over the tasks the "
+    "methods share (1 = best); a bar joins methods the Nemenyi post-hoc does not separate at "
+    "95%; the test across tasks (Friedman, or the sign test for 2 methods) is in the title "
+    "and under the table.",
     "budget_matched": "Score at matched trainable-parameter budgets; dashed: methods run "
     "without a budget.",
 }
@@ -76,6 +89,7 @@ def build_report(
         *plot_all(agg, out_dir),
         *plot_convergence(runs, agg, out_dir),
         *plot_average_rank(tables, agg, out_dir),
+        *plot_critical_difference(tables, agg, out_dir),
         *plot_budget_matched(agg, out_dir),
     ]
     written = [
