@@ -344,7 +344,8 @@ def select(
             keep &= df[column].isin(values)
     for key, wanted in (where or {}).items():
         sources = [r if key in r else c for r, c in zip(df["recipe"], df["config"], strict=True)]
-        keep &= [key in source and matches(source[key], wanted) for source in sources]
+        hits = [key in source and matches(source[key], wanted) for source in sources]
+        keep &= pd.Series(hits, index=df.index, dtype=bool)
     return df[keep].copy()
 
 

@@ -66,7 +66,8 @@ def build_report(
     Args:
         results_dir: Directory of run records (searched recursively).
         out_dir: Where to write; defaults to ``<results_dir>/report``.
-        filters: Keyword arguments of ``records.select`` (task, model, method, sweep).
+        filters: Keyword arguments of ``records.select`` (task, model, method, sweep,
+            where).
         target_fraction: Time to target: the share of full fine-tuning's best dev score.
 
     Returns:
@@ -99,7 +100,7 @@ def build_report(
         *plots,
         *write_time_to_target(runs, out_dir, target_fraction),
         _write(out_dir / REPRO_FILE, repro.to_markdown(rows)),
-        _write(out_dir / PAGE, _page(tables, plots, rows, runs, records)),
+        _write(out_dir / PAGE, _page(tables, plots, rows, runs, records, filters or {})),
     ]
     failures = records[records["status"] != SUCCESS]
     if failures.empty:
@@ -121,6 +122,7 @@ def _page(
     rows: list[repro.ReproRow],
     runs: pd.DataFrame,
     records: pd.DataFrame,
+    filters: dict[str, Any],
 ) -> str:
     pngs = {p.stem: p for p in plots if p.suffix == ".png"}
     embedded = [
@@ -134,8 +136,19 @@ def _page(
         table_html=to_html(tables),
         plots=embedded,
         repro_html=repro.to_html(rows),
-        notes=[note],
+        notes=[note, *_filter_notes(filters)],
     )
+
+
+def _filter_notes(filters: dict[str, Any]) -> list[str]:
+    where = filters.get("where") or {}
+    kept = [
+        f"{k}={v if isinstance(v, str) else ','.join(v)}"
+        for k, v in filters.items()
+        if k != "where" and v is not None
+    ]
+    kept += [f"{k}={v}" for k, v in where.items()]
+    return [f"Filtered to records with {', '.join(kept)}."] if kept else []
 
 
 def _nothing_to_report(
