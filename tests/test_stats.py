@@ -400,3 +400,17 @@ def test_matches_spellings() -> None:
     assert matches(True, "true") and matches(False, "False") and not matches(True, "false")
     assert matches(None, "null") and matches("lora", "lora") and not matches("lora", "LoRA")
     assert parse_where(["a.b = 1", "c=x=y"]) == {"a.b": "1", "c": "x=y"}
+
+
+# ----------------------------------------------------------------------------- presets
+
+CONCLUSION_PRESETS = ("offline-suite", "budget-matched", "glue-roberta", "delta-tuning-t5")
+
+
+@pytest.mark.parametrize("name", CONCLUSION_PRESETS)
+def test_presets_meant_for_conclusions_run_at_least_3_seeds(name: str) -> None:
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parents[1] / "conf" / "experiment" / f"{name}.yaml"
+    seeds = str(OmegaConf.load(path).hydra.sweeper.params.seed).split(",")
+    assert len({int(s) for s in seeds}) >= 3, f"{name}: seeds {seeds}"
