@@ -70,7 +70,8 @@ def plot_critical_difference(
 
     The axis is the average rank over the tasks all compared methods share (1 = best);
     methods joined by a bar are not distinguishable by the Nemenyi post-hoc at 95%
-    (scikit-posthocs draws the diagram); the CD segment is the critical difference.
+    (scikit-posthocs draws the diagram); the title names the test across tasks and the
+    critical difference (its segment is left out: it would sit on the rank labels).
 
     Args:
         tables: Output of ``tables.build_tables``; tables without a rank test are skipped.
@@ -92,7 +93,7 @@ def plot_critical_difference(
     for ax, table in zip(axes, tested, strict=True):
         test = table.rank_test
         sp.critical_difference_diagram(
-            test.ranks, test.nemenyi, ax=ax, cd=test.cd,
+            test.ranks, test.nemenyi, ax=ax,
             color_palette={m: colors[m] for m in test.ranks.index},
             label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
         )  # fmt: skip
@@ -109,7 +110,8 @@ def plot_budget_matched(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Writes ``budget_matched.{png,svg}`` when some runs carry ``experiment.budget_pct``.
 
     One panel per (model, task): score against the trainable-parameter budget (log x), a
-    line per method through its budgets, so methods are compared at the same budget.
+    line per method (and recipe) through its budgets, so methods are compared at the same
+    budget; bars are the 95% interval of the mean (none for one seed).
     Methods run without a budget (e.g. full fine-tuning) are dashed horizontal references.
 
     Args:
@@ -135,13 +137,18 @@ def plot_budget_matched(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def _draw_budgets(ax: Axes, panel: pd.DataFrame, task: TaskInfo, colors: dict[str, tuple]) -> None:
-    for method, rows in panel[panel["budget_pct"].notna()].groupby("method", sort=True):
+    budgeted = panel[panel["budget_pct"].notna()]
+    # One line per method and recipe: "lora@0.5% (lr=0.001)" joins "lora@1% (lr=0.001)".
+    recipe = budgeted["method_label"].str.extract(r"( \(.*\))$", expand=False).fillna("")
+    for line, rows in budgeted.groupby(budgeted["method"] + recipe, sort=True):
         rows = rows.sort_values("budget_pct")
         color = colors[rows["method_label"].iloc[0]]
+        y = rows["mean"].to_numpy(dtype=float) * task.scale
+        low = rows["ci_low"].to_numpy(dtype=float) * task.scale
+        high = rows["ci_high"].to_numpy(dtype=float) * task.scale
         ax.errorbar(
-            rows["budget_pct"], rows["mean"] * task.scale,
-            yerr=np.nan_to_num(rows["std"].to_numpy(dtype=float) * task.scale),
-            marker="o", capsize=3, color=color, label=method,
+            rows["budget_pct"], y, yerr=np.nan_to_num(np.vstack([y - low, high - y])),
+            marker="o", capsize=3, color=color, label=line,
         )  # fmt: skip
     for _, row in panel[panel["budget_pct"].isna()].iterrows():
         ax.axhline(row["mean"] * task.scale, ls="--", lw=1, color=colors[row["method_label"]],

@@ -41,8 +41,8 @@ PLOT_CAPTIONS = {
     "methods share (1 = best); a bar joins methods the Nemenyi post-hoc does not separate at "
     "95%; the test across tasks (Friedman, or the sign test for 2 methods) is in the title "
     "and under the table.",
-    "budget_matched": "Score at matched trainable-parameter budgets; dashed: methods run "
-    "without a budget.",
+    "budget_matched": "Score at matched trainable-parameter budgets (bars: 95% interval of "
+    "the mean); dashed: methods run without a budget.",
 }
 
 
