@@ -1,4 +1,5 @@
-"""Plots that compare methods across tasks: average rank, and scores at matched budgets."""
+"""Plots that compare methods across tasks: average rank with its critical-difference
+diagram, and scores at matched budgets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from analysis.plots import method_colors, new_figure, save_figure
 from analysis.tables import ComparisonTable, TaskInfo, task_infos
 
 RANK_STEM = "average_rank"
+CD_STEM = "critical_difference"
 BUDGET_STEM = "budget_matched"
 _MARKERS = "osD^vP*X"
 
@@ -61,11 +63,55 @@ def _draw_ranks(ax: Axes, table: ComparisonTable, colors: dict[str, tuple]) -> N
     ax.legend(fontsize=7, loc="upper right")  # the best (shortest) bar is on top
 
 
+def plot_critical_difference(
+    tables: list[ComparisonTable], agg: pd.DataFrame, out_dir: Path
+) -> list[Path]:
+    """Writes ``critical_difference.{png,svg}``: one Demšar diagram per model that has a test.
+
+    The axis is the average rank over the tasks all compared methods share (1 = best);
+    methods joined by a bar are not distinguishable by the Nemenyi post-hoc at 95%
+    (scikit-posthocs draws the diagram); the title names the test across tasks and the
+    critical difference (its segment is left out: it would sit on the rank labels).
+
+    Args:
+        tables: Output of ``tables.build_tables``; tables without a rank test are skipped.
+        agg: Output of ``stats.aggregate``, for the method colours shared by every plot.
+        out_dir: Existing directory to write into.
+
+    Returns:
+        Paths written; empty when no table has 2 methods sharing 2 tasks.
+    """
+    import scikit_posthocs as sp  # pulls seaborn: only when a diagram is drawn
+
+    tested = [t for t in tables if t.rank_test is not None]
+    if not tested:
+        return []
+    colors = method_colors(agg)
+    heights = [1.4 + 0.32 * t.rank_test.k for t in tested]
+    fig = new_figure(7.0, sum(heights))
+    axes = fig.subplots(len(tested), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, table in zip(axes, tested, strict=True):
+        test = table.rank_test
+        sp.critical_difference_diagram(
+            test.ranks, test.nemenyi, ax=ax,
+            color_palette={m: colors[m] for m in test.ranks.index},
+            label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
+        )  # fmt: skip
+        name = "χ²" if test.test == "Friedman" else "wins"
+        ax.set_title(
+            f"{table.model}: {test.test} over {test.n_blocks} tasks, {test.k} methods, "
+            f"{name} = {test.statistic:.3g}, p = {test.p:.3g}; Nemenyi CD = {test.cd:.2f}",
+            fontsize=9, pad=18,
+        )  # fmt: skip
+    return save_figure(fig, out_dir / CD_STEM)
+
+
 def plot_budget_matched(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Writes ``budget_matched.{png,svg}`` when some runs carry ``experiment.budget_pct``.
 
     One panel per (model, task): score against the trainable-parameter budget (log x), a
-    line per method through its budgets, so methods are compared at the same budget.
+    line per method (and recipe) through its budgets, so methods are compared at the same
+    budget; bars are the 95% interval of the mean (none for one seed).
     Methods run without a budget (e.g. full fine-tuning) are dashed horizontal references.
 
     Args:
@@ -91,13 +137,18 @@ def plot_budget_matched(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def _draw_budgets(ax: Axes, panel: pd.DataFrame, task: TaskInfo, colors: dict[str, tuple]) -> None:
-    for method, rows in panel[panel["budget_pct"].notna()].groupby("method", sort=True):
+    budgeted = panel[panel["budget_pct"].notna()]
+    # One line per method and recipe: "lora@0.5% (lr=0.001)" joins "lora@1% (lr=0.001)".
+    recipe = budgeted["method_label"].str.extract(r"( \(.*\))$", expand=False).fillna("")
+    for line, rows in budgeted.groupby(budgeted["method"] + recipe, sort=True):
         rows = rows.sort_values("budget_pct")
         color = colors[rows["method_label"].iloc[0]]
+        y = rows["mean"].to_numpy(dtype=float) * task.scale
+        low = rows["ci_low"].to_numpy(dtype=float) * task.scale
+        high = rows["ci_high"].to_numpy(dtype=float) * task.scale
         ax.errorbar(
-            rows["budget_pct"], rows["mean"] * task.scale,
-            yerr=np.nan_to_num(rows["std"].to_numpy(dtype=float) * task.scale),
-            marker="o", capsize=3, color=color, label=method,
+            rows["budget_pct"], y, yerr=np.nan_to_num(np.vstack([y - low, high - y])),
+            marker="o", capsize=3, color=color, label=line,
         )  # fmt: skip
     for _, row in panel[panel["budget_pct"].isna()].iterrows():
         ax.axhline(row["mean"] * task.scale, ls="--", lw=1, color=colors[row["method_label"]],

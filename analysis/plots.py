@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from analysis.stats import pareto_front
+from analysis.stats import near_front, pareto_front
 from analysis.tables import TaskInfo, task_infos
 
 
@@ -59,8 +59,11 @@ def plot_all(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
 def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> list[Path]:
     """Plots score against one cost: rows are models, columns are tasks.
 
-    Each method is a labelled point with error bars (sample std over seeds); the dashed step
-    line is the Pareto frontier, the best score reachable at or below each cost.
+    Each method is a labelled point at its mean, with error bars spanning the 95% interval
+    of the mean (Student's t, or BCa from 10 seeds; none for one seed). The dashed step
+    line is the Pareto frontier of the means, the best mean reachable at or below each
+    cost; a point off the frontier whose interval reaches it is drawn hollow, since its
+    seeds do not show it to be worse.
 
     Args:
         agg: Output of ``stats.aggregate``.
@@ -130,12 +133,24 @@ def _draw_panel(
         panel = panel[panel[axis.column] > 0]  # a log axis cannot show zero cost
     x = panel[axis.column].to_numpy(dtype=float) / axis.divisor
     y = panel["mean"].to_numpy(dtype=float) * task.scale
-    yerr = np.nan_to_num(panel["std"].to_numpy(dtype=float) * task.scale)  # n=1: no bar
-    for xi, yi, ei, method in zip(x, y, yerr, panel["method_label"], strict=True):
-        ax.errorbar(xi, yi, yerr=ei, fmt="o", capsize=3, color=colors[method])
-        ax.annotate(method, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    low = panel["ci_low"].to_numpy(dtype=float) * task.scale
+    high = panel["ci_high"].to_numpy(dtype=float) * task.scale
+    yerr = np.nan_to_num(np.vstack([y - low, high - y]))  # n = 1: no interval, no bar
+    better_end = high if task.higher_is_better else low
+    hollow = near_front(x, y, better_end, higher_is_better=task.higher_is_better)
+    for i, method in enumerate(panel["method_label"]):
+        color = colors[method]
+        ax.errorbar(
+            x[i], y[i], yerr=yerr[:, i : i + 1], fmt="o", capsize=3, color=color,
+            markerfacecolor="white" if hollow[i] else color,
+        )  # fmt: skip
+        ax.annotate(method, (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if x.size:
         _draw_frontier(ax, x, y, higher_is_better=task.higher_is_better)
+        if hollow.any():
+            ax.plot([], [], "o", color="0.3", markerfacecolor="white",
+                    label="interval reaches the frontier")  # fmt: skip
+            ax.legend(fontsize=7, loc="best")
     else:
         ax.text(0.5, 0.5, "no runs with this cost", transform=ax.transAxes, ha="center")
     ax.margins(x=0.12, y=0.12)  # room for the method labels at the edges

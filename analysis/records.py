@@ -6,10 +6,11 @@ Nothing here edits a record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,18 @@ COLUMNS = [
     "peak_alloc_bytes", "peak_rss_bytes", "peak_mem_bytes",
     "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
     "git_sha", "git_dirty", "device", "path",
+    "recipe_hash", "recipe", "config",
 ]  # fmt: skip
+
+# Config keys (dotted prefixes) that cannot change a result, for records written before
+# the recipe was recorded. For new records ``peftbench/identity.py`` is the source of truth:
+# they carry ``experiment.recipe`` and ``experiment.recipe_hash``, and this list is not used.
+LEGACY_NOT_IN_RECIPE = (
+    "seed", "results_dir", "sweep_id", "force", "tracker", "data_cache", "device",
+    "train.threads", "train.log_every_steps", "train.eval_batch_size", "train.num_workers",
+    "train.checkpoint_every_steps", "train.keep_checkpoints", "instrument", "hydra",
+)  # fmt: skip
+HASH_CHARS = 8
 
 
 class RecordWarning(UserWarning):
@@ -51,7 +63,10 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     Returns:
         One row per valid record with the columns in :data:`COLUMNS`; ``created_at`` is a
         UTC timestamp (NaT when missing). ``peak_mem_bytes`` is the accelerator's allocated
-        peak when recorded, else the process RSS peak.
+        peak when recorded, else the process RSS peak. ``recipe`` is the flat dict of the
+        values that define the result (the record's own, or :func:`legacy_recipe` of its
+        config), and ``config`` the flat resolved config. ``method_label`` is the method and
+        its budget; :func:`quality_runs` adds what tells recipes apart.
     """
     rows = []
     for path in sorted(Path(results_dir).rglob("*.json")):
@@ -104,8 +119,47 @@ def _get(record: dict[str, Any], *keys: str) -> Any:
     return node
 
 
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"method.peft.r": 8, ...}`` (lists stay values)."""
+    if not isinstance(tree, Mapping):
+        return {prefix[:-1]: tree} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten_config(value, f"{prefix}{key}."))
+    return flat
+
+
+def legacy_recipe(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The recipe of a record written before records carried one: its flat config minus
+    the keys of :data:`LEGACY_NOT_IN_RECIPE`. New records carry ``experiment.recipe``, made
+    by ``peftbench/identity.py`` (the source of truth); this is only the fallback.
+
+    Args:
+        config: The record's resolved config (nested), or None.
+
+    Returns:
+        Dotted key -> value, sorted by key.
+    """
+    flat = flatten_config(config or {})
+    out = {
+        k: v
+        for k, v in flat.items()
+        if not any(k == n or k.startswith(n + ".") for n in LEGACY_NOT_IN_RECIPE)
+    }
+    return dict(sorted(out.items()))
+
+
+def _recipe_hash(recipe: Mapping[str, Any]) -> str:
+    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
 def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
     exp = record["experiment"]
+    recipe = exp.get("recipe")
+    if not isinstance(recipe, dict):
+        recipe = legacy_recipe(record.get("config"))
+    recipe_hash = exp.get("recipe_hash") or _recipe_hash(recipe)
     alloc = _get(record, "cost", "peak_mem_bytes", "allocated")
     rss = _get(record, "cost", "peak_mem_bytes", "rss")
     return {
@@ -141,6 +195,9 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
         "git_dirty": _get(record, "code", "git_dirty"),
         "device": _get(record, "env", "device"),
         "path": str(path),
+        "recipe_hash": recipe_hash,
+        "recipe": recipe,
+        "config": flatten_config(record.get("config") or {}),
     }
 
 
@@ -159,6 +216,106 @@ def method_label(method: str, budget_pct: float | None) -> str:
     return f"{method}@{budget_pct:g}%"
 
 
+_UNSET = object()
+
+
+def recipe_labels(df: pd.DataFrame) -> pd.Series:
+    """Row labels that keep the recipes of one (task, model, method) apart.
+
+    One recipe keeps the plain label (``lora``, ``lora@0.5%``); several are labelled by the
+    keys whose values differ between them, each by its last dotted component (two when the
+    last is shared by differing keys), in key order: ``lora (lr=0.001, r=16)``. A key one
+    recipe lacks shows as ``unset``; recipes with equal values but different hashes fall
+    back to ``recipe=<hash>``.
+
+    Args:
+        df: Frame with method, budget_pct, task, model, recipe_hash and recipe columns.
+
+    Returns:
+        The label per row, aligned with ``df``.
+    """
+    labels = pd.Series(
+        [method_label(m, b) for m, b in zip(df["method"], df["budget_pct"], strict=True)],
+        index=df.index,
+        dtype=object,
+    )
+    for _, group in df.groupby([df["task"], df["model"], labels.copy()], sort=False):
+        recipes = dict(zip(group["recipe_hash"], group["recipe"], strict=True))
+        if len(recipes) < 2:
+            continue
+        keys = sorted(set().union(*recipes.values()))
+        differ = [k for k in keys if len({_key(r.get(k, _UNSET)) for r in recipes.values()}) > 1]
+        names = _short_names(differ)
+        for index, hash_ in zip(group.index, group["recipe_hash"], strict=True):
+            recipe = recipes[hash_]
+            parts = [f"{names[k]}={_show(recipe.get(k, _UNSET))}" for k in differ]
+            labels[index] = f"{labels[index]} ({', '.join(parts) or f'recipe={hash_}'})"
+    return labels
+
+
+def _key(value: Any) -> str:
+    return "\0unset" if value is _UNSET else json.dumps(value, sort_keys=True, default=str)
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "unset"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """The last dotted component of each key, or as many as it takes to be unique."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[-depth:])
+            others = [k for k in keys if k != key and ".".join(k.split(".")[-depth:]) == name]
+            if not others:
+                break
+        names[key] = name
+    return names
+
+
+def parse_where(items: Iterable[str]) -> dict[str, str]:
+    """``["method.lr=0.001", ...]`` -> ``{"method.lr": "0.001"}``.
+
+    Raises:
+        ValueError: If an item is not ``KEY=VALUE`` with a non-empty key.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--where needs KEY=VALUE, got {item!r}; e.g. --where method.lr=0.001")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def matches(recorded: Any, wanted: str) -> bool:
+    """Whether a recorded config value equals a value typed on the command line.
+
+    Numbers compare numerically (``1e-3`` matches 0.001), booleans and null by their YAML
+    spellings (true/false, null/none), anything else as text.
+    """
+    if isinstance(recorded, bool):
+        return wanted.lower() in (("true", "yes", "1") if recorded else ("false", "no", "0"))
+    if recorded is None:
+        return wanted.lower() in ("null", "none", "~")
+    if isinstance(recorded, int | float):
+        try:
+            return math.isclose(float(recorded), float(wanted), rel_tol=1e-9, abs_tol=0.0)
+        except ValueError:
+            return False
+    return str(recorded) == wanted
+
+
 def select(
     df: pd.DataFrame,
     *,
@@ -166,6 +323,7 @@ def select(
     model: str | Iterable[str] | None = None,
     method: str | Iterable[str] | None = None,
     sweep: str | Iterable[str] | None = None,
+    where: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Keeps the rows matching every given filter; None means no filter on that column.
 
@@ -175,6 +333,9 @@ def select(
         model: Model name or names.
         method: Method name or names (the name in the record, without budget suffix).
         sweep: Sweep id or ids.
+        where: Dotted config key -> wanted value (text, as typed): a record matches when
+            its recipe, or else its config, holds the key with that value (:func:`matches`);
+            a record without the key does not match.
 
     Returns:
         The matching rows (a new frame).
@@ -185,26 +346,33 @@ def select(
         if wanted is not None:
             values = [wanted] if isinstance(wanted, str) else list(wanted)
             keep &= df[column].isin(values)
+    for key, wanted in (where or {}).items():
+        sources = [r if key in r else c for r, c in zip(df["recipe"], df["config"], strict=True)]
+        hits = [key in source and matches(source[key], wanted) for source in sources]
+        keep &= pd.Series(hits, index=df.index, dtype=bool)
     return df[keep].copy()
 
 
 def latest_success(df: pd.DataFrame) -> pd.DataFrame:
-    """Keeps, per run_id and kind of weights, the most recent successful record.
+    """Keeps, per run_id, recipe and kind of weights, the most recent successful record.
 
     A re-run writes a new record rather than editing the old one, so older successes of the
-    same run_id are superseded. Weights are part of the key so that a synthetic-weight smoke
-    run never shadows the real (pretrained) result of the same run_id.
+    same run_id are superseded. New run ids end in the recipe hash; the recipe is part of
+    the key too so that old ids (without the hash) of different recipes stay apart. Weights
+    are part of the key so that a synthetic-weight smoke run never shadows the real
+    (pretrained) result of the same run_id.
 
     Args:
         df: Frame from :func:`load_records`.
 
     Returns:
-        Success rows only, one per (run_id, weights); records without ``created_at`` count
-        as oldest; ties are broken by path so the result is deterministic.
+        Success rows only, one per (run_id, recipe_hash, weights); records without
+        ``created_at`` count as oldest; ties are broken by path so the result is
+        deterministic.
     """
     ok = df[df["status"] == SUCCESS]
     ok = ok.sort_values(["created_at", "path"], na_position="first", kind="stable")
-    return ok.drop_duplicates(["run_id", "weights"], keep="last").sort_index()
+    return ok.drop_duplicates(["run_id", "recipe_hash", "weights"], keep="last").sort_index()
 
 
 def exclude_synthetic(df: pd.DataFrame) -> pd.DataFrame:
@@ -219,6 +387,8 @@ def quality_runs(df: pd.DataFrame) -> pd.DataFrame:
         df: Frame from :func:`load_records`, possibly filtered with :func:`select`.
 
     Returns:
-        One row per run_id.
+        One row per run_id (and recipe), ``method_label`` telling apart the recipes of one
+        (task, model, method) among these runs (:func:`recipe_labels`).
     """
-    return latest_success(exclude_synthetic(df))
+    runs = latest_success(exclude_synthetic(df))
+    return runs.assign(method_label=recipe_labels(runs))

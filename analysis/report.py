@@ -9,7 +9,11 @@ from typing import Any
 import pandas as pd
 
 from analysis import repro
-from analysis.comparisons import plot_average_rank, plot_budget_matched
+from analysis.comparisons import (
+    plot_average_rank,
+    plot_budget_matched,
+    plot_critical_difference,
+)
 from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
 from analysis.page import PAGE, Plot, render_page
 from analysis.plots import plot_all
@@ -20,16 +24,25 @@ from peftbench.secrets import scrub
 
 FAILURES_FILE = "failures.md"
 REPRO_FILE = "reproducibility.md"
+_UNCERTAINTY = (
+    "Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from 10 "
+    "seeds; none for 1 seed). Dashed: Pareto frontier of the means; hollow: off the "
+    "frontier, but its interval reaches it."
+)
 # Caption of each plot in the HTML page, by file stem (the page shows them in this order).
 PLOT_CAPTIONS = {
-    "score_vs_params": "Score vs % trainable parameters (log x), with the Pareto frontier.",
-    "score_vs_memory": "Score vs peak memory, with the Pareto frontier.",
-    "score_vs_time": "Score vs training time, with the Pareto frontier.",
+    "score_vs_params": "Score vs % trainable parameters (log x). " + _UNCERTAINTY,
+    "score_vs_memory": "Score vs peak memory. " + _UNCERTAINTY,
+    "score_vs_time": "Score vs training time. " + _UNCERTAINTY,
     "convergence": "Dev score vs optimizer step (top) and vs seconds (bottom); mean over "
     "seeds, band = range over seeds.",
     "average_rank": "Average rank over tasks (bars) and the rank on each task (markers).",
-    "budget_matched": "Score at matched trainable-parameter budgets; dashed: methods run "
-    "without a budget.",
+    "critical_difference": "Critical-difference diagram: average rank over the tasks the "
+    "methods share (1 = best); a bar joins methods the Nemenyi post-hoc does not separate at "
+    "95%; the test across tasks (Friedman, or the sign test for 2 methods) is in the title "
+    "and under the table.",
+    "budget_matched": "Score at matched trainable-parameter budgets (bars: 95% interval of "
+    "the mean); dashed: methods run without a budget.",
 }
 
 
@@ -53,7 +66,8 @@ def build_report(
     Args:
         results_dir: Directory of run records (searched recursively).
         out_dir: Where to write; defaults to ``<results_dir>/report``.
-        filters: Keyword arguments of ``records.select`` (task, model, method, sweep).
+        filters: Keyword arguments of ``records.select`` (task, model, method, sweep,
+            where).
         target_fraction: Time to target: the share of full fine-tuning's best dev score.
 
     Returns:
@@ -76,6 +90,7 @@ def build_report(
         *plot_all(agg, out_dir),
         *plot_convergence(runs, agg, out_dir),
         *plot_average_rank(tables, agg, out_dir),
+        *plot_critical_difference(tables, agg, out_dir),
         *plot_budget_matched(agg, out_dir),
     ]
     written = [
@@ -85,7 +100,7 @@ def build_report(
         *plots,
         *write_time_to_target(runs, out_dir, target_fraction),
         _write(out_dir / REPRO_FILE, repro.to_markdown(rows)),
-        _write(out_dir / PAGE, _page(tables, plots, rows, runs, records)),
+        _write(out_dir / PAGE, _page(tables, plots, rows, runs, records, filters or {})),
     ]
     failures = records[records["status"] != SUCCESS]
     if failures.empty:
@@ -107,6 +122,7 @@ def _page(
     rows: list[repro.ReproRow],
     runs: pd.DataFrame,
     records: pd.DataFrame,
+    filters: dict[str, Any],
 ) -> str:
     pngs = {p.stem: p for p in plots if p.suffix == ".png"}
     embedded = [
@@ -120,8 +136,19 @@ def _page(
         table_html=to_html(tables),
         plots=embedded,
         repro_html=repro.to_html(rows),
-        notes=[note],
+        notes=[note, *_filter_notes(filters)],
     )
+
+
+def _filter_notes(filters: dict[str, Any]) -> list[str]:
+    where = filters.get("where") or {}
+    kept = [
+        f"{k}={v if isinstance(v, str) else ','.join(v)}"
+        for k, v in filters.items()
+        if k != "where" and v is not None
+    ]
+    kept += [f"{k}={v}" for k, v in where.items()]
+    return [f"Filtered to records with {', '.join(kept)}."] if kept else []
 
 
 def _nothing_to_report(

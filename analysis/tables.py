@@ -1,7 +1,10 @@
 """The main comparison table (Delta-Tuning style): methods x tasks, Avg., Avg. rank, costs.
 
 :func:`build_tables` computes everything a table shows (scores, best, ties, ranks, costs)
-once; the writers only format it, so Markdown, CSV and LaTeX cannot disagree.
+once; the writers only format it, so Markdown, CSV and LaTeX cannot disagree. A tie with
+the best method (†) is a paired test over the seeds both share, Holm-corrected over the
+comparisons of its column (``stats.paired_test``, ``stats.holm``), never overlapping
+intervals.
 """
 
 from __future__ import annotations
@@ -14,9 +17,21 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.stats import COST_COLUMNS
+from analysis.stats import (
+    ALPHA,
+    CI_BCA,
+    CI_T,
+    COST_COLUMNS,
+    RankTest,
+    complete_blocks,
+    holm,
+    paired_test,
+    rank_test,
+)
 
-SCORE_FIELDS = ("mean", "std", "n", "ci_low", "ci_high")
+SCORE_FIELDS = ("mean", "std", "n", "ci_low", "ci_high", "ci_method")
+# Per task in the CSV, after SCORE_FIELDS: the paired test against the column's best method.
+TEST_FIELDS = ("test_vs_best", "n_vs_best", "p_vs_best", "p_holm_vs_best")
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,13 @@ class ComparisonTable:
     avg_rank: pd.Series  # per method; mean of its rows in ranks
     cost: pd.DataFrame  # per method; COST_COLUMNS, mean over tasks of the seed means
     best: dict[str, frozenset[str]]  # per task (and "Avg.", "Avg. rank"): best methods
-    tied: dict[str, frozenset[str]]  # per task: CI overlaps the best method's CI
+    tied: dict[str, frozenset[str]]  # per task: not distinguishable from the best at 95%
+    # per task: one row per other method, columns test, n, statistic, p, p_holm, reference
+    tests: dict[str, pd.DataFrame]
+    ci_methods: frozenset[str]  # interval methods used in the table's cells ("t", "bca")
+    # Friedman (sign test for 2 methods) + Nemenyi over the tasks that the most methods
+    # share; None when no 2 methods share 2 tasks.
+    rank_test: RankTest | None
 
     @property
     def avg_comparable(self) -> bool:
@@ -104,16 +125,24 @@ def _display_scale(metric: str, group: pd.DataFrame) -> float:
 
 def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> ComparisonTable:
     tasks = [infos[t] for t in sorted(agg["task"].unique())]
-    cells = agg.set_index(["method_label", "task"])[list(SCORE_FIELDS)]
+    indexed = agg.set_index(["method_label", "task"])
+    cells = indexed[list(SCORE_FIELDS)]
     means = cells["mean"].unstack("task")
-    best, tied, ranks = {}, {}, {}
+    best, tied, ranks, tests = {}, {}, {}, {}
     for task in tasks:
         column = means[task.name].dropna()
         ranks[task.name] = column.rank(ascending=not task.higher_is_better, method="average")
         best[task.name] = frozenset(column[ranks[task.name] == ranks[task.name].min()].index)
-        tied[task.name] = _tied_with_best(cells.xs(task.name, level="task"), best[task.name])
+        seeds = indexed["seed_values"].xs(task.name, level="task")
+        tests[task.name] = tests_vs_best(seeds, best[task.name])
+        tested = tests[task.name]
+        tied[task.name] = frozenset(tested.index[tested["p_holm"] >= ALPHA])
     ranks = pd.DataFrame(ranks)
     avg_rank = ranks.mean(axis=1)
+    oriented = pd.DataFrame(
+        {t.name: means[t.name] * (1 if t.higher_is_better else -1) for t in tasks}
+    )
+    blocks = complete_blocks(oriented)
     # Averages over different task sets are not comparable: only methods run on every task
     # of the table can be marked best.
     complete = means.notna().all(axis=1)
@@ -134,17 +163,43 @@ def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> Com
         cost=agg.groupby("method_label")[list(COST_COLUMNS)].mean(),
         best=best,
         tied=tied,
+        tests=tests,
+        ci_methods=frozenset(agg["ci_method"]) & {CI_T, CI_BCA},
+        rank_test=None if blocks.empty else rank_test(blocks),
     )
 
 
-def _tied_with_best(task_cells: pd.DataFrame, best: frozenset[str]) -> frozenset[str]:
-    """Methods (other than the best) whose CI overlaps the CI of a best method."""
-    tied = set()
-    for b in best:
-        low, high = task_cells.loc[b, "ci_low"], task_cells.loc[b, "ci_high"]
-        overlap = (task_cells["ci_low"] <= high) & (task_cells["ci_high"] >= low)
-        tied |= set(task_cells.index[overlap])
-    return frozenset(tied - best)
+def tests_vs_best(seed_values: pd.Series, best: frozenset[str]) -> pd.DataFrame:
+    """Paired test of every method against the best one of a column, Holm-corrected.
+
+    The reference is the best method (the first by name when several share the best mean;
+    the others are bold as well). Each other method is tested on the seeds it shares with
+    the reference; those with fewer than two shared seeds are not tested (p NaN) and are
+    left out of Holm's family.
+
+    Args:
+        seed_values: Per method label, its dict seed -> score on this task.
+        best: The best methods of the column.
+
+    Returns:
+        One row per non-best method: reference, test, n, statistic, p, p_holm.
+    """
+    columns = ["reference", "test", "n", "statistic", "p", "p_holm"]
+    if not best:
+        return pd.DataFrame(columns=columns)
+    reference = sorted(best)[0]
+    rows = {
+        method: paired_test(seed_values[reference], values)
+        for method, values in seed_values.items()
+        if method not in best
+    }
+    frame = pd.DataFrame(
+        [[reference, r.test, r.n, r.statistic, r.p] for r in rows.values()],
+        index=pd.Index(list(rows), name="method_label"),
+        columns=columns[:-1],
+    )
+    frame["p_holm"] = holm(frame["p"].to_numpy(dtype=float)) if rows else []
+    return frame
 
 
 def _argbest(values: pd.Series, *, higher_is_better: bool) -> frozenset[str]:
@@ -170,6 +225,8 @@ class _Style:
     up: str
     down: str
     missing: str
+    geq: str
+    chi2: str
 
 
 def latex_escape(text: str) -> str:
@@ -197,6 +254,8 @@ _MARKDOWN = _Style(
     up="↑",
     down="↓",
     missing="–",
+    geq="≥",
+    chi2="χ²",
 )
 _LATEX = _Style(
     escape=latex_escape,
@@ -207,6 +266,8 @@ _LATEX = _Style(
     up=r"$\uparrow$",
     down=r"$\downarrow$",
     missing="--",
+    geq=r"$\geq$",
+    chi2=r"$\chi^2$",
 )
 _HTML = _Style(
     escape=html.escape,
@@ -217,6 +278,8 @@ _HTML = _Style(
     up="↑",
     down="↓",
     missing="–",
+    geq="≥",
+    chi2="χ²",
 )
 _COST_HEADERS = {
     "trainable_pct": "% params",
@@ -255,7 +318,10 @@ def _score_cell(table: ComparisonTable, method: str, task: TaskInfo, style: _Sty
     if not math.isnan(cell["std"]):  # n = 1: no spread to show
         text += f" {style.pm} {_number(cell['std'], task.scale, style)}"
     text = _mark(text, method, table, task.name, style)
-    return text + (style.dagger if method in table.tied.get(task.name, ()) else "")
+    text += style.dagger if method in table.tied.get(task.name, ()) else ""
+    if cell["n"] == 1 and table.cells["n"].max() > 1:  # in a 1-seed table the caption says it
+        text += " (1 seed)"
+    return text
 
 
 def _mark(text: str, method: str, table: ComparisonTable, column: str, style: _Style) -> str:
@@ -305,8 +371,6 @@ def _byte_unit(values: pd.Series) -> tuple[str, float]:
 
 def _caption(table: ComparisonTable, prefix: str, style: _Style) -> str:
     e = style.escape
-    ns = table.cells["n"]
-    seeds = f"{ns.min()}" if ns.min() == ns.max() else f"{ns.min()}-{ns.max()}"
     scaled = [e(t.name) for t in table.tasks if t.scale != 1]
     if len(scaled) == len(table.tasks):
         scale_note = f" Scores {style.times}100 (the metrics lie in [0, 1])."
@@ -318,10 +382,86 @@ def _caption(table: ComparisonTable, prefix: str, style: _Style) -> str:
         f"{e(t.name)}: {e(t.metric)} ({e(t.split)}) {_arrow(t, style)}" for t in table.tasks
     )
     return (
-        f"{prefix}PEFT methods on {e(table.model)}. Mean {style.pm} sample std over "
-        f"seeds ({seeds} per cell; no {style.pm} with one seed).{scale_note} Metrics: {metrics}. "
+        f"{prefix}PEFT methods on {e(table.model)}. {_seed_note(table, style)}{scale_note} "
+        f"Metrics: {metrics}. "
         "Avg.: mean over the tasks a method has; Avg. rank: mean of per-task ranks (1 = best). "
         "Cost columns: means over tasks and seeds."
+    )
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+def _seed_note(table: ComparisonTable, style: _Style) -> str:
+    ns = table.cells["n"]
+    if ns.max() == 1:
+        return "1 seed: no uncertainty estimate (no interval, no test)."
+    note = f"Mean {style.pm} sample std over seeds ({_span(ns)} per cell"
+    note += "; 1 seed: no uncertainty estimate)." if ns.min() == 1 else ")."
+    intervals = []
+    if CI_T in table.ci_methods:
+        intervals.append("Student's t")
+    if CI_BCA in table.ci_methods:
+        intervals.append("BCa bootstrap (10,000 resamples, 10 or more seeds)")
+    return f"{note} {style.escape('95%')} intervals of the mean (CSV): {' and '.join(intervals)}."
+
+
+def _test_note(table: ComparisonTable, style: _Style) -> str:
+    """Which paired tests decided the † marks, over how many seeds."""
+    frames = [f for f in table.tests.values() if not f.empty]
+    tested = pd.concat(frames) if frames else pd.DataFrame(columns=["test", "n"])
+    tested = tested[tested["test"] != ""]
+    if tested.empty:
+        return (
+            f"{style.dagger}: not distinguishable from the best at {style.escape('95%')}; no "
+            "method shares 2 or more seeds with the best one, so none was tested."
+        )
+    tests = " or ".join(
+        f"{name} (n = {_span(group['n'])})" for name, group in tested.groupby("test", sort=True)
+    )
+    untested = (
+        " Not tested (no mark): fewer than 2 seeds shared with the best."
+        if len(tested) < sum(len(f) for f in frames)
+        else ""
+    )
+    return (
+        f"{style.dagger}: not distinguishable from the best at {style.escape('95%')}: two-sided "
+        f"{tests} over the seeds shared with the best method, Holm-corrected over the "
+        f"comparisons in the column (adjusted p {style.geq} 0.05)."
+        f"{untested}"
+    )
+
+
+def rank_test_note(test: RankTest | None, style: _Style | None = None) -> str:
+    """One sentence on the test across tasks behind the ranks (empty when there is none).
+
+    Args:
+        test: The table's rank test.
+        style: Output format (default Markdown).
+
+    Returns:
+        Text ending in a space, or "".
+    """
+    style = style or _MARKDOWN
+    if test is None:
+        return ""
+    e = style.escape
+    if test.test == "sign test":
+        a, b = (e(m) for m in test.scores.columns)
+        omnibus = (
+            f"two-sided sign test over the {test.n_blocks} tasks both share ({a} better on "
+            f"{test.statistic:.0f}), p = {test.p:.3g}"
+        )
+    else:
+        omnibus = (
+            f"Friedman test over the {test.n_blocks} tasks that {test.k} methods all share, "
+            f"{style.chi2}({test.k - 1}) = {test.statistic:.3g}, p = {test.p:.3g}"
+        )
+    return (
+        f"Across tasks: {omnibus}; Nemenyi post-hoc, critical difference of average ranks "
+        f"CD = {test.cd:.2f} at {e('95%')} (diagram: {e('critical_difference.png')}). "
     )
 
 
@@ -334,11 +474,9 @@ def _legend(table: ComparisonTable, style: _Style) -> str:
     if table.cells.index.get_level_values("method_label").value_counts().min() < len(table.tasks):
         avg_note += " Avg. and Avg. rank are marked best only among methods run on every task."
     return (
-        f"{style.bold('Bold')}: best mean per column. {style.dagger}: {style.escape('95%')} "
-        "bootstrap CI of the "
-        f"mean overlaps the best method's CI (not separated by these seeds). {style.missing}: not "
-        "run. Peak mem: accelerator allocated peak, or process RSS on CPU; "
-        f"1 MB = 1,000,000 bytes.{avg_note}"
+        f"{style.bold('Bold')}: best mean per column. {_test_note(table, style)} "
+        f"{rank_test_note(table.rank_test, style)}{style.missing}: not run. Peak mem: "
+        f"accelerator allocated peak, or process RSS on CPU; 1 MB = 1,000,000 bytes.{avg_note}"
     )
 
 
@@ -421,8 +559,11 @@ def to_latex(tables: list[ComparisonTable]) -> str:
 def to_csv(tables: list[ComparisonTable]) -> str:
     """Formats the tables as one numeric CSV: one row per (model, method), no rounding.
 
-    Scores are raw (not x100). Columns: model, method, then ``<task>/mean``, ``/std``,
-    ``/n``, ``/ci_low``, ``/ci_high`` per task, then avg, avg_rank and the cost columns.
+    Scores are raw (not x100). Columns: model, method, then per task ``<task>/mean``,
+    ``/std``, ``/n``, ``/ci_low``, ``/ci_high`` (95% interval of the mean, empty for one
+    seed), ``/ci_method`` (t or bca), ``/test_vs_best``, ``/n_vs_best``, ``/p_vs_best`` and
+    ``/p_holm_vs_best`` (the paired test against the column's best method; empty for the
+    best and the untested), then avg, avg_rank and the cost columns.
 
     Args:
         tables: Output of :func:`build_tables`.
@@ -432,14 +573,32 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     """
     frames = []
     for table in tables:
-        wide = table.cells.unstack("task")
+        wide = table.cells.join(_test_columns(table)).unstack("task")
         wide.columns = [f"{task}/{field}" for field, task in wide.columns]
-        task_columns = [f"{t.name}/{f}" for t in table.tasks for f in SCORE_FIELDS]
+        fields = SCORE_FIELDS + TEST_FIELDS
+        task_columns = [f"{t.name}/{f}" for t in table.tasks for f in fields]
         frame = wide[task_columns].assign(avg=table.avg, avg_rank=table.avg_rank)
         frame = frame.join(table.cost).loc[table.methods]
         frames.append(frame.rename_axis("method").reset_index().assign(model=table.model))
     out = pd.concat(frames, ignore_index=True)
-    counts = [c for c in out.columns if c.endswith("/n")]
+    counts = [c for c in out.columns if c.endswith(("/n", "/n_vs_best"))]
     out[counts] = out[counts].astype("Int64")  # unstacking made them float; seeds are counts
     first = ["model", "method"]
     return out[first + [c for c in out.columns if c not in first]].to_csv(index=False)
+
+
+def _test_columns(table: ComparisonTable) -> pd.DataFrame:
+    """TEST_FIELDS per (method_label, task), aligned with ``table.cells``."""
+    rows = []
+    for method, task in table.cells.index:
+        tested = table.tests.get(task)
+        row = tested.loc[method] if tested is not None and method in tested.index else None
+        has_test = row is not None and row["test"] != ""
+        rows.append({
+            "method_label": method, "task": task,
+            "test_vs_best": row["test"] if has_test else "",
+            "n_vs_best": row["n"] if has_test else pd.NA,
+            "p_vs_best": row["p"] if has_test else math.nan,
+            "p_holm_vs_best": row["p_holm"] if has_test else math.nan,
+        })  # fmt: skip
+    return pd.DataFrame(rows).set_index(["method_label", "task"])

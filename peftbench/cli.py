@@ -3,7 +3,7 @@
     peftbench assets list                 catalogue, with what is cached
     peftbench assets fetch [IDS] [--all]  fetch + verify (default: what the default config uses)
     peftbench assets verify [IDS]         re-hash cached files
-    peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] ...
+    peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] [--where K=V] ...
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
 
@@ -149,6 +149,11 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
             f"--{name}", nargs="+", metavar=name.upper(), help=f"keep these {name}s"
         )
     report.add_argument(
+        "--where", action="append", default=[], metavar="KEY=VALUE",
+        help="keep runs whose recipe/config has this value, e.g. method.lr=0.001 (repeatable; "
+        "numbers compare numerically)",
+    )  # fmt: skip
+    report.add_argument(
         "--target-fraction", type=float, default=0.95, metavar="F",
         help="time to target: share of full fine-tuning's best dev score (default 0.95)",
     )  # fmt: skip
@@ -250,7 +255,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     }
     if not 0 < args.target_fraction <= 1:
         raise _UserError(f"--target-fraction must be in (0, 1], got {args.target_fraction}")
+    from analysis.records import parse_where  # lazy: pulls pandas
     from analysis.report import build_report  # lazy: pulls pandas and matplotlib
+
+    if args.where:
+        try:
+            filters["where"] = parse_where(args.where)
+        except ValueError as exc:
+            raise _UserError(str(exc)) from None
 
     try:
         written = build_report(

@@ -14,9 +14,19 @@ Expected numbers are worked out by hand from the fixture records in tests/fixtur
 Traps in the fixtures: an older success of polarity--minilm-l6--lora--s1 scoring 0.10, a
 newer synthetic-weight run of polarity--minilm-l6--lora--s0 scoring 0.99, and corrupt.json.
 
-Bootstrap CI by hand: with 2 seeds a resampled mean is min, mid or max with probability
-1/4, 1/2, 1/4; with 3 seeds it is min (or max) with probability 1/27 = 3.7%. Both exceed
-2.5%, so the 95% percentile interval is exactly [min, max] for n = 2 and n = 3.
+95% Student's t interval of the mean by hand, mean -/+ t(0.975, n-1) * std / sqrt(n):
+    n = 3: t(0.975, 2) = 4.302653, so 0.82 -/+ 4.302653 * 0.02 / sqrt(3) = (0.770317, 0.869683)
+    n = 2: t(0.975, 1) = 12.706205, so 0.80 -/+ 12.706205 * 0.01414 / sqrt(2) = (0.672938,
+           0.927062)
+
+Paired t-tests against the best method, over the seeds both ran (df = n - 1 = 1; with one
+degree of freedom t is Cauchy, so the two-sided p = 1 - (2 / pi) * atan(|t|)):
+    polarity, vs lora (s0 0.80, s1 0.82): bitfit 0.79 0.81 differs by 0.01 on both seeds:
+        sd 0, |t| = inf, p = 0. prompt 0.60 0.64: differences 0.20, 0.18, mean 0.19, sd
+        0.01414, t = 0.19 / (0.01414 / sqrt(2)) = 19, p = 0.033475. Holm over the 2:
+        0 * 2 = 0, then max(0, 0.033475 * 1) = 0.033475 < 0.05: neither is a tie.
+    topic, vs bitfit (s0 0.75, s1 0.77): lora 0.70 0.72 is 0.05 below on both: p = 0.
+        prompt has one seed: untested, no mark.
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -40,7 +49,7 @@ from analysis.records import (
     select,
 )
 from analysis.report import build_report
-from analysis.stats import aggregate, bootstrap_ci, pareto_front, summarize
+from analysis.stats import aggregate, pareto_front, summarize
 from analysis.tables import build_tables, latex_escape, to_markdown
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
@@ -161,28 +170,18 @@ def test_quality_runs_drop_synthetic_failed_and_superseded(records: pd.DataFrame
 
 def test_summarize_by_hand() -> None:
     s = summarize([0.80, 0.82, 0.84])
-    assert (s.mean, s.n) == (pytest.approx(0.82), 3)
+    assert (s.mean, s.n, s.ci_method) == (pytest.approx(0.82), 3, "t")
     assert s.std == pytest.approx(0.02)  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
-    assert (s.ci_low, s.ci_high) == (pytest.approx(0.80), pytest.approx(0.84))
+    assert (s.ci_low, s.ci_high) == pytest.approx((0.770317, 0.869683), abs=1e-6)
     two = summarize([0.79, 0.81])
     assert two.std == pytest.approx(math.sqrt(0.0002))
-    assert (two.ci_low, two.ci_high) == (pytest.approx(0.79), pytest.approx(0.81))
+    assert (two.ci_low, two.ci_high) == pytest.approx((0.672938, 0.927062), abs=1e-6)
 
 
-def test_summarize_one_seed_has_no_std_and_a_point_ci() -> None:
+def test_summarize_one_seed_has_no_std_and_no_interval() -> None:
     s = summarize([0.5])
-    assert math.isnan(s.std)
-    assert (s.mean, s.n, s.ci_low, s.ci_high) == (0.5, 1, 0.5, 0.5)
-
-
-def test_bootstrap_ci_is_deterministic_and_narrows_with_more_seeds() -> None:
-    values = np.arange(20, dtype=float)  # mean 9.5
-    low, high = bootstrap_ci(values)
-    assert (low, high) == bootstrap_ci(values)
-    # The standard error is 5.9 / sqrt(20) = 1.3, so the CI is about 9.5 +- 2.6.
-    assert 6.0 < low < 9.5 < high < 13.0
-    with pytest.raises(ValueError):
-        bootstrap_ci([])
+    assert math.isnan(s.std) and math.isnan(s.ci_low) and math.isnan(s.ci_high)
+    assert (s.mean, s.n, s.ci_method) == (0.5, 1, "none")
 
 
 def test_pareto_front_by_hand() -> None:
@@ -228,10 +227,16 @@ def test_comparison_table_by_hand(records: pd.DataFrame) -> None:
     assert table.methods == ["bitfit", "lora", "prompt"]
     assert table.best["polarity"] == {"lora"}
     assert table.best["topic"] == {"bitfit"}
-    # bitfit's CI [0.79, 0.81] overlaps lora's [0.80, 0.84]; prompt's [0.60, 0.64] does not.
-    assert table.tied["polarity"] == {"bitfit"}
-    # lora's CI [0.70, 0.72] stays below bitfit's [0.75, 0.79]; prompt's [0.5, 0.5] too.
+    # Paired t vs lora (module docstring): bitfit p = 0, prompt p_Holm = 0.033475.
+    assert table.tied["polarity"] == set()
+    polarity = table.tests["polarity"]
+    assert polarity.loc["prompt", "p"] == pytest.approx(0.033475, abs=1e-6)
+    assert polarity.loc["prompt", "p_holm"] == pytest.approx(0.033475, abs=1e-6)
+    assert polarity.loc["bitfit", ["n", "p", "p_holm"]].tolist() == [2, 0.0, 0.0]
+    # topic: lora is 0.05 below bitfit on both shared seeds; prompt (1 seed) is untested.
     assert table.tied["topic"] == set()
+    assert table.tests["topic"].loc["lora", "p"] == 0.0
+    assert math.isnan(table.tests["topic"].loc["prompt", "p"])
     # Avg.: bitfit (0.80 + 0.77) / 2, lora (0.82 + 0.71) / 2, prompt (0.62 + 0.50) / 2.
     assert table.avg.to_dict() == pytest.approx({"bitfit": 0.785, "lora": 0.765, "prompt": 0.56})
     # Ranks: polarity lora 1, bitfit 2, prompt 3; topic bitfit 1, lora 2, prompt 3.
@@ -245,11 +250,11 @@ def test_markdown_cells_by_hand(records: pd.DataFrame) -> None:
     markdown = to_markdown(build_tables(aggregate(quality_runs(records))))
     cells = _table_cells(markdown)
     assert cells["lora"]["polarity"] == "**82.0 ± 2.0**"
-    assert cells["bitfit"]["polarity"] == "80.0 ± 1.4†"
+    assert cells["bitfit"]["polarity"] == "80.0 ± 1.4"  # separated by the paired test
     assert cells["prompt"]["polarity"] == "62.0 ± 2.8"
     assert cells["bitfit"]["topic"] == "**77.0 ± 2.0**"
     assert cells["lora"]["topic"] == "71.0 ± 1.4"
-    assert cells["prompt"]["topic"] == "50.0"  # one seed: no ±
+    assert cells["prompt"]["topic"] == "50.0 (1 seed)"  # no ±, and said where it is read
     assert cells["bitfit"]["Avg."] == "**78.5**"
     assert cells["prompt"]["Avg. rank"] == "3.00"
     assert cells["lora"]["% params"] == "0.34"
@@ -257,6 +262,8 @@ def test_markdown_cells_by_hand(records: pd.DataFrame) -> None:
     assert cells["bitfit"]["Peak mem"] == "0.80 GB"  # one unit per column
     assert cells["lora"]["Artifact"] == "301.2 KB"
     assert "×100" in markdown and "†:" in markdown  # caption and legend say what marks mean
+    assert "1 seed: no uncertainty estimate" in markdown
+    assert "paired t (n = 2)" in markdown and "Holm" in markdown
 
 
 def _runs(rows: list[tuple[str, str, int, float]], *, metric: str, higher: bool) -> pd.DataFrame:
@@ -285,7 +292,10 @@ def test_lower_is_better_metric_is_not_scaled_and_min_wins() -> None:
     assert table.avg_rank.to_dict() == {"a": 1.0, "b": 2.0}
     cells = _table_cells(to_markdown([table]))
     assert cells["a"]["lm"] == "**2.1 ± 0.1**"  # std of (2.0, 2.2) = sqrt(0.02) = 0.141
-    assert cells["b"]["lm"] == "3.2 ± 0.3"
+    # Paired t: differences 1.0, 1.2, t = 1.1 / (0.1414 / sqrt(2)) = 11 with 1 df, two-sided
+    # p = 1 - (2 / pi) * atan(11) = 0.0577 >= 0.05: two seeds do not separate b from a.
+    assert table.tests["lm"].loc["b", "p"] == pytest.approx(0.057716, abs=1e-6)
+    assert cells["b"]["lm"] == "3.2 ± 0.3†"
     assert cells["b"]["Peak mem"] == "–"
 
 
@@ -338,6 +348,7 @@ def test_build_report_writes_every_file(results_dir: Path) -> None:
     expected = {"comparison.md", "comparison.csv", "comparison.tex", "failures.md"}
     expected |= {"reproducibility.md", "report.html"}
     stems = ("score_vs_params", "score_vs_time", "score_vs_memory", "convergence", "average_rank")
+    stems += ("critical_difference",)  # 3 methods share 2 tasks
     for stem in stems:  # no budget_matched: no fixture record carries a budget
         expected |= {f"{stem}.png", f"{stem}.svg"}
     assert names == expected
@@ -354,11 +365,14 @@ def test_report_csv_numbers_by_hand(report_dir: Path) -> None:
     assert float(lora["polarity/mean"]) == pytest.approx(0.82)  # raw, not x100
     assert float(lora["polarity/std"]) == pytest.approx(0.02)
     assert lora["polarity/n"] == "3"
-    assert float(lora["polarity/ci_low"]) == pytest.approx(0.80)
-    assert float(lora["polarity/ci_high"]) == pytest.approx(0.84)
+    assert float(lora["polarity/ci_low"]) == pytest.approx(0.770317, abs=1e-6)  # Student's t
+    assert float(lora["polarity/ci_high"]) == pytest.approx(0.869683, abs=1e-6)
+    assert lora["polarity/ci_method"] == "t" and lora["polarity/p_vs_best"] == ""  # the best
     prompt = rows["prompt"]
-    assert prompt["topic/std"] == ""  # NaN for one seed
-    assert float(prompt["topic/ci_low"]) == float(prompt["topic/ci_high"]) == 0.5
+    assert prompt["topic/std"] == prompt["topic/ci_low"] == prompt["topic/ci_high"] == ""
+    assert prompt["topic/ci_method"] == "none" and prompt["topic/test_vs_best"] == ""
+    assert prompt["polarity/test_vs_best"] == "paired t" and prompt["polarity/n_vs_best"] == "2"
+    assert float(prompt["polarity/p_holm_vs_best"]) == pytest.approx(0.033475, abs=1e-6)
     assert float(rows["bitfit"]["avg"]) == pytest.approx(0.785)
     assert float(rows["bitfit"]["avg_rank"]) == 1.5
 
@@ -367,7 +381,8 @@ def test_report_latex_is_booktabs_and_escaped(report_dir: Path) -> None:
     tex = (report_dir / "comparison.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"\textbf{82.0 $\pm$ 2.0}" in tex
-    assert r"80.0 $\pm$ 1.4$^\dagger$" in tex
+    assert r"80.0 $\pm$ 1.4 &" in tex and r"$^\dagger$: not distinguishable" in tex
+    assert r"adjusted p $\geq$ 0.05" in tex
     assert r"macro\_f1" in tex and "macro_f1" not in tex
     assert r"\% params" in tex and r"95\%" in tex
     assert " 95%" not in tex  # an unescaped % would comment out the rest of the caption
@@ -559,6 +574,6 @@ def test_report_keeps_secrets_out_and_embeds_everything(
     assert "`python run.py method=lora 'tracker.api_key=***REDACTED***' '***REDACTED***'`" in repro
     page = (out / "report.html").read_text()
     assert page.count('<table class="comparison"') == 1
-    assert page.count('src="data:image/png;base64,') == 5
+    assert page.count('src="data:image/png;base64,') == 6
     assert "http://" not in page and "https://" not in page
-    assert "<strong>82.0 ± 2.0</strong>" in page and "80.0 ± 1.4†" in page
+    assert "<strong>82.0 ± 2.0</strong>" in page and "<td>80.0 ± 1.4</td>" in page

@@ -81,7 +81,7 @@ def test_page_has_no_network_references(page: Path) -> None:
     text = page.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
     assert "<script" not in text
-    assert text.count('src="data:image/png;base64,') == 5
+    assert text.count('src="data:image/png;base64,') == 6  # critical_difference included
 
 
 def test_browser_shows_the_table_and_decodes_every_image(
@@ -101,8 +101,8 @@ def test_browser_shows_the_table_and_decodes_every_image(
     rows = {row[0]: row for row in table}
     assert sorted(rows) == ["bitfit", "lora", "prompt"]
     assert rows["lora"][1] == "82.0 ± 2.0"  # polarity, the numbers of test_analysis
-    assert rows["bitfit"][1] == "80.0 ± 1.4†"
-    assert len(seen["imgs"]) == 5
+    assert rows["bitfit"][1] == "80.0 ± 1.4"  # the paired test separates it (test_analysis)
+    assert len(seen["imgs"]) == 6
     for img in seen["imgs"]:
         assert img["done"] and img["w"] > 300 and img["h"] > 200, img
     assert seen["repro"] == 13  # one row per reported run
