@@ -11,12 +11,12 @@ from peftbench.record import records_dir
 from tests.conftest import ROOT, tiny_overrides
 
 
-def _sweep(tiny_bert_dir, results):
+def _sweep(tiny_bert_dir, results, *sweep: str):
     command = [
         sys.executable,
         "run.py",
         "-m",
-        "method=lora,adapter",
+        *(sweep or ["method=lora,adapter"]),
         *tiny_overrides(tiny_bert_dir, results),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -43,3 +43,19 @@ def test_sweep_writes_records_and_a_report_then_skips_when_rerun(tiny_bert_dir, 
     again = _sweep(tiny_bert_dir, results)
     assert again.count("already done, skipping") == 2
     assert sorted(records_dir(results).glob("*.json")) == records  # nothing trained or written
+
+
+def test_a_2x2_recipe_sweep_trains_4_runs_shows_4_rows_and_reruns_nothing(tiny_bert_dir, tmp_path):
+    results = tmp_path / "results"
+    grid = ("method=lora", "method.lr=1e-3,1e-2", "method.peft.r=2,4", "train.max_steps=2")
+    _sweep(tiny_bert_dir, results, *grid)
+    records = sorted(records_dir(results).glob("*.json"))
+    assert len({json.loads(p.read_text())["run_id"] for p in records}) == 4
+    table = (results / "report" / "comparison.md").read_text()
+    for label in ("lora (lr=0.001, r=2)", "lora (lr=0.001, r=4)", "lora (lr=0.01, r=2)"):
+        assert f"| {label} " in table, table
+    assert "| lora (lr=0.01, r=4) " in table
+
+    again = _sweep(tiny_bert_dir, results, *grid)
+    assert again.count("already done, skipping") == 4
+    assert sorted(records_dir(results).glob("*.json")) == records
