@@ -170,6 +170,7 @@ SCHEMA: dict[str, Rule] = {
         "auto",
     ),
     "data_cache": _BOOL,
+    "memory_guard": _BOOL,
     "instrument.inference": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
     "method.name": _NON_EMPTY_STR,

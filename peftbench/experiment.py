@@ -41,6 +41,7 @@ from peftbench.instrument import (
     training_flops_per_token,
 )
 from peftbench.interrupt import Interrupted, stop_on_signals
+from peftbench.memory_guard import capped_memory
 from peftbench.record import (
     SCHEMA_VERSION,
     code_info,
@@ -155,7 +156,8 @@ def run(cfg: Any) -> dict:
         results_dir=results_dir,
     )
     try:
-        with stop_on_signals():
+        on_cpu = experiment["recipe"]["device"] == "cpu"
+        with stop_on_signals(), capped_memory(bool(cfg.get("memory_guard")) and on_cpu):
             record.update(_execute(cfg, run_id, tracker, task))
         record["status"] = "success"
     except Exception as error:  # a failed run is data; the sweep goes on
@@ -232,7 +234,9 @@ def _prepare(cfg: Any) -> Any:
 def _is_oom(error: BaseException) -> bool:
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    message = str(error).lower()  # CUDA's wording; under the CPU cap torch's and ENOMEM's
+    words = ("out of memory", "can't allocate memory", "cannot allocate memory")
+    return isinstance(error, RuntimeError) and any(w in message for w in words)
 
 
 def _failure(error: Exception, cfg: Any) -> dict:

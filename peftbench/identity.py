@@ -31,6 +31,7 @@ NOT_IN_RECIPE: tuple[str, ...] = (
     "force",  # whether to re-run
     "tracker",  # wandb or nothing
     "data_cache",  # tokenized splits read from disk or computed: the same encodings
+    "memory_guard",  # whether a run too big for RAM fails as oom or is killed
     "instrument",  # what is measured after training (latency, the MFU peak)
     "hydra",  # launcher, sweeper, output folders
     "train.threads",  # how the cores are shared between parallel runs

@@ -27,6 +27,7 @@ OUT_OVERRIDES = [
     "force=true",
     "tracker=wandb",
     "data_cache=true",
+    "memory_guard=false",
     "instrument.inference=false",
     "instrument.peak_tflops=989",
     "train.threads=1",
@@ -132,3 +133,18 @@ def test_records_are_readable_as_the_umask_allows(compose, tmp_path):
         os.umask(old)
     (path,) = records_dir(tmp_path / "results").glob("*.json")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_run_that_needs_more_memory_than_is_free_is_recorded_as_oom(
+    compose, tmp_path, monkeypatch
+):
+    from peftbench import memory_guard
+
+    monkeypatch.setattr(memory_guard, "headroom_bytes", lambda: 0)  # nothing free: any new
+    summary = experiment.run(compose())  # allocation of the run fails, as a huge batch's would
+    assert summary["status"] == "oom", summary
+    (record,) = _records(tmp_path / "results")
+    assert "allocate memory" in record["error"] and "train.batch_size" in record["error"]
+    import resource
+
+    assert resource.getrlimit(resource.RLIMIT_DATA)[0] == resource.RLIM_INFINITY  # restored
