@@ -46,13 +46,16 @@ TINY = [
 
 def overrides(args: argparse.Namespace, method: str, results: Path) -> list[str]:
     """One cell's config: the synthetic task and model, bf16, a short fixed schedule."""
-    tokenizer = ["model.source.asset=null", "model.source.gguf_file=null"]
-    tokenizer.append(f"model.source.path={Path(args.tokenizer).resolve()}")
+    tokenizer = []  # None: the model config's own (SmolLM2's GGUF asset)
+    if args.tokenizer:
+        path = Path(args.tokenizer).resolve()
+        tokenizer = ["model.source.asset=null", "model.source.gguf_file=null"]
+        tokenizer.append(f"model.source.path={path}")
     return [
         "task=synthetic-1024",
         "model=llama-1b-synthetic",
         f"method={method}",
-        *(tokenizer if args.tokenizer else []),
+        *tokenizer,
         *(TINY if args.tiny else []),
         f"device={args.device}",
         f"train.precision={args.precision}",

@@ -264,3 +264,26 @@ def test_the_cpu_smoke_run_goes_through_every_step_into_one_folder(tmp_path):
     assert "Device: **cpu**" in doc and "| lora | success |" in doc and "No GPU run yet." not in doc
     for name in ("probe.json", "gpu_check.log", "logs/cost.log", "sweep_compare.md"):
         assert (out / name).is_file()
+
+
+def test_the_gpu_cost_preset_runs_the_cells_the_cost_table_runs(tmp_path):
+    """`python run.py -m +experiment=gpu-cost` and bench/cost_table.py must measure the same."""
+    from pathlib import Path as P
+
+    from peftbench.bench import compose
+    from peftbench.config import check_command_line
+
+    check_command_line(["-m", "+experiment=gpu-cost"], ROOT / "conf")
+    preset = compose(["+experiment=gpu-cost", "method=lora"])
+    args = cost_table.main.__globals__["argparse"].Namespace(
+        tokenizer=None, tiny=False, device="auto", precision="bf16", batch_size=16, steps=20,
+        warmup=5,
+    )  # fmt: skip
+    table = compose(cost_table.overrides(args, "lora", P(tmp_path)))
+    keys = ("precision", "batch_size", "max_steps", "eval_every_steps", "eval_batch_size",
+            "warmup_steps_excluded", "checkpoint_every_steps")  # fmt: skip
+    assert {k: preset.train[k] for k in keys} == {k: table.train[k] for k in keys}
+    assert (preset.task.name, preset.model.name) == (table.task.name, table.model.name)
+    assert preset.instrument.inference is table.instrument.inference is False
+    sweep = OmegaConf.load(ROOT / "conf" / "experiment" / "gpu-cost.yaml").hydra.sweeper.params
+    assert sweep.method.split(",") == list(cost_table.METHODS)
