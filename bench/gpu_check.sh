@@ -25,6 +25,7 @@
 # Environment: GPU_CHECK_PYTHON (default python3), GPU_CHECK_CARRY (default .cache/gpu-carry,
 # built here by `python bench/carry.py`), GPU_CHECK_BUDGET_S (default 470: the whole script),
 # GPU_CHECK_BATCH (cost table sequences per step, default 16), GPU_CHECK_STEPS (default 20).
+# Wheels in $GPU_CHECK_CARRY/wheels/ (bench/carry.py --wheels-from DIR) are installed first.
 set -u -o pipefail
 
 MODE=gpu
@@ -97,6 +98,12 @@ fi
 if ! command -v "$PY" >/dev/null; then
   say "error: no Python ($PY); set GPU_CHECK_PYTHON to one that has torch, transformers and peft"
   FAILED=1 && finish
+fi
+WHEELS=${GPU_CHECK_CARRY:-$REPO/.cache/gpu-carry}/wheels
+if [ "$MODE" = gpu ] && [ -d "$WHEELS" ]; then  # carried for packages this Python lacks
+  say "installing the carried wheels: $(ls "$WHEELS" | tr '\n' ' ')"
+  "$PY" -m pip install --no-index --no-deps --no-build-isolation -q "$WHEELS"/* \
+    || say "warning: the carried wheels did not all install (the probe says what is missing)"
 fi
 "$PY" -m pip list --format=freeze >"$OUT/pip-freeze.txt" 2>/dev/null || true
 "$PY" - "$OUT/probe.json" "$MODE" <<'EOF'

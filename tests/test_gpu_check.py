@@ -287,3 +287,14 @@ def test_the_gpu_cost_preset_runs_the_cells_the_cost_table_runs(tmp_path):
     assert preset.instrument.inference is table.instrument.inference is False
     sweep = OmegaConf.load(ROOT / "conf" / "experiment" / "gpu-cost.yaml").hydra.sweeper.params
     assert sweep.method.split(",") == list(cost_table.METHODS)
+
+
+def test_carried_wheels_travel_in_the_manifest(tmp_path):
+    wheels = tmp_path / "dl"
+    wheels.mkdir()
+    (wheels / "pkg-1.0-py3-none-any.whl").write_bytes(b"PK fake wheel")
+    manifest = carry.build(tmp_path / "carry", tiny=True, wheels_from=wheels)
+    assert "wheels/pkg-1.0-py3-none-any.whl" in manifest["files"]
+    assert manifest["from"]["wheels"] == ["pkg-1.0-py3-none-any.whl"]
+    with pytest.raises(carry.CarryError, match="no .whl"):
+        carry.build(tmp_path / "carry2", tiny=True, wheels_from=tmp_path / "carry" / "data")
