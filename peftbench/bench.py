@@ -48,10 +48,11 @@ def harness_run(cfg: Any) -> dict:
 
 def bare_run(cfg: Any) -> dict:
     """(b) The same work in a minimal loop: load, wrap, AdamW + linear schedule, no extras."""
-    from peftbench.experiment import _loaders, pick_device, seed_everything
+    from peftbench.experiment import _accelerate, _loaders, pick_device, seed_everything
     from peftbench.instrument import PeakMemory
     from peftbench.methods import MethodContext, apply_method
     from peftbench.models import load_backbone
+    from peftbench.train import autocast
     from tasks import build_task
 
     device = pick_device(cfg.device)
@@ -66,6 +67,8 @@ def bare_run(cfg: Any) -> dict:
         model_type=backbone.model.config.model_type,
     )
     model = apply_method(backbone.model, cfg.method, context).to(device)
+    # the harness's precision (bf16 autocast on CUDA by default) and TF32: the same arithmetic
+    autocast_dtype = _accelerate(model, device, cfg.train)
     loaders, _ = _loaders(task, backbone.tokenizer, cfg.train, seed=int(cfg.seed), cache_dir=None)
     steps, warmup = int(cfg.train.max_steps), int(cfg.train.warmup_steps_excluded)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -76,7 +79,8 @@ def bare_run(cfg: Any) -> dict:
     start = time.perf_counter()
     for batch in islice(cycle(loaders["train"]), steps):
         step_start = time.perf_counter()
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        with autocast(device, autocast_dtype):
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -85,7 +89,7 @@ def bare_run(cfg: Any) -> dict:
         loss.item()
         durations.append(time.perf_counter() - step_start)
     wall = time.perf_counter() - start
-    _forward_passes(model, [loaders["dev"], loaders["test"]], device)
+    _forward_passes(model, [loaders["dev"], loaders["test"]], device, autocast_dtype)
     return {
         "step_p50_s": statistics.median(durations[warmup:]),
         "wall_per_step_s": wall / steps,
@@ -94,13 +98,18 @@ def bare_run(cfg: Any) -> dict:
 
 
 @torch.no_grad()
-def _forward_passes(model: torch.nn.Module, loaders: list, device: torch.device) -> None:
+def _forward_passes(
+    model: torch.nn.Module, loaders: list, device: torch.device, dtype: torch.dtype | None = None
+) -> None:
     """The harness evaluates dev once (at the last step) and test once: the reference does
     the same forward passes, so the memory ratio compares the same work."""
+    from peftbench.train import autocast
+
     model.eval()
     for loader in loaders:
         for batch in loader:
-            model(**{k: v.to(device) for k, v in batch.items()})
+            with autocast(device, dtype):
+                model(**{k: v.to(device) for k, v in batch.items()})
 
 
 def overhead(overrides: list[str], *, steps: int, repeats: int) -> dict:

@@ -530,6 +530,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         "data": {
             "source": str(task.cfg.source.get("file") or task.cfg.source),
             "asset": task.cfg.source.get("asset"),
+            "synthetic": bool(getattr(task, "synthetic", False)),  # generated ids, no corpus
             "fingerprint": task.fingerprint,
             "n": {split: len(rows) for split, rows in task.splits.items()},
             **data_facts,

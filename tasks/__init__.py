@@ -6,6 +6,7 @@ Importing this package registers every task kind and reader.
 from tasks import (  # noqa: F401  (registration side effects)
     classification,
     readers,
+    synthetic,
     token_classification,
     translation,
 )

@@ -42,6 +42,7 @@ def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
     assert record["experiment"]["method"] == "lora" and record["experiment"]["seed"] == 0
     assert record["config"]["method"]["lr"] == 5e-4  # the fully resolved config
     assert record["data"]["n"] == {"train": 64, "dev": 8, "test": 8}
+    assert record["data"]["synthetic"] is False  # a real corpus (synthetic-1024 says true)
     params = record["params"]
     assert 0 < params["trainable"] < params["base"] <= params["total"]
     assert params["trainable_pct"] == pytest.approx(100 * params["trainable"] / params["base"])
