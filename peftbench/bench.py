@@ -205,10 +205,14 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
     CPU, its rise above what was resident before the method was built (the process's other
     memory is shared by every method and would hide the differences).
     """
+    from peftbench import parallel
     from peftbench.instrument import PhasedPeakMemory, count_step_flops
     from peftbench.methods.base import step_hook
     from peftbench.train import autocast
 
+    threads = parallel.torch_threads(cfg.train.get("threads", "auto"))
+    if threads is not None:  # as a run sets them (train.threads)
+        torch.set_num_threads(threads)
     memory = PhasedPeakMemory(device, "setup")
     resident = memory.raw.read()["rss"] if device.type == "cpu" else None
     start = time.perf_counter()
