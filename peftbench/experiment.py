@@ -371,10 +371,11 @@ def _runs_before() -> int:
 def _count_flops(
     model: torch.nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None
 ) -> dict:
-    """One real forward + backward on the first training batch under the FLOP counter.
+    """One real training step's forward + backward on the first training batch, counted.
 
-    Nothing of it reaches training: the batch order is put back (``_first_batches``), the
-    RNG streams are forked, gradients are discarded (``count_step_flops``).
+    Run after training and testing; even so it changes nothing: the batch order is put back
+    (``_first_batches``), the RNG streams are forked, gradients are discarded
+    (``count_step_flops``). The architecture, hence the count, is the one that trained.
     """
     start = time.perf_counter()
     (batch,) = _first_batches(loader, device, 1)
@@ -479,8 +480,6 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     setup_part("method_s", mark)
     setup_time = time.perf_counter() - setup_start
 
-    memory.switch("flop_count")  # one counted step: neither set-up's peak nor training's
-    counted = _count_flops(model, loaders["train"], device, autocast_dtype)
     memory.switch("train")
 
     history: list[dict] = []
@@ -522,6 +521,10 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     with eval_clock.measure():
         test = evaluate(model, loaders["test"], task, device, autocast_dtype)
     log_row({"step": result.steps, **{f"test/{k}": v for k, v in test.items()}})
+    # After training, so the counted step can change nothing the run measures or learns
+    # (and a fault at step k stays at step k); its memory is neither phase's.
+    with memory.phase("flop_count"):
+        counted = _count_flops(model, loaders["train"], device, autocast_dtype)
 
     trainable, total = _count(model, trainable_only=True), _count(model)
     if budget is not None:  # what the sized method really trains, head excluded
