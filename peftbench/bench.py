@@ -9,10 +9,12 @@ median step time, of the training wall time per step, and of the peak resident m
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import tempfile
 import time
+from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,10 @@ def harness_run(cfg: Any) -> dict:
     return {
         "step_p50_s": cost["step_time_s"]["p50"],
         "wall_per_step_s": cost["train_time_s"] / steps,
-        "peak_rss_bytes": cost["peak_mem_bytes"]["rss"],
+        # the whole run's peak, as the bare loop's reading covers set-up, training and eval
+        "peak_rss_bytes": max(
+            cost["peak_mem_bytes"][phase]["rss"] for phase in ("setup", "train", "eval")
+        ),
     }
 
 
@@ -150,4 +155,212 @@ def format_overhead(result: dict) -> str:
             f"{key:18}{harness * scale:>9.1f}{unit:>3}{bare * scale:>9.1f}{unit:>3}{ratio:>8.3f}"
         )
     lines.append(f"({result['repeats']} interleaved repeats of {result['steps']} steps; medians)")
+    return "\n".join(lines)
+
+
+# ``peftbench bench methods``: every method's training-step cost, measured in one process.
+
+METHODS_DIR = CONF_DIR / "method"
+REFERENCES = ("full", "lora")
+
+
+def all_methods() -> list[str]:
+    return sorted(p.stem for p in METHODS_DIR.glob("*.yaml"))
+
+
+def _split_overrides(overrides: list[str], method: str) -> list[str]:
+    """The overrides for ``method``: shared ones, and ``<method>:KEY=VALUE`` ones for it only
+    (e.g. ``fisher_mask:method.calibration_batches=2``)."""
+    chosen = []
+    for item in overrides:
+        head, sep, rest = item.partition(":")
+        if sep and "=" not in head:  # a method-scoped override
+            if head == method:
+                chosen.append(rest)
+        else:
+            chosen.append(item)
+    return chosen
+
+
+def _build(cfg: Any, device: torch.device):
+    """The run's set-up, as ``experiment._execute`` does it: backbone, data, method."""
+    from peftbench.experiment import _accelerate, _first_batches, _loaders, seed_everything
+    from peftbench.methods import MethodContext, apply_method
+    from peftbench.models import load_backbone
+    from peftbench.train import total_steps
+    from tasks import build_task
+
+    seed_everything(int(cfg.seed))
+    task = build_task(cfg.task)
+    backbone = load_backbone(cfg.model, task)
+    loaders, _ = _loaders(task, backbone.tokenizer, cfg.train, seed=int(cfg.seed), cache_dir=None)
+    context = MethodContext(
+        head_modules=backbone.head_modules,
+        peft_task_type=task.peft_task_type,
+        model_type=backbone.model.config.model_type,
+        calibration_batches=partial(_first_batches, loaders["train"], device),
+        total_steps=total_steps(cfg.train, len(loaders["train"])),
+    )
+    model = apply_method(backbone.model.to(device), cfg.method, context).to(device)
+    dtype = _accelerate(model, device, cfg.train)
+    return model, loaders["train"], dtype
+
+
+def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
+    """Builds one method and trains it ``steps`` steps (the harness's step), measuring them.
+
+    The first step is warm-up (allocations, lazy init) and is not timed. Memory: the training
+    phase's peak (``PhasedPeakMemory``, as a record's ``cost.peak_mem_bytes.train``) and, on
+    CPU, its rise above what was resident before the method was built (the process's other
+    memory is shared by every method and would hide the differences).
+    """
+    from peftbench import parallel
+    from peftbench.instrument import PhasedPeakMemory, count_step_flops
+    from peftbench.methods.base import step_hook
+    from peftbench.train import autocast
+
+    threads = parallel.torch_threads(cfg.train.get("threads", "auto"))
+    if threads is not None:  # as a run sets them (train.threads)
+        torch.set_num_threads(threads)
+    memory = PhasedPeakMemory(device, "setup")
+    resident = memory.raw.read()["rss"] if device.type == "cpu" else None
+    start = time.perf_counter()
+    model, loader, dtype = _build(cfg, device)
+    setup_s = time.perf_counter() - start
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(cfg.method.lr), weight_decay=0.01)
+    hook = step_hook(model)
+    batches = [
+        {k: v.to(device) for k, v in batch.items()} for batch in islice(cycle(loader), steps + 1)
+    ]
+    counted = count_step_flops(model, batches[0], device, dtype)
+    memory.switch("train")
+    model.train()
+    durations = []
+    for i, batch in enumerate(batches):
+        step_start = time.perf_counter()
+        with autocast(device, dtype):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if hook is not None:
+            hook(i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # step 0 is warm-up
+            durations.append(time.perf_counter() - step_start)
+    train = memory.read("train")
+    del model, optimizer, params, batches
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    on_cuda = device.type == "cuda"
+    return {
+        "step_p50_s": statistics.median(durations),
+        "flops_per_token": counted["flops_per_token"],
+        "train_peak_bytes": train["allocated"] if on_cuda else train["rss"],
+        "train_rise_bytes": None if on_cuda else train["rss"] - resident,
+        "setup_s": setup_s,
+    }
+
+
+def methods_bench(
+    overrides: list[str], *, methods: list[str] | None, steps: int, repeats: int
+) -> dict:
+    """Every method's step time, FLOPs per token and training peak, relative to full
+    fine-tuning and LoRA, measured in one process: ``repeats`` rounds, each running every
+    method in turn (round ``i`` in reverse order when ``i`` is odd), medians over rounds.
+
+    Raises:
+        ConfigError: an unknown method name.
+    """
+    from peftbench.config import ConfigError
+    from peftbench.experiment import pick_device
+
+    known = all_methods()
+    names = methods or known
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(unknown)}", f"valid: {', '.join(known)}")
+    names = list(dict.fromkeys([*REFERENCES, *names]))  # the references always run
+    cfgs = {
+        m: compose(
+            [
+                *_split_overrides(overrides, m),
+                f"method={m}",
+                f"train.max_steps={steps + 1}",
+                "tracker=none",
+                "data_cache=false",
+            ]
+        )
+        for m in names
+    }
+    device = pick_device(cfgs[names[0]].device)
+    runs: dict[str, list[dict]] = {m: [] for m in names}
+    errors: dict[str, str] = {}
+    for i in range(repeats):
+        for m in names if i % 2 == 0 else names[::-1]:
+            if m in errors:
+                continue
+            try:
+                runs[m].append(_bench_one(cfgs[m], device, steps))
+            except Exception as error:  # e.g. a method that refuses this model: a row says so
+                errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
+                runs.pop(m)
+    keys = ("step_p50_s", "flops_per_token", "train_peak_bytes", "train_rise_bytes")
+    medians = {
+        m: {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in keys}
+        for m, rs in runs.items()
+    }
+    return {
+        "medians": medians,
+        "errors": errors,
+        "device": str(device),
+        "steps": steps,
+        "repeats": repeats,
+    }
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "–"
+    return f"{value / reference:.2f}"
+
+
+def format_methods(result: dict) -> str:
+    """A Markdown table: absolute figures and ratios to full fine-tuning and to LoRA."""
+    medians = result["medians"]
+    memory = "train RSS rise" if result["device"] == "cpu" else "train peak (allocated)"
+    mem_key = "train_rise_bytes" if result["device"] == "cpu" else "train_peak_bytes"
+    head = (
+        "| method | step p50 (ms) | ÷ full | ÷ lora | MFLOP/token | ÷ full | ÷ lora "
+        f"| {memory} (MB) | ÷ full | ÷ lora |"
+    )
+    lines = [head, "| :-- |" + " --: |" * 9]
+    full, lora = medians.get("full"), medians.get("lora")
+    for m, row in sorted(medians.items()):
+        cells = [m]
+        for key, scale in (("step_p50_s", 1e3), ("flops_per_token", 1e-6), (mem_key, 1e-6)):
+            value = row[key]
+            cells.append(f"{value * scale:,.4g}" if value is not None else "–")
+            cells.append(_ratio(value, full and full[key]))
+            cells.append(_ratio(value, lora and lora[key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    for m, error in sorted(result["errors"].items()):
+        lines.append(f"| {m} | not run: {error} |" + " |" * 8)
+    lines.append("")
+    lines.append(
+        f"{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
+        "timed steps per method (1 warm-up step apart), medians over rounds; FLOPs counted "
+        "by torch.utils.flop_counter on one real step, per padded token; memory: "
+        + (
+            "rise of the resident-set peak during training above what the process held "
+            "before the method was built"
+            if result["device"] == "cpu"
+            else "CUDA max allocated during training"
+        )
+    )
     return "\n".join(lines)

@@ -6,6 +6,7 @@
     peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] [--where K=V] ...
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
+    peftbench bench overhead|methods [KEY=VALUE..]   costs of the harness / of every method
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -182,6 +183,18 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. method=lora"
     )
     overhead.set_defaults(handler=_cmd_bench_overhead)
+    methods = sub.add_parser(
+        "methods",
+        help="every method's step time, FLOPs/token and training memory vs full and lora",
+    )
+    methods.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    methods.add_argument("--steps", type=int, default=5, help="timed steps per method per round")
+    methods.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    methods.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="config overrides for every method, or METHOD:KEY=VALUE for one",
+    )  # fmt: skip
+    methods.set_defaults(handler=_cmd_bench_methods)
 
 
 def _cmd_bench_overhead(args: argparse.Namespace) -> int:
@@ -190,6 +203,25 @@ def _cmd_bench_overhead(args: argparse.Namespace) -> int:
     _check_overrides(list(args.overrides))
     result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
     print(format_overhead(result))
+    return 0
+
+
+def _cmd_bench_methods(args: argparse.Namespace) -> int:
+    from peftbench.bench import format_methods, methods_bench  # lazy: torch
+    from peftbench.config import ConfigError
+
+    if args.steps < 1 or args.repeats < 1:
+        raise _UserError("--steps and --repeats must be at least 1")
+    try:
+        result = methods_bench(
+            list(args.overrides),
+            methods=args.methods.split(",") if args.methods else None,
+            steps=args.steps,
+            repeats=args.repeats,
+        )
+    except ConfigError as exc:
+        raise _UserError(str(exc)) from None
+    print(format_methods(result))
     return 0
 
 

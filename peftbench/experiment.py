@@ -31,9 +31,10 @@ from peftbench.identity import recipe, recipe_hash
 from peftbench.identity import run_id as make_run_id
 from peftbench.instrument import (
     AcceleratorBusy,
-    Clock,
-    PeakMemory,
+    EvalClock,
+    PhasedPeakMemory,
     StepTimer,
+    count_step_flops,
     ensure_idle,
     forward_params,
     inference_speed,
@@ -371,20 +372,63 @@ def _accelerate(model: torch.nn.Module, device: torch.device, cfg: Any) -> torch
 
 
 def _compute_cost(
-    model: torch.nn.Module, timer: StepTimer, trainable: int, device: torch.device, cfg: Any
+    model: torch.nn.Module,
+    timer: StepTimer,
+    trainable: int,
+    device: torch.device,
+    cfg: Any,
+    counted: dict,
 ) -> dict:
-    """Analytic FLOPs of the run and, on a GPU with a known peak, model FLOPs utilisation."""
-    per_token = training_flops_per_token(forward_params(model), trainable)
-    seconds = timer.measured_seconds  # 0 when every step fell in the warm-up: rates are null
-    measured = per_token * timer.padded_tokens / seconds if seconds else None
+    """FLOPs of the run as counted on one real step and, on a GPU with a known peak, MFU.
+
+    ``counted`` is :func:`peftbench.instrument.count_step_flops` on the first training batch:
+    FLOPs per *padded* token (``input_ids.numel()``; for an encoder-decoder the decoder's work
+    is included, spread over the source tokens). The MFU numerator multiplies it by the same
+    padded token count of the measured steps, so numerator and count agree.
+    """
+    per_token = counted["flops_per_token"]
+    seconds = timer.measured_seconds
+    achieved = per_token * timer.padded_tokens / seconds if seconds else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = peak_tflops(name, cfg.get("peak_tflops")) if device.type == "cuda" else None
     return {
-        "flops_per_token": per_token,
-        "flops": per_token * timer.padded_tokens_all,
-        "achieved_tflops": measured / 1e12 if measured is not None else None,
-        "mfu": measured / (peak * 1e12) if peak and measured is not None else None,
+        "flops_per_token": per_token,  # measured (FlopCounterMode), per padded token
+        # 4N + 2N_trainable, N without embedding tables: the old formula, for comparison
+        "flops_per_token_analytic": training_flops_per_token(forward_params(model), trainable),
+        "flops": round(per_token * timer.padded_tokens_all),
+        "flops_counted": counted,  # the counted step: flops, tokens, by_op, seconds
+        "achieved_tflops": achieved / 1e12 if achieved is not None else None,
+        "mfu": achieved / (peak * 1e12) if peak and achieved is not None else None,
     }
+
+
+_RUNS_IN_PROCESS = 0  # runs started by this process so far (Hydra's basic launcher: a sweep)
+
+
+def _runs_before() -> int:
+    """How many runs this process started before this one, and counts this one.
+
+    CPU resident-set peaks depend on what earlier runs of the process left mapped (freed
+    memory the allocator keeps): the record says whether its process was fresh.
+    """
+    global _RUNS_IN_PROCESS
+    before, _RUNS_IN_PROCESS = _RUNS_IN_PROCESS, _RUNS_IN_PROCESS + 1
+    return before
+
+
+def _count_flops(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None
+) -> dict:
+    """One real training step's forward + backward on the first training batch, counted.
+
+    Run after training and testing; even so it changes nothing: the batch order is put back
+    (``_first_batches``), the RNG streams are forked, gradients are discarded
+    (``count_step_flops``). The architecture, hence the count, is the one that trained.
+    """
+    start = time.perf_counter()
+    (batch,) = _first_batches(loader, device, 1)
+    counted = count_step_flops(model, batch, device, dtype)
+    return {**counted, "seconds": time.perf_counter() - start}
 
 
 def _inference_cost(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict:
@@ -441,11 +485,18 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         torch.set_num_threads(threads)
     seed_everything(int(cfg.seed))
     ensure_idle(device)  # a leak from the previous job of this process would skew this one
-    memory = PeakMemory(device)
-    memory.reset()
+    runs_before = _runs_before()
+    memory = PhasedPeakMemory(device, "setup")  # set-up, training and evaluation apart
     setup_start = time.perf_counter()
+    setup_parts: dict[str, float] = {}
+
+    def setup_part(name: str, since: float) -> float:
+        now = time.perf_counter()
+        setup_parts[name] = now - since
+        return now
 
     backbone = load_backbone(cfg.model, task)
+    mark = setup_part("load_s", setup_start)
     base_params = _count(backbone.model)
     head_params = sum(  # head modules may sit deep inside (an encoder-decoder's cross-attention)
         p.numel()
@@ -461,6 +512,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         cache_dir=cache_dir,
         pin_memory=device.type == "cuda",
     )
+    mark = setup_part("data_s", mark)
     context = MethodContext(
         head_modules=backbone.head_modules,
         peft_task_type=task.peft_task_type,
@@ -469,20 +521,26 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         total_steps=total_steps(cfg.train, len(loaders["train"])),
     )
     method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
+    mark = setup_part("budget_s", mark)
+    # a method's calibration (fisher_mask's per-example gradients) runs here: set-up time
     model = apply_method(backbone.model, method_cfg, context).to(device)
     autocast_dtype = _accelerate(model, device, cfg.train)
+    setup_part("method_s", mark)
     setup_time = time.perf_counter() - setup_start
+
+    memory.switch("train")
 
     history: list[dict] = []
 
-    timer, eval_clock = StepTimer(int(cfg.train.warmup_steps_excluded), device), Clock()
+    timer = StepTimer(int(cfg.train.warmup_steps_excluded), device)
+    eval_clock = EvalClock(memory)  # evaluations book their memory to the eval phase
 
     def log_row(row: dict) -> None:
         if "train/loss" in row:  # the loop logs the loss; instrumentation adds its readings
             row = {
                 **row,
                 "train/step_time_s": timer.durations[-1],
-                "train/peak_rss_bytes": memory.read()["rss"],
+                "train/peak_rss_bytes": memory.read("train")["rss"],
             }
         history.append(row)
         tracker.log(row)
@@ -511,6 +569,10 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     with eval_clock.measure():
         test = evaluate(model, loaders["test"], task, device, autocast_dtype)
     log_row({"step": result.steps, **{f"test/{k}": v for k, v in test.items()}})
+    # After training, so the counted step can change nothing the run measures or learns
+    # (and a fault at step k stays at step k); its memory is neither phase's.
+    with memory.phase("flop_count"):
+        counted = _count_flops(model, loaders["train"], device, autocast_dtype)
 
     trainable, total = _count(model, trainable_only=True), _count(model)
     if budget is not None:  # what the sized method really trains, head excluded
@@ -518,8 +580,9 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         budget["reached_pct"] = 100.0 * reached / budget["base"]
     with tempfile.TemporaryDirectory() as tmp:
         artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
-    peak_memory = memory.read()  # training's peak, before the inference measurements
-    compute = _compute_cost(model, timer, trainable, device, cfg.instrument)
+    # per phase, before the inference measurements; the top level is training's peak
+    peak_memory = {**memory.summary(), "fresh_process": runs_before == 0}
+    compute = _compute_cost(model, timer, trainable, device, cfg.instrument, counted)
     inference = (
         _inference_cost(model, loaders["test"], device)
         if cfg.instrument.inference and distributed.is_main()  # rank 0 records; others skip
@@ -548,6 +611,8 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         },
         "cost": {
             "setup_time_s": setup_time,
+            # load, data (tokenize or cache), budget search, method (with its calibration)
+            "setup_parts_s": setup_parts,
             "train_time_s": train_time,
             "eval_time_s": eval_clock.seconds,
             # peak memory covers the resumed process only; times and counts the whole run

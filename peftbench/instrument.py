@@ -1,14 +1,17 @@
 """Shared instrumentation: it wraps the training loop, it never lives inside it.
 
 Every run is measured the same way: a step timer (warm-up steps reported apart), an evaluation
-clock subtracted from training time, and peak memory reset at the start of each run because
-Hydra's basic launcher runs every job of a sweep in one process.
+clock subtracted from training time, peak memory per phase (set-up, training, evaluation),
+reset at the start of each run because Hydra's basic launcher runs every job of a sweep in
+one process, and the FLOPs of one real training step as the hardware executes them
+(``torch.utils.flop_counter``), not a parameter-count formula.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import statistics
 import sys
@@ -120,6 +123,24 @@ class Clock:
         self.seconds = state["seconds"]
 
 
+class EvalClock(Clock):
+    """The evaluation clock that also books evaluation's memory apart from training's.
+
+    The training loop wraps every evaluation in ``with eval_clock.measure():``; with this
+    clock the peak memory of those blocks (batch ``eval_batch_size``, 8x the training batch
+    by default) goes to the ``eval`` phase of ``memory``, not to the training peak.
+    """
+
+    def __init__(self, memory: PhasedPeakMemory) -> None:
+        super().__init__()
+        self.memory = memory
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        with self.memory.phase("eval"), super().measure():
+            yield
+
+
 def _read_status_kb(field: str) -> int | None:
     try:
         for line in _PROC_STATUS.read_text().splitlines():
@@ -153,6 +174,83 @@ class PeakMemory:
             "rss": _read_status_kb("VmHWM"),
             # now, not a peak (NVML keeps none): CUDA context + allocator cache + other libraries
             "device_process": nvml_process_bytes(self.device) if on_cuda else None,
+        }
+
+
+def rss_peak_resettable() -> bool:
+    """Whether this process can reset its resident-set high-water mark (Linux clear_refs).
+
+    Without it (macOS, a hardened kernel) every RSS peak covers the whole process so far.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        _PROC_CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+PHASES = ("setup", "train", "eval")
+
+
+class PhasedPeakMemory:
+    """Peak memory of one run, kept apart per phase: ``setup``, ``train`` and ``eval``.
+
+    Set-up (loading, tokenizing, a budget search's deep copies, a method's calibration pass
+    such as fisher_mask's per-example gradients) and evaluation (batch ``eval_batch_size``)
+    would otherwise set the "training" peak. Each switch of phase folds the high-water mark
+    so far into the phase that was running and resets it (CUDA peak stats, Linux VmHWM), so a
+    phase's figure is the highest reading over every interval it ran; a reset sets the mark
+    to what is resident now, so what a phase inherits (the model's weights) counts in it.
+    """
+
+    def __init__(self, device: torch.device, phase: str = "setup") -> None:
+        self.raw = PeakMemory(device)
+        self.peaks: dict[str, dict] = {}
+        self.current = phase
+        self.resettable = rss_peak_resettable()
+        self.raw.reset()
+
+    def _fold(self) -> None:
+        reading = self.raw.read()
+        peak = self.peaks.setdefault(self.current, dict.fromkeys(reading))
+        for key, value in reading.items():
+            if value is not None:  # device_process is a "now" reading: its max over readings
+                peak[key] = value if peak[key] is None else max(peak[key], value)
+
+    def switch(self, phase: str) -> None:
+        """Ends the running phase (its peak is kept) and starts ``phase`` from what is live."""
+        self._fold()
+        self.raw.reset()
+        self.current = phase
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Books the block to phase ``name``, then goes back to the phase that was running."""
+        previous = self.current
+        self.switch(name)
+        try:
+            yield
+        finally:
+            self.switch(previous)
+
+    def read(self, phase: str | None = None) -> dict:
+        """The peak of ``phase`` (default: the running one) so far; nothing is reset."""
+        self._fold()
+        empty = dict.fromkeys(("allocated", "reserved", "rss", "device_process"))
+        return dict(self.peaks.get(phase or self.current, empty))
+
+    def summary(self) -> dict:
+        """The record's ``peak_mem_bytes``: the training peak at the top level (what the
+        tables read), and every phase apart."""
+        self._fold()
+        phases = {name: self.read(name) for name in PHASES}
+        return {
+            **phases["train"],
+            **phases,
+            # False: RSS peaks cover the whole process so far (earlier phases and runs)
+            "rss_resettable": self.resettable,
         }
 
 
@@ -237,14 +335,112 @@ def forward_params(model: torch.nn.Module) -> int:
 
 
 def training_flops_per_token(n_forward: int, n_trainable: int) -> int:
-    """Analytic training cost of one token.
+    """Analytic training cost of one token (kept beside the measured figure, for reference).
 
     2N for the forward pass, 2N for the activation gradients of the backward pass, and 2N for
-    weight gradients of *trainable* weights only: frozen weights need none. Attention's
-    sequence-length term is left out (small at the lengths used here); so is the fact that no
-    activation gradient is needed below the lowest trainable parameter.
+    weight gradients of *trainable* weights only: frozen weights need none. It misses what a
+    parameter count cannot see: attention's sequence-length term, frozen buffers that are
+    multiplied through (VeRA's random matrices), a tied LM head used twice, a decoder's
+    tokens, and methods that run extra dense matmuls (FourierFT's Delta W).
     """
     return 4 * n_forward + 2 * n_trainable
+
+
+def _fft_flops(transformed: int, points: int, factor: float) -> int:
+    """``factor * N log2 n`` for ``N`` transformed values of ``n`` points each (5 for a complex
+    FFT, the usual radix-2 count; 2.5 for a real one)."""
+    return round(factor * transformed * math.log2(points)) if points > 1 else 0
+
+
+def _fft_c2c_flop(self_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_flops(math.prod(self_shape), math.prod(self_shape[d] for d in dim), 5.0)
+
+
+def _fft_r2c_flop(self_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_flops(math.prod(self_shape), math.prod(self_shape[d] for d in dim), 2.5)
+
+
+def _fft_c2r_flop(self_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_flops(math.prod(out_shape), math.prod(out_shape[d] for d in dim), 2.5)
+
+
+def _sdpa_cpu_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _extra_flop_formulas() -> dict:
+    """What torch's counter leaves out but the methods here run: FFTs (FourierFT's inverse
+    DFT, forward and backward) and the fused CPU attention kernel."""
+    aten = torch.ops.aten
+    formulas: dict = {
+        aten._fft_c2c: _fft_c2c_flop,
+        aten._fft_r2c: _fft_r2c_flop,
+        aten._fft_c2r: _fft_c2r_flop,
+    }
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flop
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            _sdpa_cpu_backward_flop
+        )
+    return formulas
+
+
+def count_step_flops(
+    model: torch.nn.Module,
+    batch: dict,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
+    """Counts the FLOPs of one training step (forward + backward) on ``batch``, as run.
+
+    The step is a real one (train mode, the run's autocast, dropout, gradient checkpointing's
+    recomputation) executed under ``torch.utils.flop_counter.FlopCounterMode``, which counts
+    every matrix multiply, attention kernel and (added here) FFT the dispatcher executes,
+    frozen buffers and tied weights included; elementwise work is not counted (the usual MFU
+    convention). It perturbs nothing: the RNG streams are forked and put back (the dropout
+    masks it draws are not drawn from the run's streams), gradients are discarded and the
+    ones that were there restored, no optimiser sees it.
+
+    Returns:
+        ``flops`` (the step's total), ``tokens`` (the batch's padded token count,
+        ``input_ids.numel()``: the hardware computes on padding, and MFU's numerator counts
+        the same tokens), ``flops_per_token`` and ``by_op`` (FLOPs per aten operator).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    grads = {p: p.grad for p in model.parameters()}
+    was_training = model.training
+    cuda = [device] if device.type == "cuda" else []
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas())
+    try:
+        with torch.random.fork_rng(devices=cuda), counter:
+            model.train()
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                loss = model(**batch).loss
+            loss.backward()
+    finally:
+        for param, grad in grads.items():
+            param.grad = grad
+        model.train(was_training)
+    flops = counter.get_total_flops()
+    tokens = batch["input_ids"].numel()
+    by_op = counter.get_flop_counts().get("Global", {})
+    return {
+        "flops": flops,
+        "tokens": tokens,
+        "flops_per_token": flops / tokens,
+        "by_op": {str(op).removeprefix("aten."): n for op, n in sorted(by_op.items(), key=str)},
+    }
 
 
 @torch.no_grad()

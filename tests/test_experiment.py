@@ -53,7 +53,8 @@ def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
     assert cost["train_time_s"] > 0 and cost["samples_per_s"] > 0
     assert cost["peak_mem_bytes"]["rss"] > 0
     forward = params["total"] - 32 * (31 + 64 + 2)  # less the word, position, type embeddings
-    assert cost["flops_per_token"] == 4 * forward + 2 * params["trainable"]
+    assert cost["flops_per_token_analytic"] == 4 * forward + 2 * params["trainable"]
+    assert cost["flops_per_token"] > 0  # counted on one step: tests/test_costs.py
     assert cost["flops"] > 0 and cost["mfu"] is None  # no MFU without a GPU peak
     inference = cost["inference"]
     assert inference["unmerged"]["samples_per_s"] > 0

@@ -1,0 +1,206 @@
+"""Every cost as the hardware measures it (issue 17): counted FLOPs, memory per phase, set-up
+apart from training, and ``peftbench bench methods``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import peftbench.methods.selective
+import peftbench.train
+from peftbench import bench, experiment
+from peftbench.cli import main
+from peftbench.instrument import (
+    _extra_flop_formulas,
+    count_step_flops,
+    forward_params,
+    rss_peak_resettable,
+    training_flops_per_token,
+)
+from tests.conftest import tiny_overrides
+
+CPU = torch.device("cpu")
+MB = 2**20
+
+
+def _run(cfg) -> dict:
+    summary = experiment.run(cfg)
+    assert summary["status"] == "success"
+    return json.loads(Path(summary["path"]).read_text())
+
+
+def _built(compose, method: str):
+    model, loader, dtype = bench._build(compose(f"method={method}"), CPU)
+    return model, next(iter(loader))
+
+
+def test_inverse_ffts_are_counted():
+    spectrum = torch.randn(32, 64, dtype=torch.complex64)
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas())
+    with counter:
+        torch.fft.ifft2(spectrum)
+    # torch's own counter has no FFT formula: FourierFT's Delta W would count 0
+    assert counter.get_total_flops() == round(5 * 32 * 64 * math.log2(32 * 64))
+
+
+def test_counted_flops_skip_embedding_lookups():
+    """Full fine-tuning: 6 FLOPs per non-embedding weight per token (+ attention), where the
+    formula charged 2 more per embedding weight (its tables 'trained' as if they multiplied)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=4000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64,
+        )
+    )  # fmt: skip
+    batch = {
+        "input_ids": torch.randint(0, 4000, (4, 8)),
+        "attention_mask": torch.ones(4, 8, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
+    counted = count_step_flops(model, batch, CPU)["flops_per_token"]
+    six_n = 6 * forward_params(model)
+    analytic = training_flops_per_token(
+        forward_params(model), sum(p.numel() for p in model.parameters())
+    )
+    assert six_n * 0.95 <= counted <= six_n * 1.15  # attention's sequence term on top
+    assert analytic > 3 * six_n  # the old figure: 128k embedding weights "trained"
+
+
+def test_vera_counts_its_frozen_random_matrices(compose):
+    vera, vera_batch = _built(compose, "vera")
+    lora, lora_batch = _built(compose, "lora")
+    vera_flops = count_step_flops(vera, vera_batch, CPU)["flops_per_token"]
+    lora_flops = count_step_flops(lora, lora_batch, CPU)["flops_per_token"]
+    # rank-1024 random matrices (buffers, no parameters) multiply every adapted layer's input
+    assert vera_flops > 3 * lora_flops
+    analytic = [
+        training_flops_per_token(
+            forward_params(m), sum(p.numel() for p in m.parameters() if p.requires_grad)
+        )
+        for m in (vera, lora)
+    ]
+    # what the formula saw: VeRA about LoRA (a 40-step MiniLM run: 0.99x)
+    assert vera_flops / lora_flops > 3 * analytic[0] / analytic[1]
+
+
+def test_fourierft_counts_its_dense_delta_and_ffts(compose):
+    model, batch = _built(compose, "fourierft")
+    counted = count_step_flops(model, batch, CPU)
+    assert counted["by_op"]["_fft_c2c"] > 0  # forward ifft2 and its backward
+
+
+def test_counting_leaves_rng_and_gradients_alone(compose):
+    model, batch = _built(compose, "lora")
+    state = torch.random.get_rng_state()
+    count_step_flops(model, batch, CPU)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_counting_does_not_perturb_training_and_the_record_says_if_fresh(
+    compose, tmp_path, monkeypatch
+):
+    """The same run with and without the counted step: identical losses and dev scores."""
+    monkeypatch.setattr(experiment, "_RUNS_IN_PROCESS", 0)
+    real_count = experiment.count_step_flops
+    stub = {"flops": 1, "tokens": 1, "flops_per_token": 1.0, "by_op": {}}
+    monkeypatch.setattr(experiment, "count_step_flops", lambda *a, **k: dict(stub))
+    plain = _run(compose("method=lora", results_dir=tmp_path / "plain"))
+    monkeypatch.setattr(experiment, "count_step_flops", real_count)
+    counted = _run(compose("method=lora", results_dir=tmp_path / "counted"))
+
+    def trace(record: dict) -> list:
+        return [
+            (row["step"], row.get("train/loss"), row.get("dev/accuracy"))
+            for row in record["history"]
+        ]
+
+    assert trace(counted) == trace(plain)  # bit-identical: dropout drew the same masks
+    assert counted["metrics"]["test"] == plain["metrics"]["test"]
+    cost = counted["cost"]
+    assert cost["flops_counted"]["flops"] > 0 and cost["flops_counted"]["by_op"]["mm"] > 0
+    assert cost["flops_per_token"] == pytest.approx(
+        cost["flops_counted"]["flops"] / cost["flops_counted"]["tokens"]
+    )
+    assert cost["flops_per_token_analytic"] > 0 and cost["mfu"] is None  # CPU: no peak
+    assert plain["cost"]["peak_mem_bytes"]["fresh_process"] is True
+    assert cost["peak_mem_bytes"]["fresh_process"] is False
+
+
+@pytest.mark.skipif(not rss_peak_resettable(), reason="the RSS high-water mark cannot be reset")
+def test_setup_and_evaluation_memory_and_calibration_time_are_kept_apart(
+    compose, tmp_path, monkeypatch
+):
+    """fisher_mask's Fisher pass and the batch-128 evaluations no longer set the training
+    peak, and the Fisher pass's time is set-up time, not training time."""
+    real_fisher = peftbench.methods.selective.empirical_fisher
+    real_evaluate = peftbench.train.evaluate
+
+    def hungry(real):
+        def wrapper(*args, **kwargs):
+            ballast = bytearray(600 * MB)  # touched pages count towards the resident set
+            del ballast
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    def slow_hungry_fisher(*args, **kwargs):
+        time.sleep(1.5)
+        return hungry(real_fisher)(*args, **kwargs)
+
+    monkeypatch.setattr(peftbench.methods.selective, "empirical_fisher", slow_hungry_fisher)
+    monkeypatch.setattr(peftbench.train, "evaluate", hungry(real_evaluate))
+    record = _run(compose("method=fisher_mask", results_dir=tmp_path))
+    peaks = record["cost"]["peak_mem_bytes"]
+    assert peaks["rss_resettable"] is True
+    assert peaks["setup"]["rss"] >= peaks["train"]["rss"] + 400 * MB
+    assert peaks["eval"]["rss"] >= peaks["train"]["rss"] + 400 * MB
+    assert peaks["rss"] == peaks["train"]["rss"]  # the top level (the tables') is training's
+    rows = [r["train/peak_rss_bytes"] for r in record["history"] if "train/peak_rss_bytes" in r]
+    assert max(rows) <= peaks["train"]["rss"]
+    cost = record["cost"]
+    assert cost["setup_parts_s"]["method_s"] >= 1.5  # calibration: set-up
+    assert cost["setup_time_s"] >= sum(cost["setup_parts_s"].values()) - 1e-6
+
+
+def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, capsys):
+    overrides = [
+        o
+        for o in tiny_overrides(tiny_bert_dir, tmp_path)
+        if not o.startswith(("results_dir=", "train.max_steps=", "train.eval_every_steps="))
+    ]
+    result = bench.methods_bench(
+        [*overrides, "fisher_mask:method.calibration_batches=1"],
+        methods=["vera"],
+        steps=1,
+        repeats=1,
+    )
+    assert set(result["medians"]) == {"full", "lora", "vera"}  # the references always run
+    medians = result["medians"]
+    assert medians["vera"]["flops_per_token"] > 3 * medians["lora"]["flops_per_token"]
+    for row in medians.values():
+        assert row["step_p50_s"] > 0 and row["train_peak_bytes"] > 0
+    text = bench.format_methods(result)
+    assert "÷ full" in text and "÷ lora" in text and "| vera |" in text
+    assert "| full | " in text and " | 1.00 | " in text
+    assert main(["bench", "methods", "--methods", "nosuch", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("peftbench: error: unknown method nosuch;")
+
+
+def test_bench_scoped_overrides_reach_only_their_method():
+    given = ["train.batch_size=8", "fisher_mask:method.calibration_batches=1"]
+    assert bench._split_overrides(given, "fisher_mask") == [
+        "train.batch_size=8",
+        "method.calibration_batches=1",
+    ]
+    assert bench._split_overrides(given, "lora") == ["train.batch_size=8"]
