@@ -459,3 +459,21 @@ def test_the_doc_quotes_no_list_that_grows_with_a_new_method():
         if len(names) > 2:
             assert ", ".join(names) not in text, f"docs/ERRORS.md quotes every {group}"
     assert "<the names in conf/method/>" in text
+
+
+def test_closest_gives_one_suggestion_or_none():
+    from peftbench.config import closest
+    from peftbench.registry import Registry, UnknownNameError
+
+    names = ["lora", "loha", "lokr", "dora", "adapter"]
+    assert closest("lorra", names) == "lora"
+    assert closest("adaptr", names) == "adapter"
+    assert closest("zzz", names) is None
+    assert closest("dorra", names, cutoff=0.99) is None  # the cutoff is difflib's ratio
+    assert closest(3, ["3", "4"]) == "3"  # values from the command line may not be strings
+    registry: Registry[int] = Registry("thing")
+    for name in names:
+        registry.register(name)(0)
+    with pytest.raises(UnknownNameError) as error:
+        registry.get("lorra")
+    assert "Did you mean lora? Valid:" in str(error.value)  # one name, not three
