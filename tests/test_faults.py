@@ -303,20 +303,22 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_metrics_and_history(
     from peftbench.checkpoint import checkpoint_path
 
     killed = tmp_path / "killed"
-    checkpoint = checkpoint_path(killed, "polarity--tiny-bert--adapter--s0")
+    checkpoints = checkpoint_path(killed, "any").parent  # the run id is the run's to choose
     proc = subprocess.Popen(
         _cell(tiny_bert_dir, killed, "pause"), cwd=ROOT, env=_env(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while not checkpoint.exists() and time.monotonic() < deadline:
+        while not list(checkpoints.glob("*.safetensors")) and time.monotonic() < deadline:
             assert proc.poll() is None, "the run ended before writing a checkpoint"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert not list(records_dir(killed).glob("*.json"))  # killed before the end
+    (checkpoint,) = checkpoints.glob("*.safetensors")
+    assert checkpoint.name.startswith("polarity--tiny-bert--adapter--s0")
 
     for results, mode in ((killed, "resume"), (tmp_path / "whole", "whole")):
         done = subprocess.run(
@@ -343,8 +345,8 @@ def test_checkpoint_of_another_config_is_not_resumed_and_success_removes_it(
     from peftbench.checkpoint import checkpoint_path
 
     results = tmp_path / "results"
-    checkpoint = checkpoint_path(results, "polarity--tiny-bert--adapter--s0")
     first = _checkpointed_run(compose, results, "train.keep_checkpoints=true")
+    checkpoint = checkpoint_path(results, first["run_id"])
     assert checkpoint.is_file()  # kept: written at step 10, the last due before the end
 
     # Another learning rate: the step-10 state belongs to another run; start from step 1.

@@ -403,17 +403,23 @@ def test_bitfit_trains_exactly_the_bias_terms():
     }
 
 
-@pytest.mark.parametrize(("family", "k", "expected"), [("bert", 1, 1), ("t5", 1, 2)])
-def test_last_layers_trains_the_top_k_of_each_stack(family, k, expected):
+@pytest.mark.parametrize(
+    ("family", "k", "top"),
+    [
+        ("bert", 1, ["bert.encoder.layer.1."]),
+        ("bert", 2, ["bert.encoder.layer.0.", "bert.encoder.layer.1."]),
+        ("t5", 1, ["encoder.block.1.", "decoder.block.1."]),  # the top k of each stack
+    ],
+)
+def test_last_layers_trains_the_top_k_of_each_stack(family, k, top):
     cfg = OmegaConf.create({"name": "last_layers", "kind": "last_layers", "lr": 1e-4, "k": k})
     model = apply_method(_tiny_classifier(family), cfg, _context(family))
-    top = {"bert": ["bert.encoder.layer.1."], "t5": ["encoder.block.1.", "decoder.block.1."]}
-    moving = {
-        n for n, p in model.named_parameters() if p.requires_grad and "layer" in n or "block" in n
-    }
-    trained = {n for n in moving if dict(model.named_parameters())[n].requires_grad}
-    assert trained and all(any(t in n for t in top[family]) for n in trained)
-    assert len({t for t in top[family] if any(t in n for n in trained)}) == expected
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    in_top = {n for n in params if n.startswith(tuple(top))}
+    in_head = {n for n in params if n.split(".")[0] in _heads(family)}
+    assert all(any(n.startswith(t) for n in in_top) for t in top)  # each top layer exists
+    assert trainable == in_top | in_head  # all of the top k layers and the head, nothing else
 
 
 def test_fisher_mask_trains_exactly_k_entries_with_the_largest_fisher():
