@@ -20,7 +20,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -509,9 +509,18 @@ def validate(
 # --------------------------------------------------------------------------- the command line
 
 
-def _closest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f"did you mean {close[0]}? " if close else ""
+def closest(name: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str | None:
+    """The one valid name nearest to a misspelt one, or None if none is near enough.
+
+    Every "did you mean" peftbench prints comes from here (one suggestion, never a list).
+
+    Args:
+        name: what the user wrote.
+        choices: the valid names.
+        cutoff: difflib's similarity ratio a suggestion must reach, in [0, 1].
+    """
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def _group_options(conf_dir: Path) -> dict[str, list[str]]:
@@ -533,9 +542,10 @@ def _check_group_choices(overrides: list[Any], groups: dict[str, list[str]]) -> 
         )
         for value in values:
             if str(value) not in groups[key]:
+                near = closest(value, groups[key], cutoff=0.5)
+                hint = f"did you mean {near}? " if near else ""
                 raise ConfigError(
-                    f"unknown {key} {value!r}",
-                    f"{_closest(str(value), groups[key])}valid: {', '.join(groups[key])}",
+                    f"unknown {key} {value!r}", f"{hint}valid: {', '.join(groups[key])}"
                 )
 
 
@@ -608,12 +618,14 @@ def _unknown_key(key: str, base: Mapping) -> ConfigError:
     parent, _, leaf = key.rpartition(".")
     siblings = _lookup(base, parent) if parent else base
     names = [str(k) for k in siblings] if isinstance(siblings, Mapping) else []
-    near = [f"{parent}.{n}" if parent else n for n in difflib.get_close_matches(leaf, names, 1)]
-    if not near:  # a key put in the wrong group: train.lr is method.lr
+    near = closest(leaf, names)
+    if near is not None:
+        near = f"{parent}.{near}" if parent else near
+    else:  # a key put in the wrong group: train.lr is method.lr
         paths = [p for p, _ in _walk(base) if not p.startswith("hydra.")]
         leaves = {p.rsplit(".", 1)[-1]: p for p in reversed(paths)}
-        near = [leaves[n] for n in difflib.get_close_matches(leaf, list(leaves), 1, 0.75)]
-    hint = f"did you mean {near[0]}? " if near else ""
+        near = leaves.get(closest(leaf, leaves, cutoff=0.75))
+    hint = f"did you mean {near}? " if near else ""
     where = f"under {parent}" if parent else "at the top level"
     return ConfigError(
         f"unknown key {key!r}",

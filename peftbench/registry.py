@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from peftbench.config import closest
 
 T = TypeVar("T")
 
@@ -37,8 +38,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """Returns the entry, or raises an error naming the closest valid names."""
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            near = closest(name, self._entries)
+            hint = f" Did you mean {near}?" if near else ""
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(sorted(self._entries))}"
             )

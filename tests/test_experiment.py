@@ -33,12 +33,13 @@ def _records(results: Path) -> list[dict]:
 
 
 def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
-    cfg = compose("method=lora")
+    cfg = compose("method=lora", "instrument.inference=true")  # the one test that measures it
     summary = experiment.run(cfg)
     assert summary["status"] == "success"
     (record,) = _records(tmp_path / "results")
     assert set(record) >= REQUIRED
     assert re.fullmatch(r"polarity--tiny-bert--lora--s0--[0-9a-f]{8}", record["run_id"])
+    assert record["run_id"] == summary["run_id"]
     assert record["experiment"]["method"] == "lora" and record["experiment"]["seed"] == 0
     assert record["config"]["method"]["lr"] == 5e-4  # the fully resolved config
     assert record["data"]["n"] == {"train": 64, "dev": 8, "test": 8}

@@ -16,7 +16,7 @@ from peftbench.cli import main
 from peftbench.record import find_success, records_dir
 from tests.conftest import ROOT, tiny_overrides
 
-RUN_ID = "polarity--tiny-bert--lora--s1"
+RUN_ID = "polarity--tiny-bert--lora--s1"  # a made-up record's id; real runs read theirs
 
 
 def _record_in_process(tiny_bert_dir: Path, results: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -34,12 +34,15 @@ def test_a_cell_run_by_run_py_reproduces_identically(tiny_bert_dir, tmp_path, ca
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    record = json.loads(find_success(results, RUN_ID).read_text())
+    (path,) = records_dir(results).glob("*__success.json")
+    run_id = json.loads(path.read_text())["run_id"]
+    assert run_id.startswith("polarity--tiny-bert--lora--s1")
+    record = json.loads(find_success(results, run_id).read_text())
     assert "seed=1" in record["experiment"]["overrides"]  # Hydra's override list was recorded
 
-    assert main(["reproduce", RUN_ID, "--results", str(results)]) == 0
+    assert main(["reproduce", run_id, "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().endswith(f"{RUN_ID}: IDENTICAL")
+    assert out.rstrip().endswith(f"{run_id}: IDENTICAL")
     assert "config changed" not in out
     for name in ("primary", "selected_step", "dev/accuracy", "test/accuracy"):
         assert f"{name} " in out
@@ -59,15 +62,16 @@ def test_a_different_result_is_reported_metric_by_metric(
     recorded = record["metrics"]["test"]["accuracy"]
     record["metrics"]["test"]["accuracy"] = record["metrics"]["primary"]["value"] = recorded + 0.125
     record["config"]["method"]["lr"] = 1e-3
-    newer = path.with_name(f"{RUN_ID}__99991231T000000000000Z__success.json")
+    run_id = record["run_id"]
+    newer = path.with_name(f"{run_id}__99991231T000000000000Z__success.json")
     newer.write_text(json.dumps(record))
 
-    assert main(["reproduce", RUN_ID, "--results", str(results)]) == 1
+    assert main(["reproduce", run_id, "--results", str(results)]) == 1
     out = capsys.readouterr().out
     assert f"recorded {recorded + 0.125!r} != reproduced {recorded!r} (diff -0.125)" in out
     assert "config changed since the run: method.lr: 0.001 -> 0.0005" in out
     assert "dev/accuracy" in out and "(identical)" in out  # dev was not touched
-    assert out.rstrip().endswith(f"{RUN_ID}: DIFFERENT")
+    assert out.rstrip().endswith(f"{run_id}: DIFFERENT")
 
 
 def test_reproduce_needs_a_success_record_with_overrides(tmp_path, capsys):

@@ -162,6 +162,7 @@ def tiny_cfg(family: str, models: dict, db: Path, results: Path, *overrides: str
                 "train.eval_every_steps=2",
                 "train.batch_size=8",
                 "train.warmup_steps_excluded=1",
+                "instrument.inference=false",  # measured by tests/test_experiment.py only
                 *overrides,
             ],
         )

@@ -1,0 +1,39 @@
+"""Bad input around the runs: command-line tools, long CSV fields, unwritable results."""
+
+from __future__ import annotations
+
+import pytest
+
+from peftbench import cli
+from peftbench.config import ConfigError, validate
+from tasks.readers import CSV_FIELD_LIMIT, DataError, _table_records
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["tune", "--methods", "lora,lorra", "--dry-run"], ["bench", "overhead", "method=lorra"]],
+)
+def test_tools_refuse_an_unknown_method_in_one_line(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("peftbench: error: unknown method 'lorra'")
+    assert "did you mean lora" in err[0]
+
+
+def test_a_long_document_in_a_csv_reads_and_an_overlong_field_is_one_line(tmp_path, monkeypatch):
+    long_text = "word " * 40_000  # 200 kB: over csv's default limit of 128 KiB
+    path = tmp_path / "long.csv"
+    path.write_text(f'text,label\n"{long_text}",pos\n', encoding="utf-8")
+    ((row_no, row),) = list(_table_records(path, "csv"))
+    assert row_no == 1 and row["text"] == long_text
+    monkeypatch.setattr("tasks.readers.CSV_FIELD_LIMIT", 1000)
+    with pytest.raises(DataError, match=r"long.csv: row 1: not readable as CSV .*fix the row"):
+        list(_table_records(path, "csv"))
+    assert CSV_FIELD_LIMIT == 64 * 2**20
+
+
+def test_results_dir_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    # root may write anywhere, so the denial is simulated where the check asks the OS
+    monkeypatch.setattr("peftbench.config.os.access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match="is not writable .* give results_dir a folder"):
+        validate({"results_dir": str(tmp_path / "results")})
