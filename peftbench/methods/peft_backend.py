@@ -33,6 +33,24 @@ _PREPENDS_TOKENS = {"PROMPT_TUNING", "P_TUNING"}
 #: (two BERT stacks, model type "encoder-decoder"): the self-attention query and value of both
 #: stacks, peft's BERT default; the new cross-attention is a head module and trains whole.
 _DEFAULT_TARGETS = {"encoder-decoder": r".*(?<!cross)attention\.self\.(query|value)"}
+#: (IA)^3 targets per BERT-like model type: (target_modules, feedforward_modules), regexes that
+#: peft full-matches against module names. Liu et al. 2022 rescale the keys, the values and
+#: the feed-forward's intermediate activation: l_k (d), l_v (d) and l_ff (d_ff, the input of
+#: the FFN's second linear), d + d + d_ff per layer (2,304 on MiniLM-L6: 384 + 384 + 1536).
+#: peft's own BERT default ("key", "value", "output.dense") also matches
+#: ``attention.output.dense`` by suffix and rescales its input too (d more per layer).
+_BERT_IA3 = (
+    r".*layer\.\d+\.(attention\.self\.(key|value)|output\.dense)",
+    r".*layer\.\d+\.output\.dense",
+)
+_IA3_TARGETS = {
+    "bert": _BERT_IA3,
+    "roberta": _BERT_IA3,
+    "xlm-roberta": _BERT_IA3,
+    # both BERT stacks of a warm-started encoder-decoder; the new cross-attention (a head
+    # module) trains whole, so it is not rescaled
+    "encoder-decoder": _BERT_IA3,
+}
 
 
 def peft_args(cfg: Any, ctx: MethodContext) -> dict:
@@ -41,8 +59,16 @@ def peft_args(cfg: Any, ctx: MethodContext) -> dict:
     args = {k: v for k, v in args.items() if v is not None}  # null = peft's own default
     args["task_type"] = ctx.peft_task_type
     targets_modules = args["peft_type"] not in _PREPENDS_TOKENS | {"PREFIX_TUNING"}
-    if targets_modules and "target_modules" not in args and ctx.model_type in _DEFAULT_TARGETS:
-        args["target_modules"] = _DEFAULT_TARGETS[ctx.model_type]
+    if targets_modules and "target_modules" not in args:
+        if args["peft_type"] == "IA3" and ctx.model_type in _IA3_TARGETS:
+            if "feedforward_modules" in args:
+                raise MethodNotApplicable(
+                    f"method {cfg.name!r}: feedforward_modules is set but target_modules is "
+                    "not; set both (peft needs the feed-forward ones among the targets)"
+                )
+            args["target_modules"], args["feedforward_modules"] = _IA3_TARGETS[ctx.model_type]
+        elif ctx.model_type in _DEFAULT_TARGETS:
+            args["target_modules"] = _DEFAULT_TARGETS[ctx.model_type]
     if ctx.head_modules:
         args["modules_to_save"] = sorted(
             set(args.get("modules_to_save") or []) | set(ctx.head_modules)
