@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from peftbench import distributed
 from peftbench.checkpoint import Checkpointer, LoopState
 from peftbench.instrument import Clock, StepTimer
+from peftbench.methods.base import select_from_step
 
 
 @dataclass
@@ -169,6 +170,7 @@ def train(
     warmup = math.ceil(float(cfg.warmup_ratio) * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, steps))
     eval_every = int(cfg.eval_every_steps) or len(train_loader)
+    select_from = select_from_step(distributed.unwrap(model))  # AdaLoRA: once its budget is final
 
     sampler = train_loader.batch_sampler
     state = checkpoint and checkpoint.restore(model, optimizer, scheduler, sampler)
@@ -228,7 +230,9 @@ def train(
                         }
                     )
                     value = dev[task.primary_metric]
-                    if _is_better(value, state.best_value, task.higher_is_better):
+                    if step >= select_from and _is_better(
+                        value, state.best_value, task.higher_is_better
+                    ):
                         state.best_value, state.best_state = value, _snapshot(model)
                         state.best_step, state.best_dev = step, dev
                 if step >= steps:

@@ -18,6 +18,7 @@ from torch import nn
 
 from peftbench.methods.base import (
     METHOD_KINDS,
+    SELECT_FROM_ATTR,
     STEP_HOOK_ATTR,
     MethodContext,
     MethodNotApplicable,
@@ -95,6 +96,18 @@ def adalora_schedule(cfg: Any, ctx: MethodContext) -> dict:
     return {"total_step": steps, "tinit": tinit, "tfinal": tfinal}
 
 
+def adalora_final_step(args: dict) -> int:
+    """The first 1-based step after which AdaLoRA holds its final budget (``target_r``).
+
+    The loop calls the hook with the 0-based step, and peft masks to the final rank pattern
+    at 0-based step ``total_step - tfinal``, i.e. after 1-based step ``total_step - tfinal +
+    1``. With ``tfinal = 0`` that step never comes (the cubic schedule ends just above the
+    target at the last step); the last step is then the only one the schedule finishes at.
+    """
+    total, tfinal = int(args["total_step"]), int(args["tfinal"])
+    return min(total, total - tfinal + 1)
+
+
 def align_virtual_tokens(model: nn.Module, n_virtual: int) -> None:
     """Token classification with prepended virtual tokens: keeps labels and logits aligned.
 
@@ -161,6 +174,7 @@ def peft_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     if args["peft_type"] == "ADALORA":
         # peft: call after optimizer.step() and before zero_grad(), with the step index.
         setattr(wrapped, STEP_HOOK_ATTR, wrapped.base_model.update_and_allocate)
+        setattr(wrapped, SELECT_FROM_ATTR, adalora_final_step(args))
     if ctx.peft_task_type == "TOKEN_CLS" and args["peft_type"] in _PREPENDS_TOKENS:
         align_virtual_tokens(wrapped, int(args["num_virtual_tokens"]))
     return wrapped
