@@ -96,6 +96,7 @@ def experiment_info(cfg: Any, config: dict) -> dict:
         "task_version": int(cfg.task.version),
         "model": cfg.model.name,
         "method": cfg.method.name,
+        "method_version": int(cfg.method.get("version") or 1),  # bumped where scores move
         "seed": int(cfg.seed),
         "budget_pct": budget,
         # analysis keeps synthetic (random-weight) runs out of every quality table

@@ -21,6 +21,7 @@ from peftbench import distributed
 from peftbench.checkpoint import Checkpointer, LoopState
 from peftbench.instrument import Clock, StepTimer
 from peftbench.interrupt import Interrupted, defer_stop
+from peftbench.methods.base import select_from_step
 
 
 @dataclass
@@ -91,6 +92,38 @@ def _is_better(new: float, best: float | None, higher_is_better: bool) -> bool:
     return new > best if higher_is_better else new < best
 
 
+def _no_decay(module: nn.Module, module_name: str, param_name: str) -> bool:
+    """Whether weight decay must spare this tensor: biases, norm weights, prompt embeddings.
+
+    Decay pulls a tensor toward zero; that regularises weight matrices but would shrink
+    BitFit's pretrained biases, the LayerNorm gains and the soft prompts/prefixes (peft's
+    ``prompt_encoder`` embeddings) toward values that mean nothing. Excluding biases and
+    LayerNorm weights is the BERT / transformers Trainer recipe (Devlin et al. 2019).
+    """
+    if param_name == "bias" or param_name.endswith("_bias"):
+        return True
+    if isinstance(module, nn.LayerNorm | nn.GroupNorm) or type(module).__name__.endswith("Norm"):
+        return True  # LayerNorm, and the RMSNorm / T5LayerNorm classes of other families
+    return "prompt_encoder" in module_name.split(".") and isinstance(module, nn.Embedding)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: the trainable tensors with and without weight decay."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (no_decay if _no_decay(module, module_name, param_name) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 def total_steps(cfg: Any, batches_per_epoch: int) -> int:
     return int(cfg.max_steps) if cfg.get("max_steps") else int(cfg.epochs) * batches_per_epoch
 
@@ -133,11 +166,12 @@ def train(
             every ``cfg.checkpoint_every_steps`` steps.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
+    optimizer = torch.optim.AdamW(param_groups(model, float(cfg.weight_decay)), lr=lr)
     steps = total_steps(cfg, len(train_loader))
     warmup = math.ceil(float(cfg.warmup_ratio) * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, steps))
     eval_every = int(cfg.eval_every_steps) or len(train_loader)
+    select_from = select_from_step(distributed.unwrap(model))  # AdaLoRA: once its budget is final
 
     sampler = train_loader.batch_sampler
     state = checkpoint and checkpoint.restore(model, optimizer, scheduler, sampler)
@@ -199,7 +233,9 @@ def train(
                         }
                     )
                     value = dev[task.primary_metric]
-                    if _is_better(value, state.best_value, task.higher_is_better):
+                    if step >= select_from and _is_better(
+                        value, state.best_value, task.higher_is_better
+                    ):
                         state.best_value, state.best_state = value, _snapshot(model)
                         state.best_step, state.best_dev = step, dev
                 if step >= steps:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
 
 from tasks.base import IGNORE_INDEX, TASK_KINDS, Task, decoder_targets, pad_rows
+from tasks.references import RawReferences
 
 
 @TASK_KINDS.register("classification")
@@ -142,7 +144,8 @@ class RegressionTask(ClassificationTask):
     Text-to-text (an encoder-decoder), as T5 does STS-B: the target is the score rounded to
     a multiple of 0.2 and written with one decimal ("3.8"); the prediction is the generated
     number, and text that is no number counts as -1, T5's default. The references are the
-    rounded targets as written, so the metric sees what the model was asked to produce.
+    true float scores of the data (tasks/references.py), as GLUE scores STS-B, not the
+    rounded training targets: rounding the references would score another task.
     """
 
     kind = "regression"
@@ -188,10 +191,11 @@ class RegressionTask(ClassificationTask):
     def references(self, batch: dict) -> list[float]:
         if not self.text_to_text:
             return batch["labels"].tolist()
-        ignored = batch["labels"] == IGNORE_INDEX
-        labels = batch["labels"].masked_fill(ignored, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(labels, skip_special_tokens=True)
-        return [self._number(t) for t in texts]
+        return self._raw_references.lookup(self, batch)
+
+    @cached_property
+    def _raw_references(self) -> RawReferences:
+        return RawReferences(lambda row: float(row["label"]))
 
     def _number(self, text: str) -> float:
         try:  # a word-level tokenizer decodes "3.8" as "3 . 8"

@@ -52,12 +52,15 @@ def _correlation(kind: str) -> Callable[[Sequence, Sequence], float]:
     return fn
 
 
-def _entity(score: str) -> Callable[[Sequence, Sequence], float]:
-    """Entity-level precision, recall or F1 over BIO tag sequences (seqeval, strict IOB2).
+def _entity(score: str, *, strict: bool = False) -> Callable[[Sequence, Sequence], float]:
+    """Entity-level precision, recall or F1 over BIO tag sequences (seqeval).
 
-    Strict mode counts an entity as correct only if its type and both boundaries match, and an
-    entity that does not start with ``B-`` is not an entity at all (no lenient repair of a
-    stray ``I-``), which is how CoNLL-style NER is scored.
+    An entity counts as correct only if its type and both boundaries match. The default is
+    conlleval's reading of the tags, what CoNLL-2003 and WNUT results are reported with
+    (seqeval's default mode reproduces conlleval): a span may open with ``I-`` (an ``I-X``
+    after ``O`` or after another type starts an entity of type X). ``strict`` is seqeval's
+    strict IOB2 mode: such a span is no entity at all (``entity_f1_strict``, a secondary
+    figure; it scores a model that never learnt to emit ``B-`` lower).
     """
 
     def fn(preds: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> float:
@@ -69,14 +72,9 @@ def _entity(score: str) -> Callable[[Sequence, Sequence], float]:
             "recall": metrics.recall_score,
             "f1": metrics.f1_score,
         }[score]
+        mode = {"mode": "strict", "scheme": IOB2} if strict else {}
         return float(
-            scorer(
-                [list(r) for r in refs],
-                [list(p) for p in preds],
-                mode="strict",
-                scheme=IOB2,
-                zero_division=0,
-            )
+            scorer([list(r) for r in refs], [list(p) for p in preds], zero_division=0, **mode)
         )
 
     return fn
@@ -110,6 +108,9 @@ METRICS: dict[str, Metric] = {
         Metric("entity_precision", _entity("precision")),
         Metric("entity_recall", _entity("recall")),
         Metric("entity_f1", _entity("f1")),
+        Metric("entity_precision_strict", _entity("precision", strict=True)),
+        Metric("entity_recall_strict", _entity("recall", strict=True)),
+        Metric("entity_f1_strict", _entity("f1", strict=True)),
         Metric("bleu", _sacrebleu("bleu"), best=100.0),
         Metric("chrf", _sacrebleu("chrf"), best=100.0),
     ]

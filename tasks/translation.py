@@ -9,8 +9,10 @@ Two model families, chosen by the task config's ``model_family`` (``${model.fami
   prompt alone (left-padded) and its first line is the translation.
 
 Evaluation generates (greedy or beam search, ``task.generation``) and decodes the
-predictions and the label ids with the model's tokenizer (the references are therefore the
-targets as the tokenizer round-trips them, as in transformers' run_translation example).
+predictions with the model's tokenizer; sacreBLEU scores that detokenised text against the
+raw target text of each example (tasks/references.py), not against the label ids decoded
+back (which an uncased tokenizer lowercases, drops ``[UNK]`` from and cuts at
+``max_target_length``, so decoding them would score an easier, different reference).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tasks.base import IGNORE_INDEX, TASK_KINDS, Task, decoder_targets, pad_rows
+from tasks.references import RawReferences
 
 
 def subsample(rows: list[dict], limit: int | None, salt: str) -> list[dict]:
@@ -165,7 +168,10 @@ class TranslationTask(Task):
         keep = (batch["attention_mask"] == 1) & (batch["labels"] == IGNORE_INDEX)
         return [row[mask].tolist() for row, mask in zip(batch["input_ids"], keep, strict=True)]
 
+    @cached_property
+    def _raw_references(self) -> RawReferences:
+        return RawReferences(lambda row: str(row["target"]).strip())
+
     def references(self, batch: dict) -> list[str]:
-        ignored = batch["labels"] == IGNORE_INDEX
-        labels = batch["labels"].masked_fill(ignored, self.tokenizer.pad_token_id)
-        return [t.strip() for t in self.tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        """The raw target text of each row (as written in the data, whole, any case)."""
+        return self._raw_references.lookup(self, batch)

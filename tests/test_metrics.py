@@ -57,11 +57,12 @@ def test_entity_scores_need_the_whole_span():
     assert scores == {"entity_precision": 0.5, "entity_recall": 0.5, "entity_f1": 0.5}
 
 
-def test_entity_scores_are_strict_iob2():
+def test_strict_entity_scores_are_strict_iob2():
     refs = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"]]
-    # A span that starts with I- is no entity in strict IOB2 (lenient scoring would accept it).
+    # A span that starts with I- is no entity in strict IOB2 (conlleval would accept it).
     preds = [["I-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"]]
-    scores = compute(["entity_precision", "entity_recall", "entity_f1"], preds, refs)
+    names = ["entity_precision_strict", "entity_recall_strict", "entity_f1_strict"]
+    scores = {k.removesuffix("_strict"): v for k, v in compute(names, preds, refs).items()}
     assert scores["entity_precision"] == 1.0
     assert scores["entity_recall"] == pytest.approx(2 / 3)
     assert scores["entity_f1"] == pytest.approx(0.8)
@@ -106,6 +107,9 @@ CASES = {
     "entity_precision": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
     "entity_recall": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
     "entity_f1": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
+    "entity_precision_strict": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
+    "entity_recall_strict": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
+    "entity_f1_strict": (TAGS, [["O", "B-LOC", "O"], ["B-PER", "O"]]),
     "bleu": (TEXTS, ["xyz qq", "zzz"]),
     "chrf": (TEXTS, ["xyz qq", "zzz"]),
 }

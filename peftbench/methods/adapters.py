@@ -1,11 +1,24 @@
 """Bottleneck adapters (peft has none), inserted around the sub-layers of every family.
 
 - Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP": two sequential
-  adapters per layer, after the attention and after the feed-forward output projections, each
+  adapters per layer, after the attention and after the feed-forward sub-layer, each
   ``x + up(act(down(x)))`` added before the sub-layer's residual connection and LayerNorm.
-  Parameters per layer: 2 x (2*d*m + d + m) for hidden size d and bottleneck m.
-- Pfeiffer et al. 2021, "AdapterFusion" (the "Pfeiffer" configuration): one sequential adapter
-  per layer, after the feed-forward block. Per layer: 2*d*m + d + m.
+  On the BERT family the adapter reads the sub-layer's output *after* its dropout, as the
+  reference code does (google-research/adapter-bert; adapter-transformers'
+  ``bottleneck_layer_forward`` runs after ``self.dropout``); on the other families it reads
+  the output projection (Llama/Gemma have no dropout there; T5 keeps it after the adapter).
+  The paper also trains the layer normalisation parameters per task, so the LayerNorms
+  (RMSNorms) of the transformer layers train too. Parameters per layer: 2 x (2*d*m + d + m)
+  for hidden size d and bottleneck m, plus the layer's norm parameters (2 x 2d on BERT).
+- Pfeiffer et al. 2021, "AdapterFusion: Non-Destructive Task Composition for Transfer
+  Learning" (EACL, arXiv:2005.00247), the "Pfeiffer" configuration of AdapterHub
+  (``SeqBnConfig``: original_ln_before, residual_before_ln, original_ln_after): one adapter
+  per layer, after the feed-forward output, reading the sub-layer's normalised output
+  ``LN(h + x)`` (h: FFN output after dropout, x: the sub-layer's input), its residual taken
+  before that LayerNorm (h), and the result put through the *same* original LayerNorm:
+  ``LN(h + x + A(LN(h + x)))`` with ``A(z) = up(act(down(z)))``. Pre-norm families (Llama,
+  Gemma, T5) have no LayerNorm there (AdapterHub passes none), which leaves
+  ``y + A(y)`` on the FFN's residual sum ``y = x + h``. Per layer: 2*d*m + d + m.
 - He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning" (scaled
   parallel adapter): ``FFN(x) + s * up(act(down(x)))`` reading the feed-forward block's input.
   Per layer: 2*d*m + d + m.
@@ -18,6 +31,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +39,7 @@ import torch
 from torch import nn
 
 from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head
-from peftbench.methods.blocks import ffn_pairs, out_features, output_projections
+from peftbench.methods.blocks import ffn_pairs, layer_stacks, out_features, output_projections
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -43,8 +57,12 @@ class BottleneckAdapter(nn.Module):
             nn.init.normal_(linear.weight, std=init_std)
             nn.init.zeros_(linear.bias)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``up(act(down(x)))``: the adapter without its residual connection."""
+        return self.up(self.act(self.down(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
+        return x + self.branch(x)
 
 
 class ParallelAdapter(nn.Module):
@@ -153,6 +171,97 @@ def attach_parallel(entry: nn.Module, exit_: nn.Module, adapter: nn.Module) -> N
     exit_.register_forward_hook(add_branch)
 
 
+def _attach_to_output(module: nn.Module, adapter: nn.Module, device: torch.device) -> None:
+    """Runs ``adapter`` on the output of any module (a tensor, or a tuple's first element)."""
+    module.add_module("adapter", adapter.to(device))
+
+    def apply(mod: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (mod.adapter(output[0]), *output[1:])
+        return mod.adapter(output)
+
+    module.register_forward_hook(apply)
+
+
+def _post_ln_output_blocks(model: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
+    """BERT-style sub-layer output blocks (``dense`` -> ``dropout`` -> ``LayerNorm(h + x)``)."""
+    found = re.compile(pattern)
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if found.search(name)
+        and all(hasattr(module, part) for part in ("dense", "dropout", "LayerNorm"))
+    ]
+
+
+def add_houlsby_adapters(model: nn.Module, make: Callable[[int], nn.Module]) -> None:
+    """Houlsby placement: after each attention and FFN sub-layer's dropout (BERT family), or
+    after its output projection (the other families)."""
+    blocks = _post_ln_output_blocks(model, r"(attention\.output|layer\.\d+\.output)$")
+    if not blocks:
+        add_sequential_adapters(model, ("attention", "ffn"), make)
+        return
+    device = next(model.parameters()).device
+    for _, block in blocks:
+        _attach_to_output(block.dropout, make(out_features(block.dense)), device)
+
+
+def train_layer_norms(model: nn.Module) -> int:
+    """Unfreezes the norm layers inside the transformer layers; returns how many scalars.
+
+    Houlsby et al. 2019 train "the layer normalization parameters" per task beside the
+    adapters. The embedding LayerNorm and a final norm outside the layer stacks stay frozen.
+    """
+    count = 0
+    for _, stack in layer_stacks(model):
+        for module in stack.modules():
+            if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("Norm"):
+                for param in module.parameters(recurse=False):
+                    param.requires_grad = True
+                    count += param.numel()
+    return count
+
+
+def _pfeiffer_post_ln(block: nn.Module, adapter: BottleneckAdapter) -> None:
+    """``LN(h + x + A(LN(h + x)))`` on a BERT-style output block, its own LayerNorm reused."""
+    block.add_module("adapter", adapter)
+    kept: list[torch.Tensor] = []  # h, the FFN output after dropout, until the block returns
+
+    def keep_h(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        kept.append(output)
+
+    def rewrite(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
+        x = args[1] if len(args) > 1 else kwargs["input_tensor"]
+        h = kept.pop()
+        # output is the block's own LN(h + x): the adapter's input; residual h (before the LN)
+        return module.LayerNorm(h + x + module.adapter.branch(output))
+
+    block.dropout.register_forward_hook(keep_h)
+    block.register_forward_hook(rewrite, with_kwargs=True)
+
+
+def add_pfeiffer_adapters(model: nn.Module, make: Callable[[int], nn.Module]) -> None:
+    """Pfeiffer placement (see the module docstring) in every layer of every stack."""
+    device = next(model.parameters()).device
+    for _, stack in layer_stacks(model):
+        for layer in stack:
+            output = getattr(layer, "output", None)
+            if output is not None and all(
+                hasattr(output, part) for part in ("dense", "dropout", "LayerNorm")
+            ):  # post-LN (BERT family)
+                _pfeiffer_post_ln(output, make(out_features(output.dense)).to(device))
+            elif isinstance(getattr(layer, "layer", None), nn.ModuleList):  # T5: its FF sub-layer
+                ff = layer.layer[-1]
+                _attach_to_output(ff, make(_width(ff)), device)
+            else:  # pre-norm decoder layers (Llama, Gemma): the layer ends with the FFN residual
+                _attach_to_output(layer, make(_width(layer)), device)
+
+
+def _width(module: nn.Module) -> int:
+    """The residual width written by a pre-norm sub-layer: its FFN output projection's."""
+    return out_features(output_projections(module, "ffn")[-1][1])
+
+
 def add_sequential_adapters(
     model: nn.Module, blocks: tuple[str, ...], make: Callable[[int], nn.Module]
 ) -> None:
@@ -182,17 +291,19 @@ def _bottleneck(cfg: Any) -> Callable[[int], nn.Module]:
 
 @METHOD_KINDS.register("houlsby")
 def houlsby_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
-    """Freezes the backbone and adds a bottleneck adapter after each attention and FFN block."""
+    """Freezes the backbone; adds an adapter after each attention and FFN block and trains the
+    layers' LayerNorms (Houlsby et al. 2019)."""
     freeze_all_but_head(model, ctx.head_modules)
-    add_sequential_adapters(model, ("attention", "ffn"), _bottleneck(cfg))
+    add_houlsby_adapters(model, _bottleneck(cfg))
+    train_layer_norms(model)
     return model
 
 
 @METHOD_KINDS.register("pfeiffer")
 def pfeiffer_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
-    """Freezes the backbone and adds one bottleneck adapter after each FFN block."""
+    """Freezes the backbone and adds one adapter per layer in the Pfeiffer placement."""
     freeze_all_but_head(model, ctx.head_modules)
-    add_sequential_adapters(model, ("ffn",), _bottleneck(cfg))
+    add_pfeiffer_adapters(model, _bottleneck(cfg))
     return model
 
 

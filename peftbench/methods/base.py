@@ -21,6 +21,12 @@ METHOD_KINDS: Registry[Callable[..., nn.Module]] = Registry("method kind")
 #: budget there from the gradients). A method that needs no per-step work sets nothing.
 STEP_HOOK_ATTR = "peftbench_step_hook"
 
+#: Name of the optional model attribute holding the first (1-based) step whose dev score may
+#: be selected as the best checkpoint. AdaLoRA sets it to the step its final rank budget is
+#: reached: an earlier snapshot holds more than ``target_r`` ranks, which is not the method
+#: the paper evaluates (its model is the one at the end of the budget schedule).
+SELECT_FROM_ATTR = "peftbench_select_from_step"
+
 
 class MethodNotApplicable(ValueError):
     """A method cannot be applied to this model, task or machine (a config error, not a bug).
@@ -84,6 +90,11 @@ def count_trainable(model: nn.Module, head_modules: list[str]) -> tuple[int, int
 def step_hook(model: nn.Module) -> Callable[[int], None] | None:
     """The per-step hook a method installed on ``model``, if any (see :data:`STEP_HOOK_ATTR`)."""
     return getattr(model, STEP_HOOK_ATTR, None)
+
+
+def select_from_step(model: nn.Module) -> int:
+    """The first step dev selection may pick on ``model`` (see :data:`SELECT_FROM_ATTR`)."""
+    return int(getattr(model, SELECT_FROM_ATTR, 0) or 0)
 
 
 def merge(model: nn.Module, cfg: Any) -> nn.Module:

@@ -3,7 +3,8 @@
 ``method.budget_pct=0.5`` asks for trainable parameters, task head excluded, equal to 0.5% of
 the backbone (its parameters, head excluded), within 10%. Each sizable method names its size
 knob in its YAML (``budget_knob: peft.r``, ``bottleneck``, ``density_pct``...); the knob is
-searched by bisection, since every method's size grows monotonically with its knob. Methods
+searched by bisection, since every method's size grows monotonically with its knob (over
+the multiples of ``budget_multiple`` where a YAML sets one, e.g. Compacter's n). Methods
 with a fixed size (IA3, BitFit, the linear probe...) or whose sizes must divide layer widths
 (OFT, BOFT) have ``budget_knob: null`` and refuse.
 """
@@ -123,7 +124,11 @@ def fit_budget(model: nn.Module, cfg: Any, ctx: MethodContext) -> tuple[Any, dic
 
     current = OmegaConf.select(cfg, knob)
     if isinstance(current, int):
-        value: float = _search_int(size, target)
+        # A knob that must be a multiple of something (Compacter's bottleneck of n) is searched
+        # over the multiples, so no value in the search is invalid: an invalid value would
+        # read as "too large" and send the bisection the wrong way.
+        step = int(cfg.get("budget_multiple") or 1)
+        value: float = step * _search_int(lambda k: size(k * step), target)
     else:
         value = _search_float(size, target, float(current or 1.0))
     reached = size(value) or 0

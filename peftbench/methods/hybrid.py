@@ -5,8 +5,11 @@
   the feed-forward block.
 - ``unipelt``: Mao et al. 2022, "UniPELT: A Unified Framework for Parameter-Efficient Language
   Model Tuning": LoRA (query, value), prefix tuning and a sequential adapter after the
-  feed-forward block, LoRA and adapter each scaled by a learned gate ``sigmoid(W x)``. The
-  prefix is peft's and ungated (UniPELT also gates the prefix; peft exposes no hook for it).
+  feed-forward block, LoRA and adapter each scaled by a learned gate ``sigmoid(W x)``. A gate
+  is one value per example, not per token: the paper's code feeds the gate the sub-layer
+  input averaged over the sequence (``torch.mean(hidden_states, dim=1)``, padding included,
+  as there). The prefix is peft's and ungated (UniPELT also gates the prefix; peft exposes
+  no hook for it).
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ import torch
 from torch import nn
 
 from peftbench.methods.adapters import _ACTIVATIONS, add_parallel_adapters, add_sequential_adapters
-from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head
+from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head, is_head_param
 from peftbench.methods.blocks import output_projections
 from peftbench.methods.peft_backend import peft_args, wrap
+
+
+def example_gate(gate: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(W mean_t(x))``: one gate per example, broadcast over the sequence."""
+    if x.dim() < 3:
+        return torch.sigmoid(gate(x))
+    return torch.sigmoid(gate(x.mean(dim=1))).unsqueeze(1)  # (batch, 1, 1)
 
 
 class GatedLoRA(nn.Module):
@@ -36,7 +46,7 @@ class GatedLoRA(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # LoRA: the update starts at exactly zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.gate(x)) * self.scaling * self.lora_B(self.lora_A(x))
+        return example_gate(self.gate, x) * self.scaling * self.lora_B(self.lora_A(x))
 
 
 class GatedAdapter(nn.Module):
@@ -53,7 +63,7 @@ class GatedAdapter(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.sigmoid(self.gate(x)) * self.up(self.act(self.down(x)))
+        return x + example_gate(self.gate, x) * self.up(self.act(self.down(x)))
 
 
 def _add_gated_lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -73,9 +83,15 @@ def wrap_with_prefix(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Modul
     """Adds peft's prefix tuning (``cfg.peft``) and keeps the native modules trainable.
 
     peft freezes the whole base model when it wraps it, native modules included, so the
-    parameters that were trainable before wrapping are switched back on afterwards.
+    parameters that were trainable before wrapping are switched back on afterwards. The task
+    head is not among them: peft trains a copy of it (``modules_to_save``) and keeps the
+    original frozen; switching the original back on would train, count and save it twice.
     """
-    native = [p for p in model.parameters() if p.requires_grad]
+    native = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and not is_head_param(n, ctx.head_modules)
+    ]
     wrapped = wrap(model, peft_args(cfg, ctx))
     for param in native:
         param.requires_grad = True

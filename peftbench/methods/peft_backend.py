@@ -18,6 +18,7 @@ from torch import nn
 
 from peftbench.methods.base import (
     METHOD_KINDS,
+    SELECT_FROM_ATTR,
     STEP_HOOK_ATTR,
     MethodContext,
     MethodNotApplicable,
@@ -33,6 +34,24 @@ _PREPENDS_TOKENS = {"PROMPT_TUNING", "P_TUNING"}
 #: (two BERT stacks, model type "encoder-decoder"): the self-attention query and value of both
 #: stacks, peft's BERT default; the new cross-attention is a head module and trains whole.
 _DEFAULT_TARGETS = {"encoder-decoder": r".*(?<!cross)attention\.self\.(query|value)"}
+#: (IA)^3 targets per BERT-like model type: (target_modules, feedforward_modules), regexes that
+#: peft full-matches against module names. Liu et al. 2022 rescale the keys, the values and
+#: the feed-forward's intermediate activation: l_k (d), l_v (d) and l_ff (d_ff, the input of
+#: the FFN's second linear), d + d + d_ff per layer (2,304 on MiniLM-L6: 384 + 384 + 1536).
+#: peft's own BERT default ("key", "value", "output.dense") also matches
+#: ``attention.output.dense`` by suffix and rescales its input too (d more per layer).
+_BERT_IA3 = (
+    r".*layer\.\d+\.(attention\.self\.(key|value)|output\.dense)",
+    r".*layer\.\d+\.output\.dense",
+)
+_IA3_TARGETS = {
+    "bert": _BERT_IA3,
+    "roberta": _BERT_IA3,
+    "xlm-roberta": _BERT_IA3,
+    # both BERT stacks of a warm-started encoder-decoder; the new cross-attention (a head
+    # module) trains whole, so it is not rescaled
+    "encoder-decoder": _BERT_IA3,
+}
 
 
 def peft_args(cfg: Any, ctx: MethodContext) -> dict:
@@ -41,8 +60,16 @@ def peft_args(cfg: Any, ctx: MethodContext) -> dict:
     args = {k: v for k, v in args.items() if v is not None}  # null = peft's own default
     args["task_type"] = ctx.peft_task_type
     targets_modules = args["peft_type"] not in _PREPENDS_TOKENS | {"PREFIX_TUNING"}
-    if targets_modules and "target_modules" not in args and ctx.model_type in _DEFAULT_TARGETS:
-        args["target_modules"] = _DEFAULT_TARGETS[ctx.model_type]
+    if targets_modules and "target_modules" not in args:
+        if args["peft_type"] == "IA3" and ctx.model_type in _IA3_TARGETS:
+            if "feedforward_modules" in args:
+                raise MethodNotApplicable(
+                    f"method {cfg.name!r}: feedforward_modules is set but target_modules is "
+                    "not; set both (peft needs the feed-forward ones among the targets)"
+                )
+            args["target_modules"], args["feedforward_modules"] = _IA3_TARGETS[ctx.model_type]
+        elif ctx.model_type in _DEFAULT_TARGETS:
+            args["target_modules"] = _DEFAULT_TARGETS[ctx.model_type]
     if ctx.head_modules:
         args["modules_to_save"] = sorted(
             set(args.get("modules_to_save") or []) | set(ctx.head_modules)
@@ -67,6 +94,18 @@ def adalora_schedule(cfg: Any, ctx: MethodContext) -> dict:
     tinit = math.floor(float(cfg.schedule.tinit_frac) * steps)
     tfinal = math.floor(float(cfg.schedule.tfinal_frac) * steps)
     return {"total_step": steps, "tinit": tinit, "tfinal": tfinal}
+
+
+def adalora_final_step(args: dict) -> int:
+    """The first 1-based step after which AdaLoRA holds its final budget (``target_r``).
+
+    The loop calls the hook with the 0-based step, and peft masks to the final rank pattern
+    at 0-based step ``total_step - tfinal``, i.e. after 1-based step ``total_step - tfinal +
+    1``. With ``tfinal = 0`` that step never comes (the cubic schedule ends just above the
+    target at the last step); the last step is then the only one the schedule finishes at.
+    """
+    total, tfinal = int(args["total_step"]), int(args["tfinal"])
+    return min(total, total - tfinal + 1)
 
 
 def align_virtual_tokens(model: nn.Module, n_virtual: int) -> None:
@@ -135,6 +174,7 @@ def peft_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     if args["peft_type"] == "ADALORA":
         # peft: call after optimizer.step() and before zero_grad(), with the step index.
         setattr(wrapped, STEP_HOOK_ATTR, wrapped.base_model.update_and_allocate)
+        setattr(wrapped, SELECT_FROM_ATTR, adalora_final_step(args))
     if ctx.peft_task_type == "TOKEN_CLS" and args["peft_type"] in _PREPENDS_TOKENS:
         align_virtual_tokens(wrapped, int(args["num_virtual_tokens"]))
     return wrapped
