@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> dict | float:
 
 
 if __name__ == "__main__":
-    from peftbench.config import ConfigError, check_command_line, exit_with
+    from peftbench.config import ConfigError, exit_with
+    from peftbench.precheck import check_command_line
 
     try:  # every job of the sweep, before Hydra starts or torch is imported
         check_command_line(sys.argv[1:], conf_dir=Path(__file__).resolve().parent / "conf")

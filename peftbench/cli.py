@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peftbench import assets
-from peftbench.config import ConfigError, check_command_line
+from peftbench.config import ConfigError
+from peftbench.precheck import check_command_line
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
 

@@ -1,13 +1,9 @@
 """Validates a composed config before anything is loaded: one line per problem, exit code 2.
 
-Two entry points:
-
-- :func:`validate` checks one composed config against a small schema (types, ranges) and the
-  combinations that cannot work. ``experiment.run`` calls it first, so a programmatic caller
-  gets a :class:`ConfigError` before any data or model is read.
-- :func:`check_command_line` is what ``run.py`` calls before Hydra starts: it parses the
-  overrides with Hydra's own grammar, expands a ``-m`` sweep into its jobs, composes each job's
-  config and validates it, so a typo in job 287 of a sweep costs a second, not a day.
+:func:`validate` checks one composed config against a small schema (types, ranges) and the
+combinations that cannot work. ``experiment.run`` calls it first, so a programmatic caller
+gets a :class:`ConfigError` before any data or model is read; the command-line pre-check
+(:mod:`peftbench.precheck`) calls it for every job of a sweep before Hydra starts.
 
 This module must stay light (no torch, transformers or pandas imports): the whole check runs in
 well under the 5 seconds the command line promises.
@@ -20,7 +16,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +39,7 @@ MODEL_FAMILIES = ("encoder", "decoder", "encoder_decoder")
 OPEN_PREFIXES = ("hydra.", "method.peft.")
 OPTIONAL_KEYS = ("method.budget_pct", "method.requires", "task.label_words")
 #: Hydra flags that print something instead of running jobs: nothing to validate.
-_INFO_FLAGS = ("help", "hydra_help", "version", "cfg", "info", "shell_completion")
+INFO_FLAGS = ("help", "hydra_help", "version", "cfg", "info", "shell_completion")
 
 
 class ConfigError(ValueError):
@@ -209,17 +205,17 @@ METHOD_ARG_RULES: dict[str, Rule] = {
 }
 
 
-def _walk(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def walk(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Yields (dotted path, leaf value) for every leaf of a nested mapping."""
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            yield from _walk(value, f"{path}.")
+            yield from walk(value, f"{path}.")
         else:
             yield path, value
 
 
-def _lookup(tree: Mapping, path: str, default: Any = None) -> Any:
+def lookup(tree: Mapping, path: str, default: Any = None) -> Any:
     node: Any = tree
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -228,15 +224,15 @@ def _lookup(tree: Mapping, path: str, default: Any = None) -> Any:
     return node
 
 
-_ABSENT = object()
+ABSENT = object()
 
 
 def _check_rules(cfg: Mapping) -> None:
     for path, rule in SCHEMA.items():
-        value = _lookup(cfg, path, _ABSENT)
-        if value is not _ABSENT:
+        value = lookup(cfg, path, ABSENT)
+        if value is not ABSENT:
             _raise_if(path, rule, value)
-    for path, value in _walk(cfg.get("method") or {}, "method."):
+    for path, value in walk(cfg.get("method") or {}, "method."):
         leaf = path.rsplit(".", 1)[-1]
         rule = METHOD_ARG_RULES.get(leaf)
         if rule is None and leaf.endswith("dropout"):
@@ -255,7 +251,7 @@ def _raise_if(path: str, rule: Rule, value: Any) -> None:
 
 
 def _check_split(cfg: Mapping) -> None:
-    fractions = _lookup(cfg, "task.split.fractions")
+    fractions = lookup(cfg, "task.split.fractions")
     if fractions is None:
         return
     names = {"train", "dev", "test"}
@@ -270,14 +266,14 @@ def _check_split(cfg: Mapping) -> None:
 
 
 def _check_task(cfg: Mapping) -> None:
-    metrics = _lookup(cfg, "task.metrics")
-    primary = _lookup(cfg, "task.primary_metric")
+    metrics = lookup(cfg, "task.metrics")
+    primary = lookup(cfg, "task.primary_metric")
     if metrics is not None and primary is not None and primary not in list(metrics):
         raise ConfigError(
             f"task.primary_metric {primary!r} is not among task.metrics {list(metrics)}",
             f"set task.primary_metric to one of {', '.join(map(str, metrics))}",
         )
-    words, labels = _lookup(cfg, "task.label_words"), _lookup(cfg, "task.labels")
+    words, labels = lookup(cfg, "task.label_words"), lookup(cfg, "task.labels")
     if words is not None and labels is not None:
         words, labels = list(words), list(labels)
         if len(words) != len(labels) or len(set(words)) < len(words):
@@ -290,13 +286,13 @@ def _check_task(cfg: Mapping) -> None:
 
 
 def _check_model_source(cfg: Mapping) -> None:
-    source = _lookup(cfg, "model.source")
+    source = lookup(cfg, "model.source")
     if source is None:
         return
     given = [k for k in ("asset", "hub_id", "path") if source.get(k)]
     if not given:
         raise ConfigError(
-            f"model {_lookup(cfg, 'model.name')!r} has no weights source",
+            f"model {lookup(cfg, 'model.name')!r} has no weights source",
             "set one of model.source.asset, model.source.hub_id (+ revision), model.source.path",
         )
     if len(given) > 1:
@@ -309,7 +305,7 @@ def _check_model_source(cfg: Mapping) -> None:
             f"model.source.hub_id {source['hub_id']!r} has no pinned revision",
             "set model.source.revision=<commit sha> so the run can be reproduced",
         )
-    if _lookup(cfg, "model.weights") == "synthetic":
+    if lookup(cfg, "model.weights") == "synthetic":
         _check_architecture(cfg)
     elif given == ["path"]:
         _check_model_folder(Path(str(source["path"])), source.get("gguf_file"))
@@ -317,10 +313,10 @@ def _check_model_source(cfg: Mapping) -> None:
 
 def _check_architecture(cfg: Mapping) -> None:
     """Synthetic weights are built from ``model.architecture``: it must name a model type."""
-    architecture = _lookup(cfg, "model.architecture")
+    architecture = lookup(cfg, "model.architecture")
     if not isinstance(architecture, Mapping) or not architecture.get("model_type"):
         raise ConfigError(
-            f"model {_lookup(cfg, 'model.name')!r} has synthetic weights but no "
+            f"model {lookup(cfg, 'model.name')!r} has synthetic weights but no "
             "model.architecture.model_type to build them from",
             "add architecture: {model_type: llama, ...} to the model YAML "
             "(see conf/model/llama-1b-synthetic.yaml)",
@@ -347,18 +343,18 @@ def _check_model_folder(folder: Path, gguf_file: str | None = None) -> None:
 
 
 def _check_family(cfg: Mapping) -> None:
-    kind, family = _lookup(cfg, "task.kind"), _lookup(cfg, "model.family")
+    kind, family = lookup(cfg, "task.kind"), lookup(cfg, "model.family")
     allowed = TASK_KIND_FAMILIES.get(str(kind))
     if allowed is not None and family is not None and family not in allowed:
         raise ConfigError(
-            f"task {_lookup(cfg, 'task.name')!r} (kind {kind}) cannot use model "
-            f"{_lookup(cfg, 'model.name')!r}: it is an {family} model",
+            f"task {lookup(cfg, 'task.name')!r} (kind {kind}) cannot use model "
+            f"{lookup(cfg, 'model.name')!r}: it is an {family} model",
             f"choose a model whose family is {' or '.join(allowed)}",
         )
-    if kind in (_lookup(cfg, "model.unsupported_task_kinds") or ()):
+    if kind in (lookup(cfg, "model.unsupported_task_kinds") or ()):
         raise ConfigError(
-            f"model {_lookup(cfg, 'model.name')!r} has no {kind} head in transformers "
-            f"(model.unsupported_task_kinds), so task {_lookup(cfg, 'task.name')!r} cannot use it",
+            f"model {lookup(cfg, 'model.name')!r} has no {kind} head in transformers "
+            f"(model.unsupported_task_kinds), so task {lookup(cfg, 'task.name')!r} cannot use it",
             "choose another model or a task of another kind",
         )
 
@@ -374,20 +370,20 @@ def _check_warm_start(cfg: Mapping) -> None:
     EncoderDecoderConfig has none) and BERT's decoder would take the prefix for its position
     offset, so those methods are refused here rather than failing in the run.
     """
-    if not _lookup(cfg, "model.warm_start"):
+    if not lookup(cfg, "model.warm_start"):
         return
-    model, kind = _lookup(cfg, "model.name"), _lookup(cfg, "task.kind")
+    model, kind = lookup(cfg, "model.name"), lookup(cfg, "task.kind")
     if kind not in ("translation", "summarization"):
         raise ConfigError(
             f"model {model!r} is a warm-started encoder-decoder for generation, but task "
-            f"{_lookup(cfg, 'task.name')!r} is {kind}",
+            f"{lookup(cfg, 'task.name')!r} is {kind}",
             "use it for translation, or choose an encoder model such as model=minilm-l6",
         )
-    peft_types = {v for p, v in _walk(cfg.get("method") or {}) if p.endswith("peft_type")}
+    peft_types = {v for p, v in walk(cfg.get("method") or {}) if p.endswith("peft_type")}
     prompt_learning = sorted(peft_types & set(_PROMPT_LEARNING))
     if prompt_learning:
         raise ConfigError(
-            f"method {_lookup(cfg, 'method.name')!r} ({prompt_learning[0]}) cannot run on model "
+            f"method {lookup(cfg, 'method.name')!r} ({prompt_learning[0]}) cannot run on model "
             f"{model!r}: peft's prompt learning needs a single-stack config, and a "
             "warm-started encoder-decoder has two BERT stacks",
             "choose a method that edits weights, e.g. method=lora or method=adapter",
@@ -405,14 +401,14 @@ def _check_head(cfg: Mapping) -> None:
     A warm-started encoder-decoder is the exception: what it creates new (cross-attention,
     the LM head's transform) counts as its head, so the probe trains that.
     """
-    if _lookup(cfg, "method.kind") != "linear" or _lookup(cfg, "model.warm_start"):
+    if lookup(cfg, "method.kind") != "linear" or lookup(cfg, "model.warm_start"):
         return
-    kind, family = _lookup(cfg, "task.kind"), _lookup(cfg, "model.family")
+    kind, family = lookup(cfg, "task.kind"), lookup(cfg, "model.family")
     if kind in _TEXT_OUTPUT_KINDS or (kind in _TEXT_TO_TEXT_KINDS and family == "encoder_decoder"):
         how = "generates its output" if kind in _TEXT_OUTPUT_KINDS else "classifies text-to-text"
         raise ConfigError(
-            f"method {_lookup(cfg, 'method.name')!r} trains only a task head, but model "
-            f"{_lookup(cfg, 'model.name')!r} {how} on task {_lookup(cfg, 'task.name')!r} "
+            f"method {lookup(cfg, 'method.name')!r} trains only a task head, but model "
+            f"{lookup(cfg, 'model.name')!r} {how} on task {lookup(cfg, 'task.name')!r} "
             "with its LM head, so there is none",
             "choose another method, e.g. method=lora",
         )
@@ -420,9 +416,9 @@ def _check_head(cfg: Mapping) -> None:
 
 def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
     """A method's ``requires:`` list (cuda, biases) against the device and the model."""
-    requires = list(_lookup(cfg, "method.requires") or [])
-    method = _lookup(cfg, "method.name")
-    device = str(_lookup(cfg, "device", "auto"))
+    requires = list(lookup(cfg, "method.requires") or [])
+    method = lookup(cfg, "method.name")
+    device = str(lookup(cfg, "device", "auto"))
     if "cuda" in requires:
         no_cuda = device in ("cpu", "mps") or (device == "auto" and cuda_available is False)
         if no_cuda:
@@ -431,9 +427,9 @@ def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
                 f"{device if device != 'auto' else 'cpu (no CUDA device found)'}",
                 "run it on a machine with a GPU, or choose another method",
             )
-    if "biases" in requires and _lookup(cfg, "model.biases") is False:
+    if "biases" in requires and lookup(cfg, "model.biases") is False:
         raise ConfigError(
-            f"method {method!r} trains bias terms but model {_lookup(cfg, 'model.name')!r} "
+            f"method {method!r} trains bias terms but model {lookup(cfg, 'model.name')!r} "
             "has none (model.biases: false)",
             "choose a model with biases or another method",
         )
@@ -441,7 +437,7 @@ def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
 
 def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
     """A CUDA device that this machine does not have (None: not known, not checked)."""
-    device = str(_lookup(cfg, "device", "auto"))
+    device = str(lookup(cfg, "device", "auto"))
     if cuda_devices is None or not device.startswith("cuda"):
         return
     index = int(device.split(":", 1)[1]) if ":" in device else 0
@@ -455,7 +451,7 @@ def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
 
 def _check_results_dir(cfg: Mapping) -> None:
     """``results_dir`` must be a folder this process can create or write into."""
-    value = _lookup(cfg, "results_dir")
+    value = lookup(cfg, "results_dir")
     if not isinstance(value, str) or not value:
         return
     path = Path(value).expanduser()
@@ -506,7 +502,7 @@ def validate(
     _check_results_dir(cfg)
 
 
-# --------------------------------------------------------------------------- the command line
+# --------------------------------------------------------------------------- suggestions
 
 
 def closest(name: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str | None:
@@ -521,218 +517,6 @@ def closest(name: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str | Non
     """
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
     return close[0] if close else None
-
-
-def _group_options(conf_dir: Path) -> dict[str, list[str]]:
-    groups = {}
-    for folder in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"):
-        groups[folder.name] = sorted(p.stem for p in folder.glob("*.yaml"))
-    return groups
-
-
-def _check_group_choices(overrides: list[Any], groups: dict[str, list[str]]) -> None:
-    for override in overrides:
-        key = override.key_or_group
-        if key not in groups or override.is_delete():
-            continue
-        values = (
-            list(override.sweep_string_iterator())
-            if override.is_sweep_override()
-            else [override.value()]
-        )
-        for value in values:
-            if str(value) not in groups[key]:
-                near = closest(value, groups[key], cutoff=0.5)
-                hint = f"did you mean {near}? " if near else ""
-                raise ConfigError(
-                    f"unknown {key} {value!r}", f"{hint}valid: {', '.join(groups[key])}"
-                )
-
-
-def _parse(overrides: list[str]) -> list[Any]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as error:
-        bad = next((o for o in overrides if "=" not in o.lstrip("~")), None)
-        what = f"cannot parse override {bad!r}" if bad else "cannot parse the overrides"
-        raise ConfigError(
-            f"{what}: {str(error).splitlines()[0]}",
-            "write key=value, e.g. method=lora train.batch_size=32",
-        ) from None
-
-
-def _jobs(parsed: list[Any], multirun: bool) -> list[list[str]]:
-    """The override list of every job Hydra will launch (the basic sweeper's expansion)."""
-    sweeps = [o for o in parsed if o.is_sweep_override()]
-    if sweeps and not multirun:
-        raise ConfigError(
-            f"{sweeps[0].input_line} lists several values but -m is missing",
-            "add -m (multirun) to run one job per value",
-        )
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    parsed = [_interval_bounds(o) for o in parsed]
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def _interval_bounds(override: Any) -> Any:
-    """An Optuna search range, ``interval(a, b)``, as the choice ``a,b``: both ends checked.
-
-    The basic sweeper cannot expand a range it would sample from; its two ends are the
-    extreme values the Optuna sweeper may try, so validating them catches e.g. a negative lr.
-    """
-    if not override.is_interval_sweep():
-        return override
-    interval = override.value()
-    key = override.input_line.split("=", 1)[0]
-    return _parse([f"{key}={interval.start},{interval.end}"])[0]
-
-
-def _preset_sweeps(parsed: list[Any], conf_dir: Path, config_name: str) -> list[Any]:
-    """The sweep an experiment preset declares in ``hydra.sweeper.params``, as overrides.
-
-    Hydra's sweepers put these before the command line's overrides (which win on the same
-    key), so they are checked the same way. Empty when the config does not compose: the
-    per-job check then reports why.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
-        params = cfg.hydra.sweeper.get("params") or {}
-    except Exception:  # Hydra and OmegaConf raise many types; _check_job names the problem
-        return []
-    finally:
-        GlobalHydra.instance().clear()
-    return _parse([f"{key}={value}" for key, value in params.items()])
-
-
-def _unknown_key(key: str, base: Mapping) -> ConfigError:
-    parent, _, leaf = key.rpartition(".")
-    siblings = _lookup(base, parent) if parent else base
-    names = [str(k) for k in siblings] if isinstance(siblings, Mapping) else []
-    near = closest(leaf, names)
-    if near is not None:
-        near = f"{parent}.{near}" if parent else near
-    else:  # a key put in the wrong group: train.lr is method.lr
-        paths = [p for p, _ in _walk(base) if not p.startswith("hydra.")]
-        leaves = {p.rsplit(".", 1)[-1]: p for p in reversed(paths)}
-        near = leaves.get(closest(leaf, leaves, cutoff=0.75))
-    hint = f"did you mean {near}? " if near else ""
-    where = f"under {parent}" if parent else "at the top level"
-    return ConfigError(
-        f"unknown key {key!r}",
-        f"{hint}valid keys {where}: {', '.join(sorted(names)) or 'none'}",
-    )
-
-
-def _check_added_keys(
-    job: list[str], compose: Callable[[list[str]], Any], groups: Collection[str] = ()
-) -> None:
-    """Rejects ``+key=value`` for a key no YAML defines, outside the open namespaces.
-
-    ``+experiment=<preset>`` adds a config group (its choice is checked against the folder),
-    and ``+hydra/...`` one of Hydra's: neither is a key.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(job)
-    added = [o for o in parsed if o.is_add() or o.is_force_add()]
-    if not added:
-        return
-    base = None
-    for override in added:
-        key = override.key_or_group
-        if key.startswith(OPEN_PREFIXES) or key in OPTIONAL_KEYS or key in groups or "/" in key:
-            continue
-        if base is None:
-            kept = [o.input_line for o in parsed if not (o.is_add() or o.is_force_add())]
-            base = OmegaConf.to_container(compose(kept), resolve=False)
-        if _lookup(base, key, _ABSENT) is _ABSENT:
-            raise _unknown_key(key, base)
-
-
-def _composition_error(error: Exception, job: list[str], compose: Callable) -> ConfigError:
-    """Turns Hydra's multi-line composition error into one line."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
-
-    cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-        cause = cause.__cause__ or cause.__context__
-    key = getattr(cause, "full_key", None)
-    if key:
-        try:
-            base = OmegaConf.to_container(compose([]), resolve=False)
-        except Exception:  # the defaults themselves are broken: fall through to the text
-            base = None
-        if base is not None:
-            return _unknown_key(str(key), base)
-    first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), repr(error))
-    return ConfigError(f"the config cannot be composed: {first}", f"check: {' '.join(job)}")
-
-
-def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "config") -> None:
-    """Validates every job a ``run.py`` command line would launch, without running any.
-
-    Args:
-        argv: the arguments after the script name (Hydra flags and overrides).
-        conf_dir: the primary config folder (``conf/`` next to run.py).
-        config_name: the primary config's name, unless ``--config-name`` says otherwise.
-
-    Raises:
-        ConfigError: the first problem found.
-    """
-    from hydra._internal.utils import get_args_parser
-
-    args = get_args_parser().parse_args(argv)
-    if any(getattr(args, flag, None) for flag in _INFO_FLAGS) or args.experimental_rerun:
-        return  # Hydra prints help or config; nothing runs
-    if args.config_dir:
-        return  # an extra search path: each job is still validated by experiment.run
-    if args.config_path:
-        conf_dir = (Path(sys.argv[0]).resolve().parent / args.config_path).resolve()
-    config_name = args.config_name or config_name
-    parsed = _parse(list(args.overrides))
-    parsed = _preset_sweeps(parsed, conf_dir, config_name) + parsed
-    groups = _group_options(conf_dir)
-    _check_group_choices(parsed, groups)
-    checked: set[tuple[str, ...]] = set()
-    for job in _jobs(parsed, bool(args.multirun)):
-        # Jobs that differ only in the seed compose alike: compose one, check each seed's value.
-        others = tuple(o for o in job if not o.startswith("seed="))
-        if others in checked:
-            seeds = _parse([o for o in job if o.startswith("seed=")])
-            if seeds:
-                validate({"seed": seeds[0].value()})
-            continue  # the same job listed twice (method=lora,lora) runs once, then skips
-        checked.add(others)
-        _check_job(job, conf_dir, config_name, groups)
-
-
-def _check_job(job: list[str], conf_dir: Path, config_name: str, groups: Collection[str]) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    def composer(overrides: list[str]) -> Any:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
-
-    try:
-        cfg = composer(job)
-    except Exception as error:  # Hydra and OmegaConf raise many types; all mean "bad input"
-        raise _composition_error(error, job, composer) from None
-    finally:
-        GlobalHydra.instance().clear()
-    _check_added_keys(job, composer, groups)
-    validate(cfg)
 
 
 @contextmanager

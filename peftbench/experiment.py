@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -157,23 +159,7 @@ def run(cfg: Any) -> dict:
         experiment=experiment,
         results_dir=results_dir,
     )
-    try:
-        on_cpu = experiment["recipe"]["device"] == "cpu"
-        with stop_on_signals(), capped_memory(bool(cfg.get("memory_guard")) and on_cpu):
-            record.update(_execute(cfg, run_id, tracker, task))
-        record["status"] = "success"
-    except Exception as error:  # a failed run is data; the sweep goes on
-        record.update(_failure(error, cfg))
-        log.error("%s: %s: %s", run_id, record["status"].upper(), record["error"])
-        if not distributed.is_main():
-            raise  # torchrun then stops rank 0, which would wait for this rank forever
-    except Interrupted as stop:  # the scheduler or the user ends the sweep: say where it was
-        record.update(_interruption(stop))
-        _finish(record, results_dir, tracker)
-        print(f"peftbench: {run_id}: {record['error']}", file=sys.stderr, flush=True)
-        raise SystemExit(stop.exit_code) from None
-    finally:
-        parallel.release_gpu()  # the next run of this worker process may take another
+    _attempt(cfg, task, record, tracker)
     path = _finish(record, results_dir, tracker)
     if record["status"] == "success" and not cfg.train.get("keep_checkpoints"):
         remove_checkpoint(results_dir, run_id)  # the record now holds everything
@@ -184,6 +170,31 @@ def run(cfg: Any) -> dict:
         "primary": record.get("metrics", {}).get("primary"),
         "dev": record.get("metrics", {}).get("dev"),  # at the selected step: what tuning ranks
     }
+
+
+def _attempt(cfg: Any, task: Any, record: dict, tracker: Any) -> None:
+    """Runs the cell into ``record``: success, or the failure as data (the sweep goes on).
+
+    A stop signal writes the record as ``interrupted`` and ends the process (and its sweep).
+    """
+    run_id = record["run_id"]
+    try:
+        on_cpu = record["experiment"]["recipe"]["device"] == "cpu"
+        with stop_on_signals(), capped_memory(bool(cfg.get("memory_guard")) and on_cpu):
+            record.update(_execute(cfg, run_id, tracker, task))
+        record["status"] = "success"
+    except Exception as error:
+        record.update(_failure(error, cfg))
+        log.error("%s: %s: %s", run_id, record["status"].upper(), record["error"])
+        if not distributed.is_main():
+            raise  # torchrun then stops rank 0, which would wait for this rank forever
+    except Interrupted as stop:  # the scheduler or the user ends the sweep: say where it was
+        record.update(_interruption(stop))
+        _finish(record, Path(cfg.results_dir), tracker)
+        print(f"peftbench: {run_id}: {record['error']}", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    finally:
+        parallel.release_gpu()  # the next run of this worker process may take another
 
 
 def _prepare(cfg: Any) -> Any:
@@ -472,12 +483,63 @@ def _first_batches(loader: DataLoader, device: torch.device, n: int) -> list[dic
     return batches
 
 
+@dataclass
+class SetUp:
+    """Stage 1: the model with its method applied, on its device, and the data loaders."""
+
+    device: torch.device
+    model: torch.nn.Module
+    backbone: Any  # peftbench.models.Backbone: tokenizer, head modules, source, weights
+    loaders: dict[str, DataLoader]
+    data_facts: dict
+    budget: dict | None  # method.budget_pct: requested, reached, knob and its value
+    autocast_dtype: torch.dtype | None
+    base_params: int
+    head_params: int
+    seconds: float
+    parts_s: dict[str, float]  # load, data (tokenize or cache), budget search, method
+    memory: PhasedPeakMemory
+    fresh_process: bool
+
+
+@dataclass
+class Fit:
+    """Stage 2: training with dev selection, and what it was measured by."""
+
+    result: Any  # peftbench.train.TrainResult
+    history: list[dict]
+    timer: StepTimer
+    eval_clock: EvalClock
+    checkpoint: Checkpointer
+    log_row: Callable[[dict], None]
+
+
+@dataclass
+class Measures:
+    """Stage 4: parameters, artifact size, FLOPs, memory and inference speed."""
+
+    trainable: int
+    total: int
+    artifact_bytes: int
+    compute: dict
+    peak_memory: dict
+    inference: dict | None
+
+
 def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
-    from peftbench.methods import MethodContext, apply_method, save_trainable
-    from peftbench.methods.base import count_trainable, is_head_param, step_hook
+    """The cell's stages: set up, fit, evaluate on test once, measure, then the record."""
+    setup = _set_up(cfg, task)
+    fit = _fit(cfg, run_id, tracker, task, setup)
+    test = _evaluate_test(task, setup, fit)
+    measures = _measure(cfg, setup, fit)
+    return _record_sections(task, setup, fit, test, measures)
+
+
+def _set_up(cfg: Any, task: Any) -> SetUp:
+    from peftbench.methods import MethodContext, apply_method
     from peftbench.methods.budget import fit_budget
     from peftbench.models import load_backbone
-    from peftbench.train import evaluate, total_steps, train
+    from peftbench.train import total_steps
 
     device = pick_device(cfg.device)
     distributed.init(device)
@@ -486,34 +548,21 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         torch.set_num_threads(threads)
     seed_everything(int(cfg.seed))
     ensure_idle(device)  # a leak from the previous job of this process would skew this one
-    runs_before = _runs_before()
+    fresh_process = _runs_before() == 0
     memory = PhasedPeakMemory(device, "setup")  # set-up, training and evaluation apart
-    setup_start = time.perf_counter()
-    setup_parts: dict[str, float] = {}
-
-    def setup_part(name: str, since: float) -> float:
-        now = time.perf_counter()
-        setup_parts[name] = now - since
-        return now
+    clock = _PartClock()
 
     backbone = load_backbone(cfg.model, task)
-    mark = setup_part("load_s", setup_start)
-    base_params = _count(backbone.model)
-    head_params = sum(  # head modules may sit deep inside (an encoder-decoder's cross-attention)
-        p.numel()
-        for name, p in backbone.model.named_parameters()
-        if is_head_param(name, backbone.head_modules)
-    )
-    cache_dir = cache_root() / "tokenized" if cfg.data_cache else None
+    clock.part("load_s")
     loaders, data_facts = _loaders(
         task,
         backbone.tokenizer,
         cfg.train,
         seed=int(cfg.seed),
-        cache_dir=cache_dir,
+        cache_dir=cache_root() / "tokenized" if cfg.data_cache else None,
         pin_memory=device.type == "cuda",
     )
-    mark = setup_part("data_s", mark)
+    clock.part("data_s")
     context = MethodContext(
         head_modules=backbone.head_modules,
         peft_task_type=task.peft_task_type,
@@ -521,27 +570,60 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         calibration_batches=partial(_first_batches, loaders["train"], device),
         total_steps=total_steps(cfg.train, len(loaders["train"])),
     )
+    base_params, head_params = _count(backbone.model), _head_count(backbone)
     method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
-    mark = setup_part("budget_s", mark)
+    clock.part("budget_s")
     # a method's calibration (fisher_mask's per-example gradients) runs here: set-up time
     model = apply_method(backbone.model, method_cfg, context).to(device)
     autocast_dtype = _accelerate(model, device, cfg.train)
-    setup_part("method_s", mark)
-    setup_time = time.perf_counter() - setup_start
-
+    clock.part("method_s")
     memory.switch("train")
+    return SetUp(
+        device, model, backbone, loaders, data_facts, budget, autocast_dtype, base_params,
+        head_params, clock.total(), clock.parts, memory, fresh_process,
+    )  # fmt: skip
+
+
+class _PartClock:
+    """Seconds of each named part of the set-up, one after another."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def part(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts[name], self.mark = now - self.mark, now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _head_count(backbone: Any) -> int:
+    """Parameters of the task head, which may sit deep inside (a decoder's cross-attention)."""
+    from peftbench.methods.base import is_head_param
+
+    return sum(
+        p.numel()
+        for name, p in backbone.model.named_parameters()
+        if is_head_param(name, backbone.head_modules)
+    )
+
+
+def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
+    from peftbench.methods.base import step_hook
+    from peftbench.train import train
 
     history: list[dict] = []
-
-    timer = StepTimer(int(cfg.train.warmup_steps_excluded), device)
-    eval_clock = EvalClock(memory)  # evaluations book their memory to the eval phase
+    timer = StepTimer(int(cfg.train.warmup_steps_excluded), setup.device)
+    eval_clock = EvalClock(setup.memory)  # evaluations book their memory to the eval phase
 
     def log_row(row: dict) -> None:
         if "train/loss" in row:  # the loop logs the loss; instrumentation adds its readings
             row = {
                 **row,
                 "train/step_time_s": timer.durations[-1],
-                "train/peak_rss_bytes": memory.read("train")["rss"],
+                "train/peak_rss_bytes": setup.memory.read("train")["rss"],
             }
         history.append(row)
         tracker.log(row)
@@ -550,82 +632,87 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
         cfg, run_id, {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
     )
     result = train(
-        distributed.wrap(model, device),  # gradients averaged across ranks under torchrun
-        train_loader=loaders["train"],
-        dev_loader=loaders["dev"],
+        distributed.wrap(setup.model, setup.device),  # gradients averaged across ranks
+        train_loader=setup.loaders["train"],
+        dev_loader=setup.loaders["dev"],
         task=task,
         cfg=cfg.train,
         lr=float(cfg.method.lr),
-        device=device,
+        device=setup.device,
         timer=timer,
         eval_clock=eval_clock,
         log=log_row,
         description=run_id,
-        step_hook=step_hook(model),
-        autocast_dtype=autocast_dtype,
+        step_hook=step_hook(setup.model),
+        autocast_dtype=setup.autocast_dtype,
         # one process's state; a data-parallel run's ranks would each need theirs
         checkpoint=checkpoint if distributed.world_size() == 1 else None,
     )
-    train_time = result.train_s  # evaluation and checkpoint saving excluded
-    with eval_clock.measure():
-        test = evaluate(model, loaders["test"], task, device, autocast_dtype)
-    log_row({"step": result.steps, **{f"test/{k}": v for k, v in test.items()}})
+    return Fit(result, history, timer, eval_clock, checkpoint, log_row)
+
+
+def _evaluate_test(task: Any, setup: SetUp, fit: Fit) -> dict:
+    """Stage 3: the test split, once, at the dev-selected step."""
+    from peftbench.train import evaluate
+
+    with fit.eval_clock.measure():
+        test = evaluate(
+            setup.model, setup.loaders["test"], task, setup.device, setup.autocast_dtype
+        )
+    fit.log_row({"step": fit.result.steps, **{f"test/{k}": v for k, v in test.items()}})
+    return test
+
+
+def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
+    from peftbench.methods import save_trainable
+    from peftbench.methods.base import count_trainable
+
+    model, device = setup.model, setup.device
     # After training, so the counted step can change nothing the run measures or learns
     # (and a fault at step k stays at step k); its memory is neither phase's.
-    with memory.phase("flop_count"):
-        counted = _count_flops(model, loaders["train"], device, autocast_dtype)
-
+    with setup.memory.phase("flop_count"):
+        counted = _count_flops(model, setup.loaders["train"], device, setup.autocast_dtype)
     trainable, total = _count(model, trainable_only=True), _count(model)
-    if budget is not None:  # what the sized method really trains, head excluded
-        reached = count_trainable(model, backbone.head_modules)[0]
-        budget["reached_pct"] = 100.0 * reached / budget["base"]
+    if setup.budget is not None:  # what the sized method really trains, head excluded
+        reached = count_trainable(model, setup.backbone.head_modules)[0]
+        setup.budget["reached_pct"] = 100.0 * reached / setup.budget["base"]
     with tempfile.TemporaryDirectory() as tmp:
         artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
     # per phase, before the inference measurements; the top level is training's peak
-    peak_memory = {**memory.summary(), "fresh_process": runs_before == 0}
-    compute = _compute_cost(model, timer, trainable, device, cfg.instrument, counted)
+    peak_memory = {**setup.memory.summary(), "fresh_process": setup.fresh_process}
+    compute = _compute_cost(model, fit.timer, trainable, device, cfg.instrument, counted)
     inference = (
-        _inference_cost(model, loaders["test"], device)
+        _inference_cost(model, setup.loaders["test"], device)
         if cfg.instrument.inference and distributed.is_main()  # rank 0 records; others skip
         else None
     )
+    return Measures(trainable, total, artifact_bytes, compute, peak_memory, inference)
+
+
+def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Measures) -> dict:
+    """Stage 5: the record's sections from the stages' results (record.py writes it)."""
     return {
-        "env": {**env_info(device), "distributed": distributed.info()},
+        "env": {**env_info(setup.device), "distributed": distributed.info()},
         "data": {
             "source": str(task.cfg.source.get("file") or task.cfg.source),
             "asset": task.cfg.source.get("asset"),
             "synthetic": bool(getattr(task, "synthetic", False)),  # generated ids, no corpus
             "fingerprint": task.fingerprint,
             "n": {split: len(rows) for split, rows in task.splits.items()},
-            **data_facts,
+            **setup.data_facts,
         },
-        "model_source": {"source": backbone.source, "weights": backbone.weights},
+        "model_source": {"source": setup.backbone.source, "weights": setup.backbone.weights},
         "params": {
-            "base": base_params,
-            "total": total,
-            "trainable": trainable,
-            "trainable_pct": 100.0 * trainable / base_params,
-            "head": head_params,
-            "head_modules": backbone.head_modules,
-            "artifact_bytes": artifact_bytes,
-            "budget": budget,  # method.budget_pct: requested, reached, knob and its value
+            "base": setup.base_params,
+            "total": measures.total,
+            "trainable": measures.trainable,
+            "trainable_pct": 100.0 * measures.trainable / setup.base_params,
+            "head": setup.head_params,
+            "head_modules": setup.backbone.head_modules,
+            "artifact_bytes": measures.artifact_bytes,
+            "budget": setup.budget,  # method.budget_pct: requested, reached, knob and value
         },
-        "cost": {
-            "setup_time_s": setup_time,
-            # load, data (tokenize or cache), budget search, method (with its calibration)
-            "setup_parts_s": setup_parts,
-            "train_time_s": train_time,
-            "eval_time_s": eval_clock.seconds,
-            # peak memory covers the resumed process only; times and counts the whole run
-            "checkpoint": {
-                "every_steps": checkpoint.every,
-                "resumed_from_step": checkpoint.resumed_from,
-            },
-            **timer.summary(),
-            **compute,
-            "peak_mem_bytes": peak_memory,
-            "inference": inference,
-        },
+        "cost": _cost_section(setup, fit, measures),
         "metrics": {
             "primary": {
                 "name": task.primary_metric,
@@ -633,9 +720,28 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
                 "value": test[task.primary_metric],
                 "higher_is_better": task.higher_is_better,
             },
-            "dev": result.best_dev,
+            "dev": fit.result.best_dev,
             "test": test,
-            "selected_step": result.best_step,
+            "selected_step": fit.result.best_step,
         },
-        "history": history,
+        "history": fit.history,
+    }
+
+
+def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:
+    return {
+        "setup_time_s": setup.seconds,
+        # load, data (tokenize or cache), budget search, method (with its calibration)
+        "setup_parts_s": setup.parts_s,
+        "train_time_s": fit.result.train_s,  # evaluation and checkpoint saving excluded
+        "eval_time_s": fit.eval_clock.seconds,
+        # peak memory covers the resumed process only; times and counts the whole run
+        "checkpoint": {
+            "every_steps": fit.checkpoint.every,
+            "resumed_from_step": fit.checkpoint.resumed_from,
+        },
+        **fit.timer.summary(),
+        **measures.compute,
+        "peak_mem_bytes": measures.peak_memory,
+        "inference": measures.inference,
     }

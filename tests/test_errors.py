@@ -2,7 +2,7 @@
 
 Each case is one mistake on the tiny model and corpus. Every case is checked in-process through
 the path ``python run.py`` takes: config mistakes through the pre-check
-(``peftbench.config.check_command_line``, which must not import torch), data and asset mistakes
+(``peftbench.precheck.check_command_line``, which must not import torch), data and asset mistakes
 through ``experiment.run``, which must raise before a record is written. A handful of cases
 (``SUBPROCESS``) also run ``python run.py`` as a user would, to pin the exit-code contract: exit
 code 2, one stderr line ``peftbench: error: <problem>; <fix>``, no record.
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.config import PREFIX, ConfigError, check_command_line, one_line
+from peftbench.config import PREFIX, ConfigError, one_line
+from peftbench.precheck import check_command_line
 from tests.conftest import ROOT, tiny_overrides
 
 DOC = ROOT / "docs" / "ERRORS.md"
@@ -390,8 +391,8 @@ _VALID_LIST = re.compile(
 
 def _known_lists() -> dict[str, str]:
     """The lists of valid names a message may end with -> what the doc shows instead."""
-    from peftbench.config import _group_options
     from peftbench.methods import METHOD_KINDS
+    from peftbench.precheck import _group_options
     from tasks.metrics import METRICS
     from tasks.readers import READERS
 
@@ -473,7 +474,7 @@ def test_errors_doc_is_generated_from_these_cases(messages):
 
 def test_the_doc_quotes_no_list_that_grows_with_a_new_method():
     """Adding a method YAML must not make docs/ERRORS.md stale: its rows name no method list."""
-    from peftbench.config import _group_options
+    from peftbench.precheck import _group_options
 
     text = DOC.read_text(encoding="utf-8")
     for group, names in _group_options(CONF).items():

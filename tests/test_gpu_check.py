@@ -271,7 +271,7 @@ def test_the_gpu_cost_preset_runs_the_cells_the_cost_table_runs(tmp_path):
     from pathlib import Path as P
 
     from peftbench.bench import compose
-    from peftbench.config import check_command_line
+    from peftbench.precheck import check_command_line
 
     check_command_line(["-m", "+experiment=gpu-cost"], ROOT / "conf")
     preset = compose(["+experiment=gpu-cost", "method=lora"])

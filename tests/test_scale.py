@@ -16,7 +16,8 @@ import pytest
 
 from peftbench import distributed, parallel
 from peftbench.callbacks import sweep_size
-from peftbench.config import ConfigError, check_command_line
+from peftbench.config import ConfigError
+from peftbench.precheck import check_command_line
 from peftbench.record import records_dir
 from peftbench.tune import best_params, flow, objective, search_space
 from tests.conftest import ROOT, tiny_overrides
