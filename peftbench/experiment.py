@@ -443,28 +443,20 @@ def _count_flops(
     return {**counted, "seconds": time.perf_counter() - start}
 
 
-def _inference_cost(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict:
-    """Forward latency on the test split as trained and, where the method can merge, merged.
+def _inference_cost(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, method_cfg: Any
+) -> dict:
+    """Forward latency on the test split as trained and, where the method merges, merged.
 
-    Measured last: merging rewrites the model in place.
+    Whether it merges is the method YAML's ``mergeable`` (one place, also what the merge
+    tests check). Measured last: merging rewrites the model in place.
     """
+    from peftbench.methods.base import merge
+
     result = {"unmerged": inference_speed(model, loader, device), "merged": None}
-    merged = _merged(model)
-    if merged is not None:
-        result["merged"] = inference_speed(merged, loader, device)
+    if method_cfg.get("mergeable", False):
+        result["merged"] = inference_speed(merge(model, method_cfg), loader, device)
     return result
-
-
-def _merged(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The model with its adapter weights folded in, or None if the method cannot merge."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
-        return None
-    try:
-        return model.merge_and_unload()
-    except (AttributeError, NotImplementedError, ValueError):
-        return None  # a peft tuner without merge support
 
 
 def _first_batches(loader: DataLoader, device: torch.device, n: int) -> list[dict]:
@@ -682,7 +674,7 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
     peak_memory = {**setup.memory.summary(), "fresh_process": setup.fresh_process}
     compute = _compute_cost(model, fit.timer, trainable, device, cfg.instrument, counted)
     inference = (
-        _inference_cost(model, setup.loaders["test"], device)
+        _inference_cost(model, setup.loaders["test"], device, cfg.method)
         if cfg.instrument.inference and distributed.is_main()  # rank 0 records; others skip
         else None
     )
