@@ -14,7 +14,6 @@ import json
 import statistics
 import tempfile
 import time
-from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -184,23 +183,16 @@ def _split_overrides(overrides: list[str], method: str) -> list[str]:
 
 def _build(cfg: Any, device: torch.device):
     """The run's set-up, as ``experiment._execute`` does it: backbone, data, method."""
-    from peftbench.experiment import _accelerate, _first_batches, _loaders, seed_everything
-    from peftbench.methods import MethodContext, apply_method
+    from peftbench.experiment import _accelerate, _loaders, method_context, seed_everything
+    from peftbench.methods import apply_method
     from peftbench.models import load_backbone
-    from peftbench.train import total_steps
     from tasks import build_task
 
     seed_everything(int(cfg.seed))
     task = build_task(cfg.task)
     backbone = load_backbone(cfg.model, task)
     loaders, _ = _loaders(task, backbone.tokenizer, cfg.train, seed=int(cfg.seed), cache_dir=None)
-    context = MethodContext(
-        head_modules=backbone.head_modules,
-        peft_task_type=task.peft_task_type,
-        model_type=backbone.model.config.model_type,
-        calibration_batches=partial(_first_batches, loaders["train"], device),
-        total_steps=total_steps(cfg.train, len(loaders["train"])),
-    )
+    context = method_context(backbone, task, loaders["train"], cfg.train, device)
     model = apply_method(backbone.model.to(device), cfg.method, context).to(device)
     dtype = _accelerate(model, device, cfg.train)
     return model, loaders["train"], dtype

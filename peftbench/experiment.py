@@ -528,10 +528,9 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
 
 
 def _set_up(cfg: Any, task: Any) -> SetUp:
-    from peftbench.methods import MethodContext, apply_method
+    from peftbench.methods import apply_method
     from peftbench.methods.budget import fit_budget
     from peftbench.models import load_backbone
-    from peftbench.train import total_steps
 
     device = pick_device(cfg.device)
     distributed.init(device)
@@ -555,13 +554,7 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
         pin_memory=device.type == "cuda",
     )
     clock.part("data_s")
-    context = MethodContext(
-        head_modules=backbone.head_modules,
-        peft_task_type=task.peft_task_type,
-        model_type=backbone.model.config.model_type,
-        calibration_batches=partial(_first_batches, loaders["train"], device),
-        total_steps=total_steps(cfg.train, len(loaders["train"])),
-    )
+    context = method_context(backbone, task, loaders["train"], cfg.train, device)
     base_params, head_params = _count(backbone.model), _head_count(backbone)
     method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
     clock.part("budget_s")
@@ -574,6 +567,22 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
         device, model, backbone, loaders, data_facts, budget, autocast_dtype, base_params,
         head_params, clock.total(), clock.parts, memory, fresh_process,
     )  # fmt: skip
+
+
+def method_context(
+    backbone: Any, task: Any, train_loader: DataLoader, train_cfg: Any, device: torch.device
+) -> Any:
+    """What a method is told about the backbone, the task and the run it is applied to."""
+    from peftbench.methods import MethodContext
+    from peftbench.train import total_steps
+
+    return MethodContext(
+        head_modules=backbone.head_modules,
+        peft_task_type=task.peft_task_type,
+        model_type=backbone.model.config.model_type,
+        calibration_batches=partial(_first_batches, train_loader, device),
+        total_steps=total_steps(train_cfg, len(train_loader)),
+    )
 
 
 class _PartClock:
