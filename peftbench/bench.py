@@ -52,7 +52,13 @@ def harness_run(cfg: Any) -> dict:
 
 def bare_run(cfg: Any) -> dict:
     """(b) The same work in a minimal loop: load, wrap, AdamW + linear schedule, no extras."""
-    from peftbench.experiment import _accelerate, _loaders, pick_device, seed_everything
+    from peftbench.experiment import (
+        _accelerate,
+        _loaders,
+        effective_lr,
+        pick_device,
+        seed_everything,
+    )
     from peftbench.instrument import PeakMemory
     from peftbench.methods import MethodContext, apply_method
     from peftbench.models import load_backbone
@@ -76,7 +82,7 @@ def bare_run(cfg: Any) -> dict:
     loaders, _ = _loaders(task, backbone.tokenizer, cfg.train, seed=int(cfg.seed), cache_dir=None)
     steps, warmup = int(cfg.train.max_steps), int(cfg.train.warmup_steps_excluded)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(cfg.method.lr), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=effective_lr(cfg.method), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
     model.train()
     durations = []

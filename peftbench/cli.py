@@ -7,6 +7,8 @@
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
     peftbench bench overhead|methods [KEY=VALUE..]   costs of the harness / of every method
+    peftbench benchmark select --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
+                                          lr scale per cell on dev, then the final seeds
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -69,7 +71,56 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_reproduce_command(commands)
     _add_bench_command(commands)
     _add_tune_command(commands)
+    _add_benchmark_command(commands)
     return parser
+
+
+def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser(
+        "benchmark", help="the offline benchmark's stages (docs/benchmarks/README.md)"
+    )
+    sub = group.add_subparsers(title="benchmark stages", metavar="STAGE")
+    group.set_defaults(handler=lambda _args: _print_help(group))
+    select = sub.add_parser(
+        "select",
+        help="pick each cell's lr scale on dev (seed 0), write selection.md/json, run the "
+        "remaining seeds of each choice",
+    )
+    select.add_argument(
+        "--results", type=Path, required=True,
+        help="the benchmark folder, e.g. docs/benchmarks/offline-2026-12-02 (grid/ in it)",
+    )  # fmt: skip
+    select.add_argument("--seeds", default="0,1,2", help="seeds of the final runs (0: the grid's)")
+    select.add_argument("--tasks", default=None, help="run the finals of these tasks only (a,b)")
+    select.add_argument("--grid", type=Path, default=None, help="default: <results>/grid")
+    select.add_argument("--final", type=Path, default=None, help="default: <results>/final")
+    select.add_argument("--dry-run", action="store_true", help="write the selection, print the "
+                        "commands, copy and train nothing")  # fmt: skip
+    select.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="added to every final command, e.g. hydra/launcher=parallel train.threads=auto",
+    )  # fmt: skip
+    select.set_defaults(handler=_cmd_benchmark_select)
+
+
+def _cmd_benchmark_select(args: argparse.Namespace) -> int:
+    from peftbench.benchmark import select_flow  # lazy: pandas, hydra
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise _UserError(f"--seeds must be integers like 0,1,2, got {args.seeds!r}") from None
+    if not seeds:
+        raise _UserError("--seeds is empty; give e.g. --seeds 0,1,2")
+    return select_flow(
+        args.results,
+        seeds=seeds,
+        overrides=list(args.overrides),
+        tasks=args.tasks.split(",") if args.tasks else None,
+        grid_dir=args.grid,
+        final_dir=args.final,
+        dry_run=args.dry_run,
+    )
 
 
 def _add_tune_command(commands: argparse._SubParsersAction) -> None:

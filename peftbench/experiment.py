@@ -101,6 +101,7 @@ def experiment_info(cfg: Any, config: dict) -> dict:
         "method_version": int(cfg.method.get("version") or 1),  # bumped where scores move
         "seed": int(cfg.seed),
         "budget_pct": budget,
+        "lr": effective_lr(cfg.method),  # what the optimizer got: method.lr * method.lr_scale
         # analysis keeps synthetic (random-weight) runs out of every quality table
         "weights": str(cfg.model.get("weights") or "pretrained"),
         "sweep_id": str(config["sweep_id"]),  # redacted, as all of config: wandb's group
@@ -108,6 +109,15 @@ def experiment_info(cfg: Any, config: dict) -> dict:
         "recipe_hash": recipe_hash(values),
         "recipe": values,
     }
+
+
+def effective_lr(method: Any) -> float:
+    """The learning rate the optimizer gets: ``method.lr * method.lr_scale``.
+
+    ``lr_scale`` (default 1) is the knob of an lr grid equal for every method (each method's
+    cited lr times the same factors); a config without it trains at ``method.lr``.
+    """
+    return float(method.lr) * float(method.get("lr_scale", 1.0))
 
 
 def _device_kind(name: str) -> str:
@@ -263,7 +273,10 @@ def _failure(error: Exception, cfg: Any) -> dict:
         )
     elif isinstance(error, FloatingPointError):
         status = "diverged"
-        message += f"; lower method.lr (now {cfg.method.lr}) or train.max_grad_norm"
+        message += (
+            f"; lower method.lr (now {cfg.method.lr}, x lr_scale {cfg.method.get('lr_scale', 1)})"
+            " or train.max_grad_norm"
+        )
     return {
         "status": status,
         "error": message,
@@ -638,7 +651,7 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
         dev_loader=setup.loaders["dev"],
         task=task,
         cfg=cfg.train,
-        lr=float(cfg.method.lr),
+        lr=effective_lr(cfg.method),
         device=setup.device,
         timer=timer,
         eval_clock=eval_clock,

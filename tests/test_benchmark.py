@@ -1,0 +1,248 @@
+"""The offline benchmark's tooling: method.lr_scale, wnut16's recipe, the grid preset and
+``peftbench benchmark select`` (dev-only choice of each cell's scale, then the final seeds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from peftbench import benchmark
+from peftbench.cli import main
+from peftbench.config import ConfigError, check_command_line, validate
+from peftbench.record import records_dir
+from tests.conftest import ROOT, tiny_overrides
+
+# ----------------------------------------------------------------------------- lr_scale
+
+
+def _first_lr(record: dict) -> float:
+    return next(row["train/lr"] for row in record["history"] if "train/lr" in row)
+
+
+def test_lr_scale_multiplies_the_optimizer_lr_is_recorded_and_is_a_new_run(compose, tmp_path):
+    from peftbench.experiment import effective_lr, run
+
+    paths = {}
+    for scale in ("1", "3"):
+        cfg = compose("method=lora", "method.lr=1e-3", f"method.lr_scale={scale}")
+        assert effective_lr(cfg.method) == pytest.approx(1e-3 * float(scale))
+        paths[scale] = run(cfg)
+    one, three = (json.loads(Path(paths[s]["path"]).read_text()) for s in ("1", "3"))
+    assert paths["1"]["run_id"] != paths["3"]["run_id"]  # another lr, another recipe
+    assert three["experiment"]["recipe"]["method.lr_scale"] == 3
+    assert one["experiment"]["lr"] == pytest.approx(1e-3)
+    assert three["experiment"]["lr"] == pytest.approx(3e-3)
+    assert _first_lr(three) == pytest.approx(3 * _first_lr(one))  # what AdamW really used
+
+
+def test_lr_scale_defaults_to_1_for_every_method_and_must_be_positive(compose):
+    for method in ("full", "lora", "prefix", "adapter"):
+        assert compose(f"method={method}").method.lr_scale == 1.0
+    with pytest.raises(ConfigError, match=r"method.lr_scale must be a number > 0"):
+        validate(compose("method.lr_scale=0"))
+
+
+# ----------------------------------------------------------------------------- wnut16, preset
+
+
+def test_wnut16_trains_10_epochs_by_default_and_the_command_line_still_wins(compose):
+    assert compose("task=wnut16").train.epochs == 10
+    assert compose("task=polarity").train.epochs == 2  # every other task: the shared 2
+    assert compose("task=hedge").train.epochs == 2
+    assert compose("task=wnut16", "train.epochs=3").train.epochs == 3
+
+
+def test_the_benchmark_preset_composes_with_21_methods_3_task_kinds_and_one_grid(compose):
+    preset = OmegaConf.load(ROOT / "conf" / "experiment" / "offline-benchmark.yaml")
+    params = preset.hydra.sweeper.params
+    methods, tasks = params.method.split(","), params.task.split(",")
+    assert len(set(methods)) == 21 and "qlora" not in methods  # qlora needs CUDA
+    kinds = {compose(f"task={t}").task.kind for t in tasks}
+    names = {compose(f"task={t}").task.name for t in tasks}
+    assert names == {"polarity", "hedge", "wnut16"}
+    assert kinds == {"classification", "token_classification"}
+    assert len(tasks) == 3  # sentiment, hedge cues, NER: three kinds of problem
+    assert benchmark.preset_scales() == [0.3, 1.0, 3.0]
+    assert str(params.seed) == "0"
+    # every job of one task at one scale composes and validates (the 21 methods)
+    argv = ["-m", "+experiment=offline-benchmark", "task=wnut16", "method.lr_scale=3"]
+    check_command_line([*argv, "results_dir=/tmp/bench/grid"], conf_dir=ROOT / "conf")
+    with pytest.raises(ConfigError, match="unknown method"):  # the check does look at them
+        check_command_line([*argv, "method=lora,lorra"], conf_dir=ROOT / "conf")
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _record(grid: Path, method: str, scale: float, dev: float | None, test: float, **extra):
+    """A minimal grid record: dev and test at the selected step, or a failure (dev None)."""
+    status = extra.pop("status", "success" if dev is not None else "diverged")
+    run_id = f"polarity--tiny--{method}--s0--h{int(scale * 10):03d}"
+    recipe = {"method.name": method, "method.lr": 1e-3, "method.lr_scale": scale}
+    record = {
+        "schema_version": 2,
+        "run_id": run_id,
+        "status": status,
+        "error": None if status == "success" else "FloatingPointError: loss is nan",
+        "created_at": "2026-12-02T10:00:00+00:00",
+        "experiment": {
+            "task": "polarity",
+            "model": "tiny",
+            "method": method,
+            "seed": 0,
+            "weights": "pretrained",
+            "lr": 1e-3 * scale,
+            "recipe_hash": f"h{int(scale * 10):03d}",
+            "recipe": recipe,
+            "overrides": [f"method={method}", f"method.lr_scale={scale:g}", "seed=0"],
+        },
+        "metrics": {
+            "primary": {
+                "name": "accuracy",
+                "split": "test",
+                "value": test,
+                "higher_is_better": True,
+            },
+            "dev": {"accuracy": dev},
+            "test": {"accuracy": test},
+            "selected_step": 4,
+        }
+        if status == "success"
+        else {},
+        **extra,
+    }
+    folder = records_dir(grid)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{run_id}__20261202T100000000000Z__{status}.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_select_picks_the_best_dev_scale_never_test_and_reports_failed_cells(tmp_path):
+    grid = tmp_path / "grid"
+    # lora: test would pick x3; dev says x0.3
+    _record(grid, "lora", 0.3, dev=0.80, test=0.60)
+    _record(grid, "lora", 1.0, dev=0.70, test=0.70)
+    _record(grid, "lora", 3.0, dev=0.75, test=0.99)
+    # prefix: x0.3 and x3 tie on dev with x1 lower; nearest 1 on a log scale is x3
+    _record(grid, "prefix", 0.3, dev=0.6, test=0.5)
+    _record(grid, "prefix", 1.0, dev=0.5, test=0.9)
+    _record(grid, "prefix", 3.0, dev=0.6, test=0.5)
+    # adapter: diverged everywhere
+    for scale in (0.3, 1.0, 3.0):
+        _record(grid, "adapter", scale, dev=None, test=0.0)
+    # ia3: x3 never ran
+    _record(grid, "ia3", 0.3, dev=0.9, test=0.9)
+    _record(grid, "ia3", 1.0, dev=0.9, test=0.9)
+
+    cells = {c.method: c for c in benchmark.select_cells(grid, [0.3, 1, 3])}
+    assert cells["lora"].chosen.lr_scale == 0.3
+    assert cells["prefix"].chosen.lr_scale == 3.0
+    assert cells["adapter"].status == "failed" and cells["adapter"].chosen is None
+    assert [p.status for p in cells["adapter"].grid] == ["diverged"] * 3
+    assert cells["ia3"].status == "incomplete" and cells["ia3"].missing_scales == [3.0]
+
+
+def test_a_tie_at_equal_distance_goes_to_the_smaller_scale_and_lower_is_better_works():
+    point = benchmark.GridPoint
+    points = [point(s, f"r{s}", "success", s, 1.0, None, "h", "p") for s in (0.5, 1.0, 2.0)]
+    points[1].dev = 0.9
+    assert benchmark.choose(points, higher_is_better=True).lr_scale == 0.5  # 0.5 vs 2: tie
+    assert benchmark.choose(points, higher_is_better=False).lr_scale == 1.0  # lowest dev
+
+
+def test_select_refuses_a_grid_that_varies_more_than_the_scale(tmp_path):
+    grid = tmp_path / "grid"
+    _record(grid, "lora", 1.0, dev=0.8, test=0.6)
+    other = _record(grid, "lora", 3.0, dev=0.8, test=0.6)
+    record = json.loads(other.read_text())
+    record["experiment"]["recipe"]["train.epochs"] = 5
+    other.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"differ in more than method.lr_scale \(train.epochs\)"):
+        benchmark.select_cells(grid, [1, 3])
+
+
+def test_select_dry_run_writes_the_selection_and_copies_nothing(tmp_path, capsys, monkeypatch):
+    checked = []  # fixture records have made-up recipes: the end-to-end test checks for real
+    monkeypatch.setattr(benchmark, "check_recipes", checked.extend)
+    results = tmp_path / "bench"
+    for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7)):
+        _record(results / "grid", "lora", scale, dev=dev, test=0.1)
+    for scale in (0.3, 1.0, 3.0):
+        _record(results / "grid", "adapter", scale, dev=None, test=0.0)
+    code = main(["benchmark", "select", "--results", str(results), "--dry-run", "--seeds", "0,1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert [c.cells[0].method for c in checked] == ["lora"]  # each final command is checked
+    assert "adapter: FAILED" in printed
+    selection = json.loads((results / "selection.json").read_text())
+    lora = next(c for c in selection["cells"] if c["method"] == "lora")
+    assert lora["chosen"]["lr_scale"] == 1.0
+    assert [p["dev"] for p in lora["grid"]] == [0.5, 0.9, 0.7]
+    [line] = selection["commands"]
+    assert "method=lora" in line and "seed=1" in line and "method.lr_scale=1" in line
+    assert "seed=0" not in line and "adapter" not in line
+    markdown = (results / "selection.md").read_text()
+    assert "| lora | tiny | 0.5000 | **0.9000** | 0.7000 | x1 |" in markdown
+    assert "Failed at every scale" in markdown and "adapter--s0" in markdown
+    assert not (results / "final").exists()  # a dry run copies and trains nothing
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _run_py(*argv: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _log_scale(record: dict) -> float:
+    return math.log(record["experiment"]["recipe"]["method.lr_scale"])
+
+
+def _success(folder: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sorted(records_dir(folder).glob("*.json"))]
+    return [r for r in records if r["status"] == "success"]
+
+
+def test_grid_then_select_trains_the_remaining_seeds_of_the_dev_best_scale(
+    tiny_bert_dir, tmp_path, capsys
+):
+    results = tmp_path / "bench"
+    grid = tiny_overrides(tiny_bert_dir, results / "grid", "method=lora")
+    _run_py("run.py", "-m", "method.lr_scale=0.3,1,3", "seed=0", *grid)
+    runs = _success(results / "grid")
+    assert sorted(r["experiment"]["recipe"]["method.lr_scale"] for r in runs) == [0.3, 1, 3]
+    best = max(runs, key=lambda r: (r["metrics"]["dev"]["accuracy"], -abs(_log_scale(r))))
+
+    command = ["-m", "peftbench.cli", "benchmark", "select", "--results", str(results)]
+    dry = _run_py(*command, "--dry-run")
+    scale = f"method.lr_scale={best['experiment']['recipe']['method.lr_scale']:g}"
+    [line] = [ln for ln in dry.splitlines() if ln.startswith("[select] python run.py -m")]
+    assert scale in line and "seed=1,2" in line and f"results_dir={results / 'final'}" in line
+
+    # a final recipe that is not the grid's (here another step count) is refused, by key
+    assert main([*command[2:], "train.max_steps=3"]) == 2
+    assert "differs in: train.max_steps" in capsys.readouterr().err
+    assert not (results / "final").exists()
+
+    _run_py(*command)  # copies seed 0 of the choice, trains seeds 1 and 2
+    final = _success(results / "final")
+    assert sorted(r["experiment"]["seed"] for r in final) == [0, 1, 2]
+    assert {r["experiment"]["recipe_hash"] for r in final} == {best["experiment"]["recipe_hash"]}
+    assert next(r for r in final if r["experiment"]["seed"] == 0)["run_id"] == best["run_id"]
+
+    again = _run_py(*command)  # resumable: nothing left to train
+    assert again.count("already done, skipping") == 2
+    assert len(_success(results / "final")) == 3
