@@ -12,7 +12,7 @@ import torch
 
 from peftbench.registry import Registry
 from tasks import metrics as metric_lib
-from tasks.splits import SPLITS, grouped_split, stratified_split
+from tasks.splits import SPLITS, grouped_split, nested_subset, stratified_split, train_size_count
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")
 
@@ -60,6 +60,8 @@ class Task:
     stratify_key: ClassVar[str | None] = None
     #: The model's tokenizer, set when the model is loaded (generative kinds decode with it).
     tokenizer: Any = None
+    #: The run's seed: picks the training subset of ``task.train_size`` (``build_task``).
+    seed: int = 0
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -79,7 +81,7 @@ class Task:
         return list(self.cfg.text_fields)
 
     @cached_property
-    def splits(self) -> dict[str, list[dict]]:
+    def full_splits(self) -> dict[str, list[dict]]:
         """The train/dev/test examples, deterministic for a given task version.
 
         A pre-split source keeps its splits; otherwise ``split.by`` (a row field) keeps each
@@ -89,6 +91,40 @@ class Task:
         splits = data if isinstance(data, dict) else self._split(data)
         self._check_splits(splits)
         return {name: splits[name] for name in SPLITS}
+
+    @cached_property
+    def splits(self) -> dict[str, list[dict]]:
+        """The splits a run uses: :attr:`full_splits`, train cut to ``task.train_size``.
+
+        Dev and test are never touched. The subset is stratified (:meth:`train_stratum`),
+        nested across sizes and fixed per seed (``tasks.splits.nested_subset``); a size
+        above the train split keeps it whole here and is refused by the experiment.
+        """
+        full = self.full_splits
+        requested = self.cfg.get("train_size")
+        if requested is None:
+            return full
+        size = train_size_count(requested, len(full["train"]))
+        train = nested_subset(
+            full["train"],
+            size,
+            seed=self.seed,
+            salt=str(self.cfg.split.salt),
+            text_key=self.split_text_key,
+            stratum=self.train_stratum,
+        )
+        return {**full, "train": train}
+
+    def train_stratum(self, row: dict) -> object:
+        """The stratum of a training row for ``task.train_size``: its label, or one for all."""
+        return row.get(self.stratify_key) if self.stratify_key else None
+
+    def train_size_facts(self) -> dict:
+        """The record's ``data`` fields of ``task.train_size``: what was asked, from how many."""
+        return {
+            "train_size_requested": self.cfg.get("train_size"),
+            "n_train_full": len(self.full_splits["train"]),
+        }
 
     def _split(self, rows: list[dict]) -> dict[str, list[dict]]:
         split = self.cfg.split
@@ -182,6 +218,8 @@ class Task:
         return metric_lib.compute(self.metric_names, preds, refs)
 
 
-def build_task(cfg: Any) -> Task:
-    """Instantiates the task kind named by ``cfg.kind``."""
-    return TASK_KINDS.get(cfg.kind)(cfg)
+def build_task(cfg: Any, seed: int = 0) -> Task:
+    """Instantiates the task kind named by ``cfg.kind``; ``seed`` picks a train subset."""
+    task = TASK_KINDS.get(cfg.kind)(cfg)
+    task.seed = int(seed)
+    return task
