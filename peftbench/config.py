@@ -201,6 +201,7 @@ SCHEMA: dict[str, Rule] = {
         "400",
         True,
     ),
+    "task.metric_impl": _one_of("builtin", "evaluate"),
     "tracker.name": _NON_EMPTY_STR,
     "tracker.mode": _one_of("offline", "online", "disabled"),
 }

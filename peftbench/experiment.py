@@ -212,6 +212,7 @@ def _prepare(cfg: Any) -> Any:
         if name not in valid:
             raise ConfigError(f"unknown {what} {name!r} ({key})", f"valid: {', '.join(valid)}")
     task = build_task(cfg.task, seed=int(cfg.seed))
+    task.load_metrics()  # task.metric_impl=evaluate: loaded (network) or refused, before a model
     empty = [split for split, rows in task.splits.items() if not rows]
     if empty:
         total = sum(len(rows) for rows in task.splits.values())
@@ -579,6 +580,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
             "dev": result.best_dev,
             "test": test,
             "selected_step": result.best_step,
+            "implementation": task.metric_implementation,  # builtin, or the evaluate metric
         },
         "history": history,
     }

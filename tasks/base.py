@@ -214,8 +214,37 @@ class Task:
     def higher_is_better(self) -> bool:
         return metric_lib.METRICS[self.primary_metric].higher_is_better
 
+    @property
+    def metric_impl(self) -> str:
+        return str(self.cfg.get("metric_impl") or metric_lib.BUILTIN)
+
+    @cached_property
+    def hub_metric(self) -> metric_lib.HubMetric | None:
+        """``task.metric_impl=evaluate``: the Hub metric (loaded once; needs network)."""
+        if self.metric_impl != metric_lib.EVALUATE:
+            return None
+        return metric_lib.load_hub_metric(self.name, self.cfg.get("evaluate"), self.metric_names)
+
+    def load_metrics(self) -> None:
+        """Loads ``task.metric_impl=evaluate``'s Hub metric now, or raises its ConfigError."""
+        _ = self.hub_metric
+
+    @property
+    def metric_implementation(self) -> dict[str, str]:
+        """Which implementation scores each metric: ``builtin`` or the Hub metric's source."""
+        hub = self.hub_metric
+        return {
+            name: hub.source if hub and name in hub.keys else metric_lib.BUILTIN
+            for name in self.metric_names
+        }
+
     def compute_metrics(self, preds: Sequence, refs: Sequence) -> dict[str, float]:
-        return metric_lib.compute(self.metric_names, preds, refs)
+        hub = self.hub_metric
+        own = [name for name in self.metric_names if not hub or name not in hub.keys]
+        scores = metric_lib.compute(own, preds, refs)
+        if hub:
+            scores.update(hub.compute(preds, refs))
+        return {name: scores[name] for name in self.metric_names}
 
 
 def build_task(cfg: Any, seed: int = 0) -> Task:
