@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -142,3 +143,71 @@ def test_the_low_resource_preset_sweeps_sizes_methods_and_seeds():
     assert cfg.task.name == "polarity" and params["task.train_size"] == "100,400,1600"
     assert params.seed == "0,1,2"
     assert sweep_size([f"{k}={v}" for k, v in params.items()]) == 3 * 4 * 3
+
+
+# ------------------------------------------------------------------------------ the report view
+
+FIXTURE = Path(__file__).parent / "fixtures" / "records" / "2026-11-23_11-00-00"
+# method -> train_size -> (n_train, score per seed 0, 1, 2)
+LOW_RESOURCE = {
+    "lora": {100: (100, [0.60, 0.62, 0.64]), 400: (400, [0.70, 0.71, 0.72]), None: (3200, [0.80])},
+    "full": {100: (100, [0.50, 0.56, 0.62]), 400: (400, [0.75, 0.75, 0.75])},
+}
+
+
+def _low_resource_records(results: Path) -> None:
+    base = json.loads((FIXTURE / "polarity--minilm-l6--lora--s0.json").read_text())
+    for method, sizes in LOW_RESOURCE.items():
+        for size, (n_train, scores) in sizes.items():
+            for seed, score in enumerate(scores):
+                values = {"method.name": method, "method.lr": 1e-3, "harness_version": 2}
+                if size is not None:
+                    values["task.train_size"] = size
+                hash_ = recipe_hash(values)
+                run = f"polarity--minilm-l6--{method}--s{seed}--{hash_}"
+                record = json.loads(json.dumps(base))
+                record.update(schema_version=2, run_id=run)
+                record["experiment"].update(
+                    method=method, seed=seed, recipe=values, recipe_hash=hash_
+                )
+                record["data"].update(train_size_requested=size, n={"train": n_train})
+                record["metrics"]["primary"]["value"] = score
+                (results / f"{run}.json").write_text(json.dumps(record))
+
+
+def test_the_report_draws_score_against_training_size_per_method(tmp_path):
+    from analysis.plots import train_size_curves
+    from analysis.records import load_records, quality_runs
+    from analysis.report import build_report
+
+    results = tmp_path / "results"
+    results.mkdir()
+    _low_resource_records(results)
+    curves = train_size_curves(quality_runs(load_records(results)))
+    points = {(c, n): (m, lo, hi) for c, n, m, lo, hi in curves[
+        ["curve", "n_train", "mean", "ci_low", "ci_high"]].itertuples(index=False)}  # fmt: skip
+    assert set(points) == {("lora", 100), ("lora", 400), ("lora", 3200), ("full", 100),
+                           ("full", 400)}  # fmt: skip
+    # by hand: lora at 100 = 0.62 -/+ t(0.975, 2) * 0.02 / sqrt(3) = 0.62 -/+ 0.049683
+    mean, low, high = points[("lora", 100)]
+    assert mean == pytest.approx(0.62) and low == pytest.approx(0.570317, abs=1e-6)
+    assert high == pytest.approx(0.669683, abs=1e-6)
+    assert points[("full", 400)] == pytest.approx((0.75, 0.75, 0.75))  # no spread
+    assert points[("lora", 3200)][0] == 0.80 and math.isnan(points[("lora", 3200)][1])
+    written = {p.name for p in build_report(results)}
+    assert {"score_vs_train_size.png", "score_vs_train_size.svg"} <= written
+    table = (results / "report" / "comparison.md").read_text()
+    assert "lora (train_size=100)" in table and "full (train_size=400)" in table
+    assert "Score vs training examples" in (results / "report" / "report.html").read_text()
+
+
+def test_no_training_size_plot_when_every_run_used_one_size(tmp_path):
+    from analysis.report import build_report
+
+    results = tmp_path / "results"
+    results.mkdir()
+    _low_resource_records(results)
+    for path in results.glob("*.json"):
+        if json.loads(path.read_text())["data"]["train_size_requested"] != 400:
+            path.unlink()
+    assert not [p for p in build_report(results) if p.stem == "score_vs_train_size"]
