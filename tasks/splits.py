@@ -7,6 +7,9 @@ label keeps the class balance of every split equal to the corpus's.
 
 ``grouped_split`` keeps whole groups (e.g. the books of the Bible) in one split, for corpora
 whose examples near-duplicate each other within a group.
+
+``nested_subset`` cuts the train split to ``task.train_size`` afterwards (dev and test are
+untouched): stratified, nested across sizes and drawn per seed.
 """
 
 from __future__ import annotations
