@@ -6,7 +6,8 @@ display needed, so plotting works the same on a headless cluster node and in tes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,98 @@ def _draw_frontier(ax: Axes, x: np.ndarray, y: np.ndarray, *, higher_is_better: 
     fx, fy = np.append(fx, x.max()), np.append(fy, fy[-1])
     ax.step(fx, fy, where="post", linestyle="--", color="0.5", lw=1, label="Pareto frontier")
     ax.legend(fontsize=7, loc="best")
+
+
+TRAIN_SIZE_STEM = "score_vs_train_size"
+_TRAIN_SIZE_KEY = "task.train_size"
+
+
+def train_size_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Seed aggregates per (task, model, method, training size), for the low-resource plot.
+
+    A method's runs at several ``task.train_size`` values form one curve: its label is the
+    recipe label computed without ``task.train_size`` (``lora``, or ``lora (lr=0.001)`` when
+    other recipes of lora differ). x is the number of training examples the runs really used
+    (``data.n.train``), so a fraction and the whole split sit at their counts.
+
+    Args:
+        runs: Quality runs (``records.quality_runs``) with ``n_train`` recorded.
+
+    Returns:
+        One row per point: task, model, curve, n_train, and the :class:`stats.Summary`
+        fields of the primary score over seeds (the interval the comparison table shows).
+        Empty when no (task, model) has runs at two or more training sizes.
+    """
+    from analysis.records import recipe_labels
+    from analysis.stats import summarize
+
+    runs = runs[runs["n_train"].notna()]
+    if runs.empty:
+        return pd.DataFrame()
+    sizes = runs.groupby(["task", "model"])["n_train"].nunique()
+    runs = runs.set_index(["task", "model"]).loc[sizes[sizes > 1].index].reset_index()
+    if runs.empty:
+        return pd.DataFrame()
+    recipes = [{k: v for k, v in r.items() if k != _TRAIN_SIZE_KEY} for r in runs["recipe"]]
+    stripped = runs.assign(
+        recipe=recipes,
+        recipe_hash=[json.dumps(r, sort_keys=True, default=str) for r in recipes],
+    )
+    runs = runs.assign(curve=recipe_labels(stripped))
+    rows = []
+    for (task, model, curve, n), group in runs.groupby(["task", "model", "curve", "n_train"]):
+        summary = summarize(group["primary_value"].to_numpy(dtype=float))
+        rows.append(
+            {"task": task, "model": model, "curve": curve, "n_train": int(n), **asdict(summary)}
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_score_vs_train_size(runs: pd.DataFrame, agg: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Writes ``score_vs_train_size.{png,svg}`` when runs differ in training size.
+
+    One panel per (model, task) that has runs at two or more training sizes; a line per
+    method through its mean score at each size (log x), error bars the 95% interval of the
+    mean over seeds, as in the comparison table (Student's t, BCa from 10 seeds; none for
+    one seed).
+
+    Args:
+        runs: Quality runs (``records.quality_runs``).
+        agg: Output of ``stats.aggregate``, for the tasks' metrics and scales.
+        out_dir: Existing directory to write into.
+
+    Returns:
+        Paths written; none when every run of a (task, model) used one training size.
+    """
+    curves = train_size_curves(runs)
+    if curves.empty:
+        return []
+    tasks = task_infos(agg)
+    panels = sorted({(m, t) for m, t in zip(curves["model"], curves["task"], strict=True)})
+    fig = new_figure(4.6 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    palette = colormaps["tab10"]
+    colors = {c: palette(i % palette.N) for i, c in enumerate(sorted(curves["curve"].unique()))}
+    for ax, (model, name) in zip(axes, panels, strict=True):
+        info = tasks[name]
+        panel = curves[(curves["model"] == model) & (curves["task"] == name)]
+        for curve, line in panel.groupby("curve", sort=True):
+            line = line.sort_values("n_train")
+            y = line["mean"].to_numpy(dtype=float) * info.scale
+            low = line["ci_low"].to_numpy(dtype=float) * info.scale
+            high = line["ci_high"].to_numpy(dtype=float) * info.scale
+            yerr = np.nan_to_num(np.vstack([y - low, high - y]))  # one seed: no bar
+            ax.errorbar(line["n_train"], y, yerr=yerr, fmt="o-", capsize=3,
+                        color=colors[curve], label=curve)  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        unit = " ×100" if info.scale != 1 else ""
+        arrow = "↑" if info.higher_is_better else "↓"
+        ax.set(
+            title=f"{name} ({model})",
+            xlabel="training examples (log)",
+            ylabel=f"{info.metric} ({info.split}){unit} {arrow}",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, out_dir / TRAIN_SIZE_STEM)

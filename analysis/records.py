@@ -34,6 +34,7 @@ COLUMNS = [
     "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
     "git_sha", "git_dirty", "device", "path",
     "recipe_hash", "recipe", "config",
+    "train_size", "n_train", "metric_impl",
 ]  # fmt: skip
 
 # Config keys (dotted prefixes) that cannot change a result, for records written before
@@ -198,7 +199,17 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
         "recipe_hash": recipe_hash,
         "recipe": recipe,
         "config": flatten_config(record.get("config") or {}),
+        # task.train_size as asked (None: the whole split) and the examples really trained on
+        "train_size": _get(record, "data", "train_size_requested"),
+        "n_train": _get(record, "data", "n", "train"),
+        # who scored the primary metric: "builtin", or the evaluate metric and its revision
+        "metric_impl": _get(record, "metrics", "implementation", _primary_name(record)),
     }
+
+
+def _primary_name(record: dict[str, Any]) -> str:
+    """The primary metric's name, or "" when the record has none (a failed run)."""
+    return str(_get(record, "metrics", "primary", "name") or "")
 
 
 def method_label(method: str, budget_pct: float | None) -> str:

@@ -16,7 +16,7 @@ from analysis.comparisons import (
 )
 from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
 from analysis.page import PAGE, Plot, render_page
-from analysis.plots import plot_all
+from analysis.plots import plot_all, plot_score_vs_train_size
 from analysis.records import SUCCESS, SYNTHETIC, load_records, quality_runs, select
 from analysis.stats import aggregate
 from analysis.tables import ComparisonTable, build_tables, to_csv, to_html, to_latex, to_markdown
@@ -34,6 +34,9 @@ PLOT_CAPTIONS = {
     "score_vs_params": "Score vs % trainable parameters (log x). " + _UNCERTAINTY,
     "score_vs_memory": "Score vs peak memory. " + _UNCERTAINTY,
     "score_vs_time": "Score vs training time. " + _UNCERTAINTY,
+    "score_vs_train_size": "Score vs training examples (task.train_size; log x), a line per "
+    "method. Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from "
+    "10 seeds; none for 1 seed), as in the table.",
     "convergence": "Dev score vs optimizer step (top) and vs seconds (bottom); mean over "
     "seeds, band = range over seeds.",
     "average_rank": "Average rank over tasks (bars) and the rank on each task (markers).",
@@ -59,7 +62,8 @@ def build_report(
     ``score_vs_params.{png,svg}`` (plus ``score_vs_time`` and ``score_vs_memory`` when those
     costs were recorded), ``convergence`` (when histories have dev points),
     ``time_to_target.{md,csv}`` (when full fine-tuning ran on a task), ``average_rank``,
-    ``budget_matched`` (when runs carry budgets), ``reproducibility.md``, ``report.html``
+    ``budget_matched`` (when runs carry budgets), ``score_vs_train_size`` (when runs of a task
+    differ in ``task.train_size``), ``reproducibility.md``, ``report.html``
     (everything in one self-contained page) and, when some runs did not succeed,
     ``failures.md``. Every text output is scrubbed of secrets.
 
@@ -88,6 +92,7 @@ def build_report(
     rows = repro.repro_rows(runs)
     plots = [
         *plot_all(agg, out_dir),
+        *plot_score_vs_train_size(runs, agg, out_dir),
         *plot_convergence(runs, agg, out_dir),
         *plot_average_rank(tables, agg, out_dir),
         *plot_critical_difference(tables, agg, out_dir),
@@ -136,8 +141,14 @@ def _page(
         table_html=to_html(tables),
         plots=embedded,
         repro_html=repro.to_html(rows),
-        notes=[note, *_filter_notes(filters)],
+        notes=[note, *_filter_notes(filters), *_metric_notes(runs)],
     )
+
+
+def _metric_notes(runs: pd.DataFrame) -> list[str]:
+    """Names the Hub metrics (``task.metric_impl=evaluate``) that scored any primary value."""
+    hub = sorted({str(v) for v in runs["metric_impl"].dropna() if v != "builtin"})
+    return [f"Primary scores computed by evaluate: {'; '.join(hub)}."] if hub else []
 
 
 def _filter_notes(filters: dict[str, Any]) -> list[str]:

@@ -226,7 +226,7 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
     model, loader, dtype = _build(cfg, device)
     setup_s = time.perf_counter() - start
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(cfg.method.lr), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=effective_lr(cfg.method), weight_decay=0.01)
     hook = step_hook(model)
     batches = [
         {k: v.to(device) for k, v in batch.items()} for batch in islice(cycle(loader), steps + 1)

@@ -61,7 +61,11 @@ class ScrubHydraFiles(Callback):
 
 
 class ReportAtSweepEnd(Callback):
-    """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends."""
+    """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends.
+
+    The report also goes to wandb (``peftbench.tracking.log_report``): one run of
+    ``job_type=report`` in the sweep's group, unless ``tracker=none``.
+    """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         sweeper = config.hydra.sweeper
@@ -98,3 +102,8 @@ class ReportAtSweepEnd(Callback):
         print(f"\nReport written to {paths[0].parent}:")
         for path in paths:
             print(f"  {path}")
+        if config.get("tracker") is not None:  # the sweep's wandb group opens on the comparison
+            from peftbench.tracking import log_report
+
+            log_report(config.tracker, group=str(config.sweep_id), results_dir=results_dir,
+                       report=paths)  # fmt: skip

@@ -191,6 +191,14 @@ SCHEMA: dict[str, Rule] = {
     "task.labels": Rule(list, lambda v: len(v) >= 2, "a list of at least 2 labels", "[neg, pos]"),
     "task.metrics": Rule(list, lambda v: len(v) >= 1, "a non-empty list", "[accuracy]"),
     "task.primary_metric": _NON_EMPTY_STR,
+    "task.train_size": Rule(
+        float,
+        lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1,
+        "an integer >= 1 (examples) or a fraction in (0, 1]",
+        "400",
+        True,
+    ),
+    "task.metric_impl": _one_of("builtin", "evaluate"),
     "tracker.name": _NON_EMPTY_STR,
     "tracker.mode": _one_of("offline", "online", "disabled"),
 }

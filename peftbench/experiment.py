@@ -223,6 +223,7 @@ def _prepare(cfg: Any) -> Any:
     from tasks import TASK_KINDS, build_task
     from tasks.metrics import METRICS
     from tasks.readers import READERS, DataError
+    from tasks.splits import train_size_count
 
     names = [
         (METHOD_KINDS.names(), "method kind", "method.kind", cfg.method.kind),
@@ -233,13 +234,21 @@ def _prepare(cfg: Any) -> Any:
     for valid, what, key, name in names:
         if name not in valid:
             raise ConfigError(f"unknown {what} {name!r} ({key})", f"valid: {', '.join(valid)}")
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, seed=int(cfg.seed))
+    task.load_metrics()  # task.metric_impl=evaluate: loaded (network) or refused, before a model
     empty = [split for split, rows in task.splits.items() if not rows]
     if empty:
         total = sum(len(rows) for rows in task.splits.values())
         raise DataError(
             f"task {task.name!r}: split {', '.join(empty)} would be empty ({total} examples "
             "in all); add examples or change task.split.fractions"
+        )
+    requested, n_full = cfg.task.get("train_size"), len(task.full_splits["train"])
+    if requested is not None and train_size_count(requested, n_full) > n_full:
+        raise ConfigError(
+            f"task.train_size={requested} exceeds the {n_full} examples of task "
+            f"{task.name!r}'s train split",
+            f"use task.train_size of at most {n_full}, or a fraction in (0, 1]",
         )
     n_train = len(task.splits["train"])
     if int(cfg.train.batch_size) > n_train:  # would try to hold the whole set and more at once
@@ -713,6 +722,7 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
             "synthetic": bool(getattr(task, "synthetic", False)),  # generated ids, no corpus
             "fingerprint": task.fingerprint,
             "n": {split: len(rows) for split, rows in task.splits.items()},
+            **task.train_size_facts(),  # task.train_size: asked for, and the whole train split
             **setup.data_facts,
         },
         "model_source": {"source": setup.backbone.source, "weights": setup.backbone.weights},
@@ -737,6 +747,7 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
             "dev": fit.result.best_dev,
             "test": test,
             "selected_step": fit.result.best_step,
+            "implementation": task.metric_implementation,  # builtin, or the evaluate metric
         },
         "history": fit.history,
     }

@@ -41,6 +41,16 @@ NOT_IN_RECIPE: tuple[str, ...] = (
     "train.keep_checkpoints",
 )
 
+#: Keys left out of the recipe while they hold a value that means "this feature is off", so
+#: that its spellings (null, 1.0, unset) hash alike and a run without the feature has the id
+#: it had before the key existed. Any other value is in the recipe like every key. ``task.train_size`` null or 1.0 is the
+#: whole train split; ``task.metric_impl`` builtin is peftbench's own metrics, and then
+#: ``task.evaluate`` (which Hub metric to use otherwise) cannot change a score.
+AS_BEFORE: dict[str, tuple[Any, ...]] = {
+    "task.train_size": (None, 1.0),
+    "task.metric_impl": (None, "builtin"),
+}
+
 HASH_CHARS = 8
 
 
@@ -81,9 +91,23 @@ def recipe(config: Mapping[str, Any], *, device: str | None = None) -> dict[str,
             part of the recipe, its index is not.
     """
     flat = {k: v for k, v in _flatten(config).items() if not _out(k) and k != "device"}
+    for key, values in AS_BEFORE.items():
+        value = _raw(config, key)
+        if key in flat and any(value is v or (type(value) is type(v) and value == v)
+                               for v in values):  # fmt: skip
+            del flat[key]  # 1.0 (the whole split) but not 1 (one example)
+    if flat.get("task.metric_impl", "builtin") == "builtin":
+        flat = {k: v for k, v in flat.items() if not k.startswith("task.evaluate.")}
     flat["device"] = device_kind(device or config.get("device", "auto"))
     flat["harness_version"] = HARNESS_VERSION
     return dict(sorted(flat.items()))
+
+
+def _raw(config: Mapping[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def recipe_hash(values: Mapping[str, Any]) -> str:

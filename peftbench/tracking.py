@@ -35,6 +35,17 @@ class NullTracker:
         pass
 
 
+def _settings(wandb: Any, cfg: Any) -> Any:
+    return wandb.Settings(
+        console="off",
+        x_disable_stats=not cfg.get("system_stats", False),
+        # wandb's metadata copies sys.argv verbatim (a token typed on the command line
+        # would be stored); the record's config and code sections hold it redacted
+        x_disable_meta=True,
+        silent=True,
+    )
+
+
 class WandbTracker:
     """One wandb run per peftbench run: grouped by sweep, ``job_type`` = method."""
 
@@ -57,14 +68,7 @@ class WandbTracker:
             tags=[f"task:{experiment['task']}", f"model:{experiment['model']}"],
             config=config,
             reinit="finish_previous",  # Hydra's basic launcher runs every job in one process
-            settings=wandb.Settings(
-                console="off",
-                x_disable_stats=not cfg.system_stats,
-                # wandb's metadata copies sys.argv verbatim (a token typed on the command line
-                # would be stored); the record's config and code sections hold it redacted
-                x_disable_meta=True,
-                silent=True,
-            ),
+            settings=_settings(wandb, cfg),
         )
 
     def log(self, row: dict) -> None:
@@ -85,3 +89,60 @@ def make_tracker(cfg: Any, **kwargs: Any) -> NullTracker | WandbTracker:
     except Exception as error:  # tracking is a view; the record must still be written
         log.warning("wandb could not start (%s); continuing without tracking", error)
         return NullTracker()
+
+
+#: The wandb ``job_type`` of a sweep's comparison run (the runs themselves are by method).
+REPORT_JOB_TYPE = "report"
+#: The key of the comparison table in the report run (its plots go under ``plots/<stem>``).
+REPORT_TABLE_KEY = "comparison"
+
+
+def log_report(cfg: Any, *, group: str, results_dir: Path, report: list[Path]) -> str | None:
+    """Logs a sweep's report to one wandb run of ``job_type=report`` in the sweep's group.
+
+    The run holds the comparison table (``comparison.csv``, as a ``wandb.Table``) and every
+    PNG plot of the report (a ``wandb.Image`` under ``plots/<stem>``), so the group's
+    dashboard opens on the comparison. Mode, project and folder are the tracker's (offline
+    by default); ``tracker=none`` logs nothing. Like every tracker, a failure only warns.
+
+    Args:
+        cfg: The ``tracker`` config group.
+        group: The sweep id: the wandb group its runs were logged in.
+        results_dir: The results folder (wandb's folder unless ``tracker.dir`` is set).
+        report: The paths ``analysis.report.build_report`` wrote.
+
+    Returns:
+        The wandb run's id, or None when nothing was logged.
+    """
+    if cfg.name == "none":
+        return None
+    try:
+        import pandas as pd
+        import wandb
+
+        csv = next((p for p in report if p.name == "comparison.csv"), None)
+        plots = sorted(p for p in report if p.suffix == ".png")
+        wandb_dir = Path(cfg.get("dir") or results_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=cfg.project,
+            entity=cfg.get("entity"),
+            mode=cfg.mode,
+            dir=str(wandb_dir),
+            name=f"report-{group}",
+            group=group,
+            job_type=REPORT_JOB_TYPE,
+            config={"sweep_id": group, "report_dir": str(report[0].parent) if report else None},
+            reinit="finish_previous",
+            settings=_settings(wandb, cfg),
+        )
+        row: dict = {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}
+        if csv is not None:
+            table = pd.read_csv(csv)
+            row[REPORT_TABLE_KEY] = wandb.Table(dataframe=table)
+        run.log(row)
+        run.finish()
+        return run.id
+    except Exception as error:  # the report files are written; the dashboard is a view
+        log.warning("wandb could not log the report (%s)", error)
+        return None

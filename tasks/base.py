@@ -12,7 +12,7 @@ import torch
 
 from peftbench.registry import Registry
 from tasks import metrics as metric_lib
-from tasks.splits import SPLITS, grouped_split, stratified_split
+from tasks.splits import SPLITS, grouped_split, nested_subset, stratified_split, train_size_count
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")
 
@@ -60,6 +60,8 @@ class Task:
     stratify_key: ClassVar[str | None] = None
     #: The model's tokenizer, set when the model is loaded (generative kinds decode with it).
     tokenizer: Any = None
+    #: The run's seed: picks the training subset of ``task.train_size`` (``build_task``).
+    seed: int = 0
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -79,7 +81,7 @@ class Task:
         return list(self.cfg.text_fields)
 
     @cached_property
-    def splits(self) -> dict[str, list[dict]]:
+    def full_splits(self) -> dict[str, list[dict]]:
         """The train/dev/test examples, deterministic for a given task version.
 
         A pre-split source keeps its splits; otherwise ``split.by`` (a row field) keeps each
@@ -89,6 +91,40 @@ class Task:
         splits = data if isinstance(data, dict) else self._split(data)
         self._check_splits(splits)
         return {name: splits[name] for name in SPLITS}
+
+    @cached_property
+    def splits(self) -> dict[str, list[dict]]:
+        """The splits a run uses: :attr:`full_splits`, train cut to ``task.train_size``.
+
+        Dev and test are never touched. The subset is stratified (:meth:`train_stratum`),
+        nested across sizes and fixed per seed (``tasks.splits.nested_subset``); a size
+        above the train split keeps it whole here and is refused by the experiment.
+        """
+        full = self.full_splits
+        requested = self.cfg.get("train_size")
+        if requested is None:
+            return full
+        size = train_size_count(requested, len(full["train"]))
+        train = nested_subset(
+            full["train"],
+            size,
+            seed=self.seed,
+            salt=str(self.cfg.split.salt),
+            text_key=self.split_text_key,
+            stratum=self.train_stratum,
+        )
+        return {**full, "train": train}
+
+    def train_stratum(self, row: dict) -> object:
+        """The stratum of a training row for ``task.train_size``: its label, or one for all."""
+        return row.get(self.stratify_key) if self.stratify_key else None
+
+    def train_size_facts(self) -> dict:
+        """The record's ``data`` fields of ``task.train_size``: what was asked, from how many."""
+        return {
+            "train_size_requested": self.cfg.get("train_size"),
+            "n_train_full": len(self.full_splits["train"]),
+        }
 
     def _split(self, rows: list[dict]) -> dict[str, list[dict]]:
         split = self.cfg.split
@@ -178,10 +214,41 @@ class Task:
     def higher_is_better(self) -> bool:
         return metric_lib.METRICS[self.primary_metric].higher_is_better
 
+    @property
+    def metric_impl(self) -> str:
+        return str(self.cfg.get("metric_impl") or metric_lib.BUILTIN)
+
+    @cached_property
+    def hub_metric(self) -> metric_lib.HubMetric | None:
+        """``task.metric_impl=evaluate``: the Hub metric (loaded once; needs network)."""
+        if self.metric_impl != metric_lib.EVALUATE:
+            return None
+        return metric_lib.load_hub_metric(self.name, self.cfg.get("evaluate"), self.metric_names)
+
+    def load_metrics(self) -> None:
+        """Loads ``task.metric_impl=evaluate``'s Hub metric now, or raises its ConfigError."""
+        _ = self.hub_metric
+
+    @property
+    def metric_implementation(self) -> dict[str, str]:
+        """Which implementation scores each metric: ``builtin`` or the Hub metric's source."""
+        hub = self.hub_metric
+        return {
+            name: hub.source if hub and name in hub.keys else metric_lib.BUILTIN
+            for name in self.metric_names
+        }
+
     def compute_metrics(self, preds: Sequence, refs: Sequence) -> dict[str, float]:
-        return metric_lib.compute(self.metric_names, preds, refs)
+        hub = self.hub_metric
+        own = [name for name in self.metric_names if not hub or name not in hub.keys]
+        scores = metric_lib.compute(own, preds, refs)
+        if hub:
+            scores.update(hub.compute(preds, refs))
+        return {name: scores[name] for name in self.metric_names}
 
 
-def build_task(cfg: Any) -> Task:
-    """Instantiates the task kind named by ``cfg.kind``."""
-    return TASK_KINDS.get(cfg.kind)(cfg)
+def build_task(cfg: Any, seed: int = 0) -> Task:
+    """Instantiates the task kind named by ``cfg.kind``; ``seed`` picks a train subset."""
+    task = TASK_KINDS.get(cfg.kind)(cfg)
+    task.seed = int(seed)
+    return task

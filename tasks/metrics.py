@@ -1,13 +1,20 @@
 """Metrics computed directly with scikit-learn, scipy, seqeval and sacreBLEU.
 
-The `evaluate` package cannot load its metrics offline (and costs seconds to import), so each
-metric here is a plain function of ``(predictions, references)``. Every metric says whether
-higher is better and what its best and worst values are, so analysis and tests never guess.
+The `evaluate` package cannot load its metrics offline (its metric scripts live on the Hub,
+and it costs seconds to import), so each metric here is a plain function of
+``(predictions, references)``. Every metric says whether higher is better and what its best
+and worst values are, so analysis and tests never guess.
+
+With network, ``task.metric_impl=evaluate`` scores a task with a Hub metric instead (e.g.
+GLUE's own per-task metric): ``task.evaluate`` names it (``path``, ``config_name``, a pinned
+``revision``) and maps our metric names to its result keys (``keys``); metrics it does not
+give stay built in. :func:`load_hub_metric` imports `evaluate` lazily (``pip install .[hub]``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -120,3 +127,73 @@ METRICS: dict[str, Metric] = {
 def compute(names: Sequence[str], preds: Sequence, refs: Sequence) -> dict[str, float]:
     """Computes the named metrics of predictions against references."""
     return {name: METRICS[name].fn(preds, refs) for name in names}
+
+
+#: The values of ``task.metric_impl``.
+BUILTIN, EVALUATE = "builtin", "evaluate"
+_FIX = "set task.metric_impl=builtin, or pip install '.[hub]' and go online (HF_HUB_OFFLINE=0)"
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"))
+    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+@dataclass(frozen=True)
+class HubMetric:
+    """A loaded `evaluate` metric and which of our metric names it scores.
+
+    Attributes:
+        module: what ``evaluate.load`` returned (has ``compute(predictions, references)``).
+        keys: our metric name -> the key of its value in ``compute``'s result.
+        source: the metric as the record names it, e.g.
+            ``evaluate-metric/glue (cola) @ v0.4.6, evaluate 0.4.6``.
+    """
+
+    module: object
+    keys: dict[str, str]
+    source: str
+
+    def compute(self, preds: Sequence, refs: Sequence) -> dict[str, float]:
+        result = self.module.compute(predictions=list(preds), references=list(refs))
+        return {ours: float(result[theirs]) for ours, theirs in self.keys.items()}
+
+
+def load_hub_metric(task: str, spec: object, metric_names: Sequence[str]) -> HubMetric:
+    """Loads ``task.evaluate``'s Hub metric at its pinned revision (needs network).
+
+    Raises:
+        ConfigError: no ``task.evaluate``, a key that is not among ``task.metrics``, the Hub
+            switched off (``HF_HUB_OFFLINE=1``), or `evaluate` not installed: each with
+            the fix.
+    """
+    from peftbench.config import ConfigError
+
+    if not spec or not spec.get("path") or not spec.get("revision") or not spec.get("keys"):
+        raise ConfigError(
+            f"task {task!r} has task.metric_impl=evaluate but no task.evaluate with path, "
+            "revision and keys",
+            "set task.metric_impl=builtin, or give task.evaluate (see conf/task/cola.yaml)",
+        )
+    keys = {str(k): str(v) for k, v in dict(spec.get("keys")).items()}
+    unknown = sorted(set(keys) - set(metric_names))
+    if unknown:
+        raise ConfigError(
+            f"task.evaluate.keys names {unknown}, not among task.metrics {list(metric_names)}",
+            "map only metrics the task reports",
+        )
+    if _offline():
+        raise ConfigError(
+            f"task.metric_impl=evaluate cannot run offline (HF_HUB_OFFLINE=1): evaluate's "
+            f"metric scripts live on the Hub ({spec.get('path')})",
+            _FIX,
+        )
+    try:
+        import evaluate
+    except ImportError:
+        raise ConfigError("task.metric_impl=evaluate needs the evaluate package", _FIX) from None
+    config_name, revision = spec.get("config_name"), str(spec.get("revision"))
+    module = evaluate.load(str(spec.get("path")), config_name, revision=revision)
+    named = f"{spec.get('path')}" + (f" ({config_name})" if config_name else "")
+    version = getattr(evaluate, "__version__", "unknown")
+    return HubMetric(module, keys, f"{named} @ {revision}, evaluate {version}")

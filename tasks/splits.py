@@ -7,13 +7,16 @@ label keeps the class balance of every split equal to the corpus's.
 
 ``grouped_split`` keeps whole groups (e.g. the books of the Bible) in one split, for corpora
 whose examples near-duplicate each other within a group.
+
+``nested_subset`` cuts the train split to ``task.train_size`` afterwards (dev and test are
+untouched): stratified, nested across sizes and drawn per seed.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 SPLITS = ("train", "dev", "test")
 
@@ -105,3 +108,57 @@ def grouped_split(
         name = max(SPLITS, key=lambda s: (targets[s] - len(out[s])) / max(targets[s], 1e-9))
         out[name] += groups[group]
     return out
+
+
+def train_size_count(requested: int | float, available: int) -> int:
+    """The number of training examples ``task.train_size`` asks for.
+
+    An int is an absolute count; a float in (0, 1] a fraction of the train split, rounded
+    to the nearest count and at least 1. The caller refuses a count above ``available``.
+    """
+    if isinstance(requested, float):
+        return max(1, round(requested * available))
+    return int(requested)
+
+
+def nested_subset(
+    rows: Sequence[dict],
+    size: int,
+    *,
+    seed: int,
+    salt: str,
+    text_key: str | Sequence[str],
+    stratum: Callable[[dict], object] | None = None,
+) -> list[dict]:
+    """``size`` rows of ``rows``, stratified, nested across sizes and fixed per seed.
+
+    Each row is ranked inside its stratum by SHA-256(salt, seed, text); the r-th of a
+    stratum of m rows sits at position (r + 0.5) / m on one common scale, and the first
+    ``size`` positions are kept. Every prefix thus holds each stratum within one row of its
+    share, and the rows kept at one size are a subset of those kept at any larger size
+    (same seed). The kept rows stay in their input order.
+
+    Args:
+        rows: The train split.
+        size: How many to keep (all of them when ``size >= len(rows)``).
+        seed: The run's seed: another seed draws another subset.
+        salt: The task's split salt (its identity).
+        text_key: Field(s) hashed to rank rows, as for the split.
+        stratum: Row -> stratum (e.g. its label); None: one stratum (a seeded shuffle).
+    """
+    if size >= len(rows):
+        return list(rows)
+    strata: dict[object, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        strata[stratum(row) if stratum else None].append(i)
+    seeded = f"{salt}\x00train_size\x00seed={seed}"
+    position: dict[int, tuple[float, int]] = {}
+    for order, key in enumerate(sorted(strata, key=str)):
+        members = strata[key]
+        ranked = sorted(
+            members, key=lambda i: _rank_key(seeded, _hashed_text(rows[i], text_key), i)
+        )
+        for r, i in enumerate(ranked):
+            position[i] = ((r + 0.5) / len(members), order)
+    keep = sorted(sorted(position, key=position.__getitem__)[:size])
+    return [rows[i] for i in keep]

@@ -46,6 +46,11 @@ class TokenClassificationTask(Task):
     def split_text_key(self) -> str:
         return "tokens"
 
+    def train_stratum(self, row: dict) -> bool:
+        """``task.train_size`` keeps the share of sentences with an entity (a tag not ``O``)."""
+        outside = self.labels.index("O") if "O" in self.labels else 0
+        return any(tag != outside for tag in row["tags"])
+
     def model_kwargs(self) -> dict:
         return {
             "num_labels": len(self.labels),

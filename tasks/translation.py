@@ -64,11 +64,11 @@ class TranslationTask(Task):
         return ["source", "target"]
 
     @cached_property
-    def splits(self) -> dict[str, list[dict]]:
+    def full_splits(self) -> dict[str, list[dict]]:
         """The split (by book) first, then ``max_examples`` per split: test books stay put."""
         limits = dict(self.cfg.get("max_examples") or {})
         salt = str(self.cfg.split.salt)
-        full = super().splits
+        full = super().full_splits
         return {name: subsample(rows, limits.get(name), salt) for name, rows in full.items()}
 
     # -- encoding -----------------------------------------------------------------------------

@@ -18,7 +18,9 @@ class FakeRun:
         self.summary: dict = {}
         self.exit_code = None
 
-    def log(self, row, step):
+    id = "fake-run"
+
+    def log(self, row, step=None):
         self.logged.append((row, step))
 
     def finish(self, exit_code=0):
@@ -96,3 +98,75 @@ def test_an_offline_wandb_run_can_be_read_back(compose, tmp_path, monkeypatch):
     losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
     assert losses == [row["train/loss"] for row in record["history"] if "train/loss" in row]
     assert all("train/step_time_s" in row for row in run["history"] if "train/loss" in row)
+
+
+def _sweep_end(results: Path, tracker: str, sweep_id: str = "sweep-7") -> None:
+    from omegaconf import OmegaConf
+
+    from peftbench.callbacks import ReportAtSweepEnd
+    from tests.conftest import ROOT
+
+    config = OmegaConf.create(
+        {
+            "results_dir": str(results),
+            "sweep_id": sweep_id,
+            "tracker": OmegaConf.load(ROOT / "conf" / "tracker" / f"{tracker}.yaml"),
+        }
+    )
+    ReportAtSweepEnd().on_multirun_end(config)
+
+
+def test_the_sweep_report_is_one_offline_wandb_run_in_the_sweeps_group(tmp_path, monkeypatch):
+    """Real wandb, offline: the report run holds comparison.csv as a table and the PNGs."""
+    import hashlib
+
+    import pandas as pd
+    import wandb
+
+    from tests.support.wandb_log import read_run
+    from tests.test_low_resource import _low_resource_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = tmp_path / "results"
+    results.mkdir()
+    _low_resource_records(results)
+    _sweep_end(results, "wandb")
+    wandb.teardown()
+    (log_file,) = (results / "wandb").glob("offline-run-*/run-*.wandb")
+    run = read_run(log_file)
+    assert run["run"] == {
+        "name": "report-sweep-7", "group": "sweep-7", "job_type": "report", "tags": []
+    }  # fmt: skip
+    (row,) = run["history"]
+    files = log_file.parent / "files"
+    assert row["comparison/_type"] == "table-file"
+    logged = json.loads((files / row["comparison/path"]).read_text())
+    csv = pd.read_csv(results / "report" / "comparison.csv")
+    assert logged["columns"] == list(csv.columns)
+    assert [r[1] for r in logged["data"]] == list(csv["method"])  # every row of the table
+    pngs = sorted((results / "report").glob("*.png"))
+    assert "score_vs_train_size.png" in {p.name for p in pngs}
+    for png in pngs:
+        key = f"plots/{png.stem}"
+        assert row[f"{key}/_type"] == "image-file", key
+        assert row[f"{key}/sha256"] == hashlib.sha256(png.read_bytes()).hexdigest()
+
+
+def test_tracker_none_logs_no_report_run(tmp_path, monkeypatch):
+    from tests.test_low_resource import _low_resource_records
+
+    runs = _fake_wandb(monkeypatch)
+    sys.modules["wandb"].Image = lambda path: ("image", Path(path).name)
+    sys.modules["wandb"].Table = lambda dataframe: ("table", len(dataframe))
+    results = tmp_path / "results"
+    results.mkdir()
+    _low_resource_records(results)
+    _sweep_end(results, "none")
+    assert (results / "report" / "comparison.md").is_file() and runs == []
+    _sweep_end(results, "wandb")
+    (run,) = runs
+    assert run.init["mode"] == "offline" and run.init["job_type"] == "report"
+    assert run.init["group"] == "sweep-7" and run.exit_code == 0
+    ((row, _),) = run.logged
+    assert row["comparison"] == ("table", 5)  # the 5 rows of the comparison table
+    assert row["plots/score_vs_train_size"] == ("image", "score_vs_train_size.png")
