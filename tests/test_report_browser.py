@@ -311,3 +311,40 @@ def test_sort_from_the_address_and_the_frontier_of_all_methods(
             got = _frontier(chart, task)
             np.testing.assert_allclose(got[0], [*fx, x.max()])
             np.testing.assert_allclose(got[1], [*fy, fy[-1]])
+
+
+@pytest.fixture(scope="module")
+def two_model_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture records plus a copy of them on a second model, "tiny-bert"."""
+    results = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("models") / "results"))
+    for path in sorted(results.glob("*/*--minilm-l6--*.json")):
+        record = json.loads(path.read_text())
+        record["run_id"] = record["run_id"].replace("minilm-l6", "tiny-bert")
+        record["experiment"]["model"] = "tiny-bert"
+        path.with_name(path.name.replace("minilm-l6", "tiny-bert")).write_text(json.dumps(record))
+    written = build_report(results)
+    (page,) = [p for p in written if p.name == "report.html"]
+    return page
+
+
+def test_model_filter_hides_its_table_and_its_chart_panels(
+    chromium: str, two_model_page: Path, tmp_path: Path
+) -> None:
+    seen = _explore(chromium, two_model_page, tmp_path, "#model=tiny-bert")
+    load = seen["onLoad"]
+    shown = {t["model"]: t["shown"] for t in load["tables"]}
+    assert shown == {"minilm-l6": False, "tiny-bert": True}
+    assert load["status"] == "Showing 3 of 6 table rows."
+    for chart in load["charts"].values():
+        models = {t["meta"]["model"] for t in chart["traces"] if t["visible"]}
+        assert models == {"tiny-bert"}
+        assert chart["drawn"] == 6  # 3 methods x 2 tasks on tiny-bert
+    # The click on "topic" then leaves tiny-bert's polarity points only.
+    for chart in seen["afterClick"]["charts"].values():
+        shown_points = {
+            (t["meta"]["model"], t["meta"]["method"], t["meta"]["task"])
+            for t in chart["traces"]
+            if t["meta"]["kind"] == "point" and t["visible"]
+        }
+        assert shown_points == {("tiny-bert", m, "polarity") for m in ("bitfit", "lora", "prompt")}
+        assert chart["drawn"] == 3
