@@ -34,7 +34,7 @@
       var model = table.getAttribute("data-model");
       var figure = table.closest("figure") || table;
       figure.hidden = !sel.model.has(model);
-      var labels = index[model] || {};
+      var labels = index.rows[model] || {};
       Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
         var method = labels[row.cells[0].textContent.trim()];
         row.hidden = method !== undefined && !sel.method.has(method);
@@ -48,6 +48,15 @@
           if (row.cells[i]) row.cells[i].hidden = hide;
         });
       });
+    });
+  }
+
+  // Reproducibility rows: one per run, its run id in the first cell.
+  function filterRuns(sel) {
+    document.querySelectorAll("#reproducibility tbody tr").forEach(function (row) {
+      var run = index.runs[row.cells[0].textContent.trim()];
+      row.hidden = run !== undefined &&
+        !(sel.task.has(run.task) && sel.model.has(run.model) && sel.method.has(run.method));
     });
   }
 
@@ -147,6 +156,7 @@
     var sel = selected();
     filterTables(sel);
     filterCharts(sel);
+    filterRuns(sel);
     var shown = 0, total = 0;
     tables().forEach(function (table) {
       Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {

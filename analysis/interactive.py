@@ -10,9 +10,10 @@ the mean as the error bar; hovering a point names its run ids and recipe and lis
 seeds, interval and costs. The matplotlib PNG/SVG plots stay the paper-ready outputs.
 
 Filters (task, model, method checkboxes) hide table rows, task columns, whole tables (a
-model) and chart traces. The page reads its state from the URL fragment on load and writes
-it back on every change, so a view can be linked: ``report.html#method=lora,bitfit``,
-``#task=polarity``, ``#sort=Avg.%20rank&dir=desc`` (``sort`` names a column header).
+model), chart traces and the runs' rows of the reproducibility table. The page reads its
+state from the URL fragment on load and writes it back on every change, so a view can be
+linked: ``report.html#method=lora,bitfit``, ``#task=polarity``,
+``#sort=Avg.%20rank&dir=desc`` (``sort`` names a column header).
 
 plotly.js and the page script are not scrubbed of secrets: they are fixed code, and the
 scrubber's ``name=value`` rule would corrupt minified JavaScript (``z.key=function...``).
@@ -50,21 +51,27 @@ _APP_JS = Path(__file__).with_name("explore.js")
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def render_controls(agg: pd.DataFrame) -> str:
-    """The filter bar, and the JSON index of the table rows the page script filters by.
+def render_controls(agg: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The filter bar, and the JSON index of the rows the page script filters by.
 
     Args:
         agg: Output of ``stats.aggregate`` (the rows of the comparison table).
+        runs: The quality runs behind ``agg`` (the rows of the reproducibility table).
 
     Returns:
         HTML: ``<form id="filters">`` (one checkbox per task, model and method) and
-        ``<script type="application/json" id="explore-index">`` (model -> row label ->
-        method, since a label such as ``lora@0.5% (lr=0.001)`` names its method only in
-        part).
+        ``<script type="application/json" id="explore-index">``: ``rows`` (model -> row
+        label -> method, since a label such as ``lora@0.5% (lr=0.001)`` names its method
+        only in part) and ``runs`` (run id -> task, model, method).
     """
-    index: dict[str, dict[str, str]] = {}
+    rows: dict[str, dict[str, str]] = {}
     for row in agg.itertuples():
-        index.setdefault(row.model, {})[row.method_label] = row.method
+        rows.setdefault(row.model, {})[row.method_label] = row.method
+    run_index = {
+        run.run_id: {"task": run.task, "model": run.model, "method": run.method}
+        for run in runs.itertuples()
+    }
+    index = {"rows": rows, "runs": run_index}
     # "</" cannot end the script element from inside JSON: escape the slash.
     index_json = json.dumps(index, sort_keys=True).replace("</", "<\\/")
     return (
@@ -210,8 +217,8 @@ def _filters_html(agg: pd.DataFrame) -> str:
         + "".join(groups)
         + '<p class="meta" id="filter-status"></p></form>'
         '<p class="meta">Filters hide table rows (method), task columns (task) and whole '
-        "tables (model), and the matching chart points; Avg. and ranks stay those of all "
-        "tasks. Click a column header to sort. The view is kept in the address "
+        "tables (model), the matching chart points and reproducibility rows; Avg. and ranks "
+        "stay those of all tasks. Click a column header to sort. The view is kept in the address "
         "(<code>#method=lora&amp;sort=Avg.%20rank</code>), so it can be linked.</p>"
     )
 

@@ -145,7 +145,7 @@ def _page(
         plots=embedded,
         repro_html=repro.to_html(rows),
         notes=[note, *_filter_notes(filters)],
-        controls_html=render_controls(agg),
+        controls_html=render_controls(agg, runs),
         charts_html=render_charts(agg, runs),
     )
 

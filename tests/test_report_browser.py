@@ -170,7 +170,9 @@ EXPLORE_PROBE = """<script>
         drawn: gd.querySelectorAll(".scatterlayer .trace .points path").length,
       };
     });
-    return {tables, charts, hash: decodeURIComponent(location.hash),
+    const repro = [...document.querySelectorAll("#reproducibility tbody tr")]
+        .filter(r => !r.hidden).map(r => r.cells[0].textContent);
+    return {tables, charts, repro, hash: decodeURIComponent(location.hash),
             status: document.getElementById("filter-status").textContent};
   }
   async function run() {
@@ -252,11 +254,20 @@ def test_method_filter_from_the_address_then_a_click_on_a_task_filter(
     assert _points(params)["lora/topic"]["color"] == "white"
     assert _points(params)["bitfit/topic"]["color"] != "white"
 
+    # The reproducibility table lists the runs of the rows shown: 5 of 13.
+    assert sorted(load["repro"]) == sorted(
+        f"{task}--minilm-l6--{m}--s{s}"
+        for task, m, seeds in [("polarity", "bitfit", 2), ("polarity", "lora", 3),
+                               ("topic", "bitfit", 3), ("topic", "lora", 2)]
+        for s in range(seeds)
+    )  # fmt: skip
+
     click = seen["afterClick"]  # unticked task "topic"
     (table,) = click["tables"]
     assert "topic" not in table["headers"] and "polarity" in table["headers"]
     assert table["rows"] == ["bitfit", "lora"]
     assert click["hash"] == "#task=polarity&method=bitfit,lora"
+    assert len(click["repro"]) == 5 and all(r.startswith("polarity--") for r in click["repro"])
     for chart in click["charts"].values():
         assert {k for k, t in _points(chart).items() if t["visible"]} == {
             "bitfit/polarity",

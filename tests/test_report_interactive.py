@@ -69,7 +69,11 @@ def test_inline_scripts_needs_each_slot_once() -> None:
 
 def test_charts_carry_the_table_rows_and_their_runs(page: str) -> None:
     index = json.loads(_script(page, "explore-index"))
-    assert index == {"minilm-l6": {"bitfit": "bitfit", "lora": "lora", "prompt": "prompt"}}
+    assert index["rows"] == {"minilm-l6": {"bitfit": "bitfit", "lora": "lora", "prompt": "prompt"}}
+    assert len(index["runs"]) == 13  # one per reported run, as in the reproducibility table
+    assert index["runs"]["topic--minilm-l6--prompt--s0"] == {
+        "task": "topic", "model": "minilm-l6", "method": "prompt"
+    }  # fmt: skip
     for stem in ("score_vs_params", "score_vs_memory", "score_vs_time"):
         assert f'id="chart-{stem}"' in page
     boxes = re.findall(r'data-facet="(\w+)" value="([^"]+)"', page)
