@@ -95,16 +95,12 @@
   function filterCharts(sel) {
     if (typeof Plotly === "undefined") return;
     document.querySelectorAll("#explore .js-plotly-plot").forEach(function (gd) {
-      var visible = [], legend = [], shownGroups = new Set(), panels = {};
+      var visible = [], panels = {};
       gd.data.forEach(function (trace, i) {
         var m = trace.meta || {};
         var on = sel.task.has(m.task) && sel.model.has(m.model) &&
           (m.kind !== "point" || sel.method.has(m.method));
         visible.push(on);
-        // One legend entry per row label: on the first trace of its group still shown.
-        var group = trace.legendgroup || trace.name;
-        legend.push(on && !shownGroups.has(group));
-        if (on) shownGroups.add(group);
         var key = m.model + "\u0000" + m.task;
         panels[key] = panels[key] || { points: [], frontier: null, hib: true };
         if (m.kind === "frontier") {
@@ -116,7 +112,7 @@
                                     color: m.color });
         }
       });
-      var update = { visible: visible, showlegend: legend, x: [], y: [], "marker.color": [] };
+      var update = { visible: visible, x: [], y: [], "marker.color": [] };
       var indices = gd.data.map(function (_, i) { return i; });
       gd.data.forEach(function (trace) {
         update.x.push(trace.x); update.y.push(trace.y);
@@ -132,6 +128,21 @@
         panel.points.forEach(function (p, k) {
           update["marker.color"][p.i] = f.hollow[k] ? "white" : p.color;
         });
+      });
+      // One legend entry per row label, on a filled marker of its group where one is shown
+      // (a hollow one would show the label's colour as white).
+      var legendTrace = Object.create(null);
+      gd.data.forEach(function (trace, i) {
+        if (!update.visible[i]) return;
+        var group = trace.legendgroup || trace.name;
+        var filled = update["marker.color"][i] !== "white";
+        if (!(group in legendTrace) || (filled && !legendTrace[group].filled)) {
+          legendTrace[group] = { i: i, filled: filled };
+        }
+      });
+      update.showlegend = gd.data.map(function (trace, i) {
+        var chosen = legendTrace[trace.legendgroup || trace.name];
+        return chosen !== undefined && chosen.i === i;
       });
       Plotly.restyle(gd, update, indices);
     });

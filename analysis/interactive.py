@@ -237,10 +237,13 @@ def _chart_html(
     fig = make_subplots(
         rows=len(models), cols=len(names), subplot_titles=titles, horizontal_spacing=0.08
     )
+    in_legend: set[str] = set()  # one entry per row label (the page script keeps it so)
     for row, model in enumerate(models, start=1):
         for col, name in enumerate(names, start=1):
             panel = points[(points["model"] == model) & (points["task"] == name)]
             for trace in _panel_traces(panel, tasks[name], axis, colors, model):
+                trace.showlegend = trace.legendgroup not in in_legend
+                in_legend.add(trace.legendgroup)
                 fig.add_trace(trace, row=row, col=col)
             task = tasks[name]
             unit = " ×100" if task.scale != 1 else ""

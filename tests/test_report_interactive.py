@@ -132,3 +132,20 @@ def test_hover_text_one_seed_many_runs_missing_costs_and_markup() -> None:
     assert "run ids: r0, r1, r2, r3, r4, r5, … (+3)" in text
     assert "accuracy ×100: 80.0 (1 seed: no interval)" in text
     assert "train time: –" in text
+
+
+def test_charts_without_the_page_script_have_one_legend_entry_per_label() -> None:
+    runs = quality_runs(load_records(FIXTURES))
+    fragment = interactive.render_charts(aggregate(runs), runs)
+    (params,) = re.findall(
+        r'Plotly\.newPlot\(\s*"chart-score_vs_params",\s*(\[.*?\]),\s*\{', fragment
+    )
+    traces = json.loads(params)
+    assert len(traces) == 8  # 3 methods + the frontier, on 2 tasks
+    assert sorted(t["name"] for t in traces if t["showlegend"]) == [
+        "Pareto frontier", "bitfit", "lora", "prompt"
+    ]  # fmt: skip
+    hover = {(t["meta"]["method"], t["meta"]["task"]): t["hovertext"][0] for t in traces
+             if t["meta"]["kind"] == "point"}  # fmt: skip
+    assert "run ids: topic--minilm-l6--prompt--s0" in hover[("prompt", "topic")]
+    assert "(1 seed: no interval)" in hover[("prompt", "topic")]
