@@ -1,8 +1,9 @@
 """One self-contained HTML page: table, plots and reproducibility section in a single file.
 
-Plots are embedded as base64 PNG data URIs and the CSS is inline, so the page opens from a
-mail attachment or an air-gapped machine with nothing else around it: no scripts, no fonts,
-no network.
+Plots are embedded as base64 PNG data URIs, the CSS is inline and the scripts of the
+explorable part (``analysis.interactive``: plotly.js, filters, sorting) are inline too, so
+the page opens from a mail attachment or an air-gapped machine with nothing else around
+it: no fonts, no network.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ table.comparison td:not(:first-child) { text-align: right; }
 table.repro { font-size: 12px; } table.repro code { word-break: break-all; }
 figure { margin: 1.2em 0; } figcaption, .legend, .meta { color: #555; font-size: .92em; }
 figure.plot img { max-width: 100%; height: auto; border: 1px solid #eee; }
+form.filters { position: sticky; top: 0; z-index: 10; background: #fff; padding: .4em 0;
+               border-bottom: 1px solid #ddd; display: flex; flex-wrap: wrap; gap: .6em; }
+form.filters fieldset { border: 1px solid #ccc; border-radius: 4px; padding: .2em .6em; }
+form.filters legend { font-weight: 600; } form.filters label { margin-right: .8em; }
+form.filters p { flex-basis: 100%; margin: 0; }
+th.sortable { cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " ▲"; }
+th[aria-sort="descending"]::after { content: " ▼"; }
+figure.chart { margin: 1em 0; border: 1px solid #eee; }
 """
 
 
@@ -40,7 +50,14 @@ class Plot:
 
 
 def render_page(
-    *, title: str, table_html: str, plots: list[Plot], repro_html: str, notes: list[str]
+    *,
+    title: str,
+    table_html: str,
+    plots: list[Plot],
+    repro_html: str,
+    notes: list[str],
+    controls_html: str = "",
+    charts_html: str = "",
 ) -> str:
     """Assembles the page from ready HTML fragments and PNG files.
 
@@ -50,12 +67,18 @@ def render_page(
         plots: PNG plots to embed, in order.
         repro_html: The reproducibility section (``repro.to_html``), already escaped.
         notes: Plain-text lines shown under the heading (e.g. how many runs were used).
+        controls_html: The filter bar (``interactive.render_controls``), above the tables.
+        charts_html: The interactive charts (``interactive.render_charts``), after the
+            tables; its script slots are filled by ``interactive.inline_scripts`` once the
+            page has been scrubbed.
 
     Returns:
         The HTML document. The text fragments are scrubbed of secrets; the embedded images
         are not, since a chance match inside base64 would corrupt a plot.
     """
-    title, table_html, repro_html, notes = scrub([title, table_html, repro_html, notes])
+    title, table_html, repro_html, notes, controls_html, charts_html = scrub(
+        [title, table_html, repro_html, notes, controls_html, charts_html]
+    )
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = "".join(f'<p class="meta">{html.escape(n)}</p>\n' for n in notes)
     figures = "\n".join(_figure(p) for p in plots)
@@ -70,10 +93,12 @@ def render_page(
 <body>
 <h1>{html.escape(title)}</h1>
 {meta}<p class="meta">Generated {stamp} from the run records by <code>peftbench report</code>.</p>
+{controls_html}
 <section id="tables">
 <h2>Comparison</h2>
 {table_html}
 </section>
+{charts_html}
 <section id="plots">
 <h2>Plots</h2>
 {figures}

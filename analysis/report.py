@@ -15,6 +15,7 @@ from analysis.comparisons import (
     plot_critical_difference,
 )
 from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
+from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
 from analysis.plots import plot_all, plot_score_vs_train_size
 from analysis.records import SUCCESS, SYNTHETIC, load_records, quality_runs, select
@@ -105,7 +106,7 @@ def build_report(
         *plots,
         *write_time_to_target(runs, out_dir, target_fraction),
         _write(out_dir / REPRO_FILE, repro.to_markdown(rows)),
-        _write(out_dir / PAGE, _page(tables, plots, rows, runs, records, filters or {})),
+        _write_page(out_dir / PAGE, _page(tables, agg, plots, rows, runs, records, filters or {})),
     ]
     failures = records[records["status"] != SUCCESS]
     if failures.empty:
@@ -121,8 +122,15 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _write_page(path: Path, document: str) -> Path:
+    """Scrubs the page, then inlines its scripts: fixed code, which scrubbing would corrupt."""
+    path.write_text(inline_scripts(scrub(document)), encoding="utf-8")
+    return path
+
+
 def _page(
     tables: list[ComparisonTable],
+    agg: pd.DataFrame,
     plots: list[Path],
     rows: list[repro.ReproRow],
     runs: pd.DataFrame,
@@ -142,6 +150,8 @@ def _page(
         plots=embedded,
         repro_html=repro.to_html(rows),
         notes=[note, *_filter_notes(filters), *_metric_notes(runs)],
+        controls_html=render_controls(agg, runs),
+        charts_html=render_charts(agg, runs),
     )
 
 

@@ -213,6 +213,7 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
     memory is shared by every method and would hide the differences).
     """
     from peftbench import parallel
+    from peftbench.experiment import effective_lr
     from peftbench.instrument import PhasedPeakMemory, count_step_flops
     from peftbench.methods.base import step_hook
     from peftbench.train import autocast

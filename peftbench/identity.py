@@ -43,9 +43,10 @@ NOT_IN_RECIPE: tuple[str, ...] = (
 
 #: Keys left out of the recipe while they hold a value that means "this feature is off", so
 #: that its spellings (null, 1.0, unset) hash alike and a run without the feature has the id
-#: it had before the key existed. Any other value is in the recipe like every key. ``task.train_size`` null or 1.0 is the
-#: whole train split; ``task.metric_impl`` builtin is peftbench's own metrics, and then
-#: ``task.evaluate`` (which Hub metric to use otherwise) cannot change a score.
+#: it had before the key existed. Any other value is in the recipe like every key.
+#: ``task.train_size`` null or 1.0 is the whole train split; ``task.metric_impl`` builtin
+#: is peftbench's own metrics, and then ``task.evaluate`` (which Hub metric to use
+#: otherwise) cannot change a score.
 AS_BEFORE: dict[str, tuple[Any, ...]] = {
     "task.train_size": (None, 1.0),
     "task.metric_impl": (None, "builtin"),
