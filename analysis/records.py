@@ -32,6 +32,7 @@ COLUMNS = [
     "total_params", "trainable", "trainable_pct", "artifact_bytes",
     "peak_alloc_bytes", "peak_rss_bytes", "peak_mem_bytes",
     "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
+    "forgetting", "forgetting_measure", "energy_j", "energy_j_per_token",
     "git_sha", "git_dirty", "device", "path",
     "recipe_hash", "recipe", "config",
 ]  # fmt: skip
@@ -191,6 +192,11 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
         "eval_time_s": _get(record, "cost", "eval_time_s"),
         "tokens_per_s": _get(record, "cost", "tokens_per_s"),
         "samples_per_s": _get(record, "cost", "samples_per_s"),
+        # the probe text before vs after training (README "Forgetting"); none before it existed
+        "forgetting": _get(record, "forgetting", "value"),
+        "forgetting_measure": _get(record, "forgetting", "measure"),
+        "energy_j": _get(record, "cost", "energy", "joules"),
+        "energy_j_per_token": _get(record, "cost", "energy", "joules_per_token"),
         "git_sha": _get(record, "code", "git_sha"),
         "git_dirty": _get(record, "code", "git_dirty"),
         "device": _get(record, "env", "device"),

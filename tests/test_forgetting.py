@@ -214,3 +214,68 @@ def test_nvml_counts_the_energy_of_gpu_work():
             x = (x @ x).tanh()
         torch.cuda.synchronize()
     assert meter.summary(tokens=1)["joules"] > 0
+
+
+# -- the views ---------------------------------------------------------------------------------
+#: forgetting.value per (task, method) written into copies of tests/fixtures/records
+FORGOT = {
+    ("polarity", "lora"): ("linear_cka_drift", 0.1),
+    ("topic", "lora"): ("linear_cka_drift", 0.3),
+    ("polarity", "bitfit"): ("linear_cka_drift", 0.05),
+    ("topic", "bitfit"): ("linear_cka_drift", 0.15),
+    ("polarity", "prompt"): ("linear_cka_drift", 0.0),
+    ("topic", "prompt"): ("lm_loss_delta", 0.5),  # another measure: no mean over the two
+}
+
+
+def _with_measures(tmp_path: Path) -> Path:
+    import shutil
+
+    from tests.test_analysis import FIXTURES
+
+    results = Path(shutil.copytree(FIXTURES, tmp_path / "results"))
+    for path in results.rglob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+            exp = record["experiment"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the fixtures' corrupt and non-record files
+        measure, value = FORGOT[(exp["task"], exp["method"])]
+        record["forgetting"] = {"measure": measure, "value": value}
+        if record.get("cost"):
+            joules = 100.0 * (exp["seed"] + 1)
+            record["cost"]["energy"] = {"joules": joules, "joules_per_token": joules / 1e4}
+        path.write_text(json.dumps(record))
+    return results
+
+
+@pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+def test_the_csv_and_the_plot_show_forgetting_and_energy(tmp_path):
+    import csv
+
+    from analysis.report import build_report
+
+    written = {p.name for p in build_report(_with_measures(tmp_path))}
+    assert {"score_vs_forgetting.png", "score_vs_forgetting.svg"} <= written
+    rows = csv.DictReader((tmp_path / "results" / "report" / "comparison.csv").open())
+    by_method = {row["method"]: row for row in rows}
+    # mean over the two tasks of the seed means: (0.1 + 0.3) / 2, (0.05 + 0.15) / 2
+    assert float(by_method["lora"]["forgetting"]) == pytest.approx(0.2)
+    assert float(by_method["bitfit"]["forgetting"]) == pytest.approx(0.1)
+    assert by_method["lora"]["forgetting_measure"] == "linear_cka_drift"
+    assert by_method["prompt"]["forgetting"] == ""  # its tasks mix the two measures
+    assert by_method["prompt"]["forgetting_measure"] == "mixed"
+    # lora: polarity seeds 0, 1, 2 -> 200 J, topic seeds 0, 1 -> 150 J; mean 175 J
+    assert float(by_method["lora"]["energy_j"]) == pytest.approx(175.0)
+    assert float(by_method["lora"]["energy_j_per_token"]) == pytest.approx(0.0175)
+
+
+@pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+def test_records_without_the_measures_draw_no_forgetting_plot(tmp_path):
+    import shutil
+
+    from analysis.report import build_report
+    from tests.test_analysis import FIXTURES
+
+    results = Path(shutil.copytree(FIXTURES, tmp_path / "results"))
+    assert not any("forgetting" in p.name for p in build_report(results))
