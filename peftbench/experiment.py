@@ -29,7 +29,7 @@ from peftbench.batching import LengthGroupedBatchSampler, sorted_batches
 from peftbench.checkpoint import Checkpointer, Replay, remove_checkpoint
 from peftbench.config import ConfigError, validate
 from peftbench.data_cache import cache_key, cached_encode
-from peftbench.forgetting import ForgettingProbe, is_decoder
+from peftbench.forgetting import ForgettingProbe, is_decoder, probe_length
 from peftbench.identity import recipe, recipe_hash
 from peftbench.identity import run_id as make_run_id
 from peftbench.instrument import (
@@ -581,7 +581,13 @@ def _forgetting_reference(
     """The probe read on the backbone as loaded, before a method touches it (set-up time)."""
     if not cfg.instrument.get("forgetting", True):
         return None
-    probe = ForgettingProbe(backbone.tokenizer, task.head, device, is_decoder(backbone.model))
+    probe = ForgettingProbe(
+        backbone.tokenizer,
+        task.head,
+        device,
+        is_decoder(backbone.model),
+        max_tokens=probe_length(backbone.model, int(task.cfg.max_length)),
+    )
     probe.take_reference(backbone.model.to(device))
     return probe
 

@@ -40,7 +40,7 @@ PROBE_SOURCE = (
     "64 verses: peftbench/forgetting_probe.txt"
 )
 N_PROBE = 64
-MAX_TOKENS = 64  # per sentence; the verses are 8 to 40 words
+MAX_TOKENS = 64  # per sentence at most (the verses are 8 to 40 words); also task.max_length
 BATCH = 8
 LM_LOSS, CKA_DRIFT = "lm_loss_delta", "linear_cka_drift"
 
@@ -72,6 +72,13 @@ def is_decoder(model: torch.nn.Module) -> bool:
         kind in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
         and kind not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
     )
+
+
+def probe_length(model: torch.nn.Module, task_max_length: int) -> int:
+    """Tokens per probe sentence: MAX_TOKENS, at most the task's ``max_length`` and half a
+    position table (prompt methods prepend their virtual tokens to the input)."""
+    positions = getattr(model.config, "max_position_embeddings", None) or 2 * MAX_TOKENS
+    return max(8, min(MAX_TOKENS, task_max_length, positions // 2))
 
 
 def probe_sentences() -> list[str]:
@@ -108,9 +115,18 @@ class ForgettingProbe:
         head: the task's head (``causal_lm`` reads LM loss, every other head hidden states).
         device: where the model is.
         is_decoder: a decoder-only backbone (said in ``note`` when it has no LM head).
+        max_tokens: truncation; the run passes ``min(MAX_TOKENS, task.max_length)``, a length
+            its method is known to fit (prompt tokens + input within the position table).
     """
 
-    def __init__(self, tokenizer: Any, head: str, device: torch.device, is_decoder: bool):
+    def __init__(
+        self,
+        tokenizer: Any,
+        head: str,
+        device: torch.device,
+        is_decoder: bool,
+        max_tokens: int = MAX_TOKENS,
+    ):
         self.sentences = probe_sentences()
         self.measure = LM_LOSS if head == "causal_lm" else CKA_DRIFT
         self.note = (
@@ -119,12 +135,13 @@ class ForgettingProbe:
             else None
         )
         self.device = device
+        self.max_tokens = max_tokens
         self.batches = [
             tokenizer(
                 self.sentences[i : i + BATCH],
                 padding=True,
                 truncation=True,
-                max_length=MAX_TOKENS,
+                max_length=max_tokens,
                 return_tensors="pt",
             )
             for i in range(0, len(self.sentences), BATCH)
@@ -152,7 +169,8 @@ class ForgettingProbe:
         if self.measure == LM_LOSS:
             # prompt methods prepend virtual tokens: the input's positions are the last ones
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -length:].float()
-            labels = ids.masked_fill(mask == 0, -100)[:, 1:]
+            # a token counts where it and the one before it are text (left or right padding)
+            labels = ids[:, 1:].masked_fill((mask[:, 1:] == 0) | (mask[:, :-1] == 0), -100)
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
                 labels.reshape(-1),
@@ -180,7 +198,13 @@ class ForgettingProbe:
 
     def result(self, model: torch.nn.Module) -> dict:
         """The record's ``forgetting`` section: the measure, its value, before and after."""
-        after = self.read(model)
+        probe = {"source": PROBE_SOURCE, "n": len(self.sentences), "max_tokens": self.max_tokens}
+        try:
+            after = self.read(model)
+        except Exception as error:  # a measurement after training; the run's result stands
+            why = f"reading the probe after training failed: {type(error).__name__}: {error}"
+            return {"measure": self.measure, "value": None, "before": None, "after": None,
+                    "note": self.note, "probe": probe, "why_null": why}  # fmt: skip
         if self.measure == LM_LOSS:
             before, value = float(self.reference), float(after - self.reference)
         else:  # before: CKA of the reference with itself; after: with the trained model's
@@ -192,5 +216,6 @@ class ForgettingProbe:
             "before": before,
             "after": float(after),
             "note": self.note,
-            "probe": {"source": PROBE_SOURCE, "n": len(self.sentences), "max_tokens": MAX_TOKENS},
+            "probe": probe,
+            "why_null": None,
         }

@@ -73,7 +73,7 @@ def test_a_run_records_representation_drift_and_energy(compose, tmp_path):
     assert experiment.run(compose("method=full", "method.lr=1e-2"))["status"] == "success"
     record = _record(tmp_path / "results")
     drift = record["forgetting"]
-    assert drift["measure"] == "linear_cka_drift" and drift["note"] is None
+    assert drift["measure"] == "linear_cka_drift" and drift["note"] is drift["why_null"] is None
     assert drift["before"] == 1.0 and drift["value"] == pytest.approx(1.0 - drift["after"])
     assert 1e-4 < drift["value"] <= 1.0  # full fine-tuning at a high rate moves the backbone
     assert drift["probe"]["n"] == 64 and "Basic English" in drift["probe"]["source"]
@@ -90,6 +90,56 @@ def test_a_method_that_leaves_the_backbone_alone_forgets_nothing(compose, tmp_pa
     the same, so the drift is zero (a mismatch of before and after would show here)."""
     assert experiment.run(compose("method=linear"))["status"] == "success"
     assert _record(tmp_path / "results")["forgetting"]["value"] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "pfeiffer", "ia3", "unipelt"])
+def test_every_kind_of_method_is_read_after_training(method, compose, tmp_path):
+    """Prompt tokens prepended to the hidden states, prefixes in the attention, adapters in
+    the blocks, rescaled activations, a hybrid: each is read with the method active."""
+    assert experiment.run(compose(f"method={method}"))["status"] == "success"
+    drift = _record(tmp_path / "results")["forgetting"]
+    assert drift["measure"] == "linear_cka_drift" and 0.0 <= drift["value"] <= 1.0
+
+
+def test_left_padding_counts_the_same_tokens_as_right_padding(models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(models["llama"])
+    losses = []
+    for side in ("right", "left"):
+        tokenizer = AutoTokenizer.from_pretrained(models["llama"], padding_side=side)
+        probe = forgetting.ForgettingProbe(tokenizer, "causal_lm", torch.device("cpu"), True)
+        losses.append(probe.read(model))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_a_probe_that_cannot_be_read_after_training_is_null_with_the_reason(models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(models["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(models["llama"])
+    probe = forgetting.ForgettingProbe(tokenizer, "causal_lm", torch.device("cpu"), True)
+    probe.take_reference(model)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no forward today")
+
+    model.forward = broken
+    result = probe.result(model)
+    assert result["value"] is None and "no forward today" in result["why_null"]
+
+
+def test_the_probe_fits_a_small_position_table_with_prompt_tokens():
+    class Config:
+        max_position_embeddings = 64
+
+    class Model:
+        config = Config()
+
+    assert forgetting.probe_length(Model(), 256) == 32  # room for 32 prompt tokens
+    assert forgetting.probe_length(Model(), 16) == 16  # never longer than the task's inputs
+    Config.max_position_embeddings = 512
+    assert forgetting.probe_length(Model(), 256) == forgetting.MAX_TOKENS
 
 
 def test_the_switch_turns_the_probe_off(compose, tmp_path):
