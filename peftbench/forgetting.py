@@ -96,6 +96,24 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cross / norms) if norms > 0 else float("nan")
 
 
+def similarity_ranking(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Spearman correlation of the pairwise cosine similarities of the probe sentences
+    (every pair once) before vs after: how much of a sentence embedder's zero-shot ranking
+    of which verses are alike survives training (1 = the same order)."""
+
+    def pairs(features: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(features.double(), dim=1)
+        rows, cols = torch.triu_indices(len(unit), len(unit), offset=1)
+        return (unit @ unit.T)[rows, cols]
+
+    def ranks(values: torch.Tensor) -> torch.Tensor:
+        return values.argsort(stable=True).argsort(stable=True).double()
+
+    a, b = ranks(pairs(before)), ranks(pairs(after))
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
 @contextlib.contextmanager
 def _exact_fp32() -> Iterator[None]:
     """No TF32 while reading (the run turns it on after the reference was read)."""
@@ -204,10 +222,13 @@ class ForgettingProbe:
         except Exception as error:  # a measurement after training; the run's result stands
             why = f"reading the probe after training failed: {type(error).__name__}: {error}"
             return {"measure": self.measure, "value": None, "before": None, "after": None,
-                    "note": self.note, "probe": probe, "why_null": why}  # fmt: skip
+                    "note": self.note, "similarity_spearman": None, "probe": probe,
+                    "why_null": why}  # fmt: skip
         if self.measure == LM_LOSS:
             before, value = float(self.reference), float(after - self.reference)
+            ranking = None
         else:  # before: CKA of the reference with itself; after: with the trained model's
+            ranking = similarity_ranking(self.reference, after)
             cka = linear_cka(self.reference, after)
             before, after, value = 1.0, cka, 1.0 - cka
         return {
@@ -216,6 +237,10 @@ class ForgettingProbe:
             "before": before,
             "after": float(after),
             "note": self.note,
+            # hidden-state measures: Spearman of the pairwise cosine similarities (see
+            # similarity_ranking), the zero-shot ranking a sentence embedder such as MiniLM
+            # is used for; null for the LM loss
+            "similarity_spearman": ranking,
             "probe": probe,
             "why_null": None,
         }

@@ -37,6 +37,23 @@ def test_linear_cka_of_independent_features_is_small():
     assert linear_cka(x, y) < 0.02
 
 
+def test_the_similarity_ranking_survives_rotation_and_follows_a_reordering():
+    from peftbench.forgetting import similarity_ranking
+
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 8, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=generator))
+    assert similarity_ranking(x, 2.0 * x @ rotation) == pytest.approx(1.0)
+    y = torch.randn(12, 8, generator=generator)
+    assert abs(similarity_ranking(x, y)) < 0.5  # unrelated features: no shared order
+    # by hand: 3 sentences, pairs (0,1), (0,2), (1,2); cosines 1, 0, 0 vs 0, 0, 1 -> ranks
+    # (argsort of argsort; ties kept in order) 2, 0, 1 vs 0, 1, 2 -> centred 1, -1, 0 and
+    # -1, 0, 1 -> rho = -1 / 2
+    before = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    after = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert similarity_ranking(before, after) == pytest.approx(-0.5)
+
+
 # -- the probe text ----------------------------------------------------------------------------
 def test_the_probe_is_64_distinct_general_sentences():
     sentences = probe_sentences()
@@ -77,6 +94,7 @@ def test_a_run_records_representation_drift_and_energy(compose, tmp_path):
     assert drift["before"] == 1.0 and drift["value"] == pytest.approx(1.0 - drift["after"])
     assert 1e-4 < drift["value"] <= 1.0  # full fine-tuning at a high rate moves the backbone
     assert drift["probe"]["n"] == 64 and "Basic English" in drift["probe"]["source"]
+    assert -1.0 <= drift["similarity_spearman"] < 1.0
     energy = record["cost"]["energy"]
     assert set(energy) == {"joules", "joules_per_token", "excluded_joules", "source", "why_null"}
     if energy["source"] is None:  # this machine exposes no readable counter: say why
@@ -89,7 +107,9 @@ def test_a_method_that_leaves_the_backbone_alone_forgets_nothing(compose, tmp_pa
     """The linear probe trains the head only: the backbone's features before and after are
     the same, so the drift is zero (a mismatch of before and after would show here)."""
     assert experiment.run(compose("method=linear"))["status"] == "success"
-    assert _record(tmp_path / "results")["forgetting"]["value"] == pytest.approx(0.0, abs=1e-9)
+    drift = _record(tmp_path / "results")["forgetting"]
+    assert drift["value"] == pytest.approx(0.0, abs=1e-9)
+    assert drift["similarity_spearman"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix", "pfeiffer", "ia3", "unipelt"])
