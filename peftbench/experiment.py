@@ -491,7 +491,7 @@ class SetUp:
     base_params: int
     head_params: int
     seconds: float
-    parts_s: dict[str, float]  # load, data (tokenize or cache), budget search, method
+    parts_s: dict[str, float]  # load, data (tokenize or cache), forgetting, budget, method
     memory: PhasedPeakMemory
     fresh_process: bool
     forgetting: ForgettingProbe | None  # its reference read on the backbone, before the method
@@ -562,6 +562,7 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
     context = method_context(backbone, task, loaders["train"], cfg.train, device)
     base_params, head_params = _count(backbone.model), _head_count(backbone)
     probe = _forgetting_reference(cfg, task, backbone, device)
+    clock.part("forgetting_s")  # the probe's reference read, before the method
     method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
     clock.part("budget_s")
     # a method's calibration (fisher_mask's per-example gradients) runs here: set-up time
@@ -764,7 +765,8 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
 def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:
     return {
         "setup_time_s": setup.seconds,
-        # load, data (tokenize or cache), budget search, method (with its calibration)
+        # load, data (tokenize or cache), the forgetting probe's reference, budget search,
+        # method (with its calibration)
         "setup_parts_s": setup.parts_s,
         "train_time_s": fit.result.train_s,  # evaluation and checkpoint saving excluded
         "eval_time_s": fit.eval_clock.seconds,

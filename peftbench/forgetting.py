@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ class ForgettingProbe:
             for i in range(0, len(self.sentences), BATCH)
         ]
         self.reference: Any = None
+        self.seconds = 0.0  # the reference read's
 
     @torch.no_grad()
     def read(self, model: torch.nn.Module) -> Any:
@@ -212,11 +214,14 @@ class ForgettingProbe:
         return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu()
 
     def take_reference(self, model: torch.nn.Module) -> None:
+        start = time.perf_counter()
         self.reference = self.read(model)
+        self.seconds = time.perf_counter() - start
 
     def result(self, model: torch.nn.Module) -> dict:
         """The record's ``forgetting`` section: the measure, its value, before and after."""
         probe = {"source": PROBE_SOURCE, "n": len(self.sentences), "max_tokens": self.max_tokens}
+        start = time.perf_counter()
         try:
             after = self.read(model)
         except Exception as error:  # a measurement after training; the run's result stands
@@ -242,5 +247,6 @@ class ForgettingProbe:
             # is used for; null for the LM loss
             "similarity_spearman": ranking,
             "probe": probe,
+            "seconds": {"before": self.seconds, "after": time.perf_counter() - start},
             "why_null": None,
         }

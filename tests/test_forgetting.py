@@ -95,6 +95,8 @@ def test_a_run_records_representation_drift_and_energy(compose, tmp_path):
     assert 1e-4 < drift["value"] <= 1.0  # full fine-tuning at a high rate moves the backbone
     assert drift["probe"]["n"] == 64 and "Basic English" in drift["probe"]["source"]
     assert -1.0 <= drift["similarity_spearman"] < 1.0
+    assert drift["seconds"]["before"] > 0 and drift["seconds"]["after"] > 0
+    assert record["cost"]["setup_parts_s"]["forgetting_s"] >= drift["seconds"]["before"]
     energy = record["cost"]["energy"]
     assert set(energy) == {"joules", "joules_per_token", "excluded_joules", "source", "why_null"}
     if energy["source"] is None:  # this machine exposes no readable counter: say why
