@@ -36,6 +36,10 @@ COST_AXES = {
     "score_vs_params": CostAxis("trainable_pct", "% trainable parameters", log=True),
     "score_vs_time": CostAxis("train_time_s", "train time (s)", log=False),
     "score_vs_memory": CostAxis("peak_mem_bytes", "peak memory (MB)", log=False, divisor=1e6),
+    # record.forgetting.value: one measure per panel (a task has one head); README "Forgetting"
+    "score_vs_forgetting": CostAxis(
+        "forgetting", "forgetting (1 - linear CKA, or LM-loss delta in nats)", log=False
+    ),
 }
 FORMATS = ("png", "svg")
 
@@ -52,7 +56,7 @@ def plot_all(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
     """
     written = []
     for stem, axis in COST_AXES.items():
-        if agg[axis.column].notna().any():
+        if axis.column in agg and agg[axis.column].notna().any():
             written += plot_score_vs_cost(agg, axis, out_dir / stem)
     return written
 

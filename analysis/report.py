@@ -38,6 +38,9 @@ PLOT_CAPTIONS = {
     "score_vs_train_size": "Score vs training examples (task.train_size; log x), a line per "
     "method. Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from "
     "10 seeds; none for 1 seed), as in the table.",
+    "score_vs_forgetting": "Score vs forgetting on a general text the tasks do not use: "
+    "1 - linear CKA of the backbone's pooled features before vs after training, or, for a "
+    "causal LM, the change in its per-token loss (nats). " + _UNCERTAINTY,
     "convergence": "Dev score vs optimizer step (top) and vs seconds (bottom); mean over "
     "seeds, band = range over seeds.",
     "average_rank": "Average rank over tasks (bars) and the rank on each task (markers).",
@@ -60,8 +63,9 @@ def build_report(
 
     Quality outputs use the latest successful record of each run_id and never runs on
     synthetic weights. Writes ``comparison.md``, ``comparison.csv``, ``comparison.tex``,
-    ``score_vs_params.{png,svg}`` (plus ``score_vs_time`` and ``score_vs_memory`` when those
-    costs were recorded), ``convergence`` (when histories have dev points),
+    ``score_vs_params.{png,svg}`` (plus ``score_vs_time``, ``score_vs_memory`` and
+    ``score_vs_forgetting`` when those were recorded), ``convergence`` (when histories have
+    dev points),
     ``time_to_target.{md,csv}`` (when full fine-tuning ran on a task), ``average_rank``,
     ``budget_matched`` (when runs carry budgets), ``score_vs_train_size`` (when runs of a task
     differ in ``task.train_size``), ``reproducibility.md``, ``report.html``

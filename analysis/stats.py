@@ -28,6 +28,8 @@ from analysis.records import SUCCESS, SYNTHETIC
 GROUP = ("task", "model", "method_label")
 # Cost columns averaged over seeds next to the score (NaN when no run recorded them).
 COST_COLUMNS = ("trainable_pct", "peak_mem_bytes", "train_time_s", "tokens_per_s", "artifact_bytes")
+# Seed-means kept beside the costs (the CSV and the forgetting plot; older records: NaN).
+MEASURE_COLUMNS = ("forgetting", "energy_j", "energy_j_per_token")
 # A task's runs must agree on these, or their scores are not comparable.
 TASK_INVARIANTS = ("primary_name", "primary_split", "higher_is_better", "task_version")
 CONFIDENCE = 0.95
@@ -360,8 +362,20 @@ def aggregate(runs: pd.DataFrame, *, value: str = "primary_value") -> pd.DataFra
             **asdict(summary),
             "seed_values": dict(zip(seeded["seed"], seeded[value].astype(float), strict=True)),
             **{c: group[c].astype(float).mean() for c in COST_COLUMNS},
+            **{c: _seed_mean(group, c) for c in MEASURE_COLUMNS},
+            # one head per task, so one measure per group (None: not recorded)
+            "forgetting_measure": _first(group, "forgetting_measure"),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _seed_mean(group: pd.DataFrame, column: str) -> float:
+    return group[column].astype(float).mean() if column in group else float("nan")
+
+
+def _first(group: pd.DataFrame, column: str) -> str | None:
+    values = group[column].dropna() if column in group else pd.Series(dtype=object)
+    return str(values.iloc[0]) if len(values) else None
 
 
 def _check_quality_view(runs: pd.DataFrame) -> None:

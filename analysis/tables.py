@@ -22,6 +22,7 @@ from analysis.stats import (
     CI_BCA,
     CI_T,
     COST_COLUMNS,
+    MEASURE_COLUMNS,
     RankTest,
     complete_blocks,
     holm,
@@ -160,13 +161,33 @@ def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> Com
         avg=avg,
         ranks=ranks,
         avg_rank=avg_rank,
-        cost=agg.groupby("method_label")[list(COST_COLUMNS)].mean(),
+        cost=_costs(agg),
         best=best,
         tied=tied,
         tests=tests,
         ci_methods=frozenset(agg["ci_method"]) & {CI_T, CI_BCA},
         rank_test=None if blocks.empty else rank_test(blocks),
     )
+
+
+def _costs(agg: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the mean over tasks of the seed means: COST_COLUMNS, then MEASURE_COLUMNS
+    and ``forgetting_measure``. Forgetting is averaged only over tasks of one measure (a
+    decoder's LM-loss delta and its classification runs' CKA drift do not add up): a method
+    whose tasks mix measures gets NaN and ``mixed``."""
+    by_method = agg.groupby("method_label")
+    cost = by_method[list(COST_COLUMNS)].mean()
+    for column in MEASURE_COLUMNS:
+        cost[column] = by_method[column].mean() if column in agg else math.nan
+    if "forgetting_measure" not in agg:
+        cost["forgetting_measure"] = None
+        return cost
+    measures = by_method["forgetting_measure"].agg(lambda m: sorted(set(m.dropna())))
+    cost["forgetting_measure"] = measures.map(
+        lambda m: m[0] if len(m) == 1 else ("mixed" if m else None)
+    )
+    cost.loc[measures.map(len) > 1, "forgetting"] = math.nan
+    return cost
 
 
 def tests_vs_best(seed_values: pd.Series, best: frozenset[str]) -> pd.DataFrame:
@@ -563,7 +584,10 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     ``/std``, ``/n``, ``/ci_low``, ``/ci_high`` (95% interval of the mean, empty for one
     seed), ``/ci_method`` (t or bca), ``/test_vs_best``, ``/n_vs_best``, ``/p_vs_best`` and
     ``/p_holm_vs_best`` (the paired test against the column's best method; empty for the
-    best and the untested), then avg, avg_rank and the cost columns.
+    best and the untested), then avg, avg_rank, the cost columns, ``forgetting`` (mean over
+    the tasks of the record's ``forgetting.value``: 1 - linear CKA or the LM-loss delta,
+    named by ``forgetting_measure``; empty where a method's tasks mix the two), ``energy_j``
+    and ``energy_j_per_token`` (training energy, empty where no counter was readable).
 
     Args:
         tables: Output of :func:`build_tables`.

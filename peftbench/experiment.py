@@ -29,10 +29,12 @@ from peftbench.batching import LengthGroupedBatchSampler, sorted_batches
 from peftbench.checkpoint import Checkpointer, Replay, remove_checkpoint
 from peftbench.config import ConfigError, validate
 from peftbench.data_cache import cache_key, cached_encode
+from peftbench.forgetting import ForgettingProbe, is_decoder, probe_length
 from peftbench.identity import recipe, recipe_hash
 from peftbench.identity import run_id as make_run_id
 from peftbench.instrument import (
     AcceleratorBusy,
+    EnergyMeter,
     EvalClock,
     PhasedPeakMemory,
     StepTimer,
@@ -511,9 +513,10 @@ class SetUp:
     base_params: int
     head_params: int
     seconds: float
-    parts_s: dict[str, float]  # load, data (tokenize or cache), budget search, method
+    parts_s: dict[str, float]  # load, data (tokenize or cache), forgetting, budget, method
     memory: PhasedPeakMemory
     fresh_process: bool
+    forgetting: ForgettingProbe | None  # its reference read on the backbone, before the method
 
 
 @dataclass
@@ -526,6 +529,7 @@ class Fit:
     eval_clock: EvalClock
     checkpoint: Checkpointer
     log_row: Callable[[dict], None]
+    energy: EnergyMeter  # over the train() call, its evaluations booked apart
 
 
 @dataclass
@@ -538,6 +542,7 @@ class Measures:
     compute: dict
     peak_memory: dict
     inference: dict | None
+    forgetting: dict | None
 
 
 def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
@@ -578,6 +583,8 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
     clock.part("data_s")
     context = method_context(backbone, task, loaders["train"], cfg.train, device)
     base_params, head_params = _count(backbone.model), _head_count(backbone)
+    probe = _forgetting_reference(cfg, task, backbone, device)
+    clock.part("forgetting_s")  # the probe's reference read, before the method
     method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
     clock.part("budget_s")
     # a method's calibration (fisher_mask's per-example gradients) runs here: set-up time
@@ -587,8 +594,25 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
     memory.switch("train")
     return SetUp(
         device, model, backbone, loaders, data_facts, budget, autocast_dtype, base_params,
-        head_params, clock.total(), clock.parts, memory, fresh_process,
+        head_params, clock.total(), clock.parts, memory, fresh_process, probe,
     )  # fmt: skip
+
+
+def _forgetting_reference(
+    cfg: Any, task: Any, backbone: Any, device: torch.device
+) -> ForgettingProbe | None:
+    """The probe read on the backbone as loaded, before a method touches it (set-up time)."""
+    if not cfg.instrument.get("forgetting", True):
+        return None
+    probe = ForgettingProbe(
+        backbone.tokenizer,
+        task.head,
+        device,
+        is_decoder(backbone.model),
+        max_tokens=probe_length(backbone.model, int(task.cfg.max_length)),
+    )
+    probe.take_reference(backbone.model.to(device))
+    return probe
 
 
 def method_context(
@@ -639,7 +663,9 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
 
     history: list[dict] = []
     timer = StepTimer(int(cfg.train.warmup_steps_excluded), setup.device)
-    eval_clock = EvalClock(setup.memory)  # evaluations book their memory to the eval phase
+    energy = EnergyMeter(setup.device)
+    # evaluations book their memory to the eval phase, their energy apart from training's
+    eval_clock = EvalClock(setup.memory, energy)
 
     def log_row(row: dict) -> None:
         if "train/loss" in row:  # the loop logs the loss; instrumentation adds its readings
@@ -654,24 +680,25 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
     checkpoint = Checkpointer.for_run(
         cfg, run_id, {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
     )
-    result = train(
-        distributed.wrap(setup.model, setup.device),  # gradients averaged across ranks
-        train_loader=setup.loaders["train"],
-        dev_loader=setup.loaders["dev"],
-        task=task,
-        cfg=cfg.train,
-        lr=effective_lr(cfg.method),
-        device=setup.device,
-        timer=timer,
-        eval_clock=eval_clock,
-        log=log_row,
-        description=run_id,
-        step_hook=step_hook(setup.model),
-        autocast_dtype=setup.autocast_dtype,
-        # one process's state; a data-parallel run's ranks would each need theirs
-        checkpoint=checkpoint if distributed.world_size() == 1 else None,
-    )
-    return Fit(result, history, timer, eval_clock, checkpoint, log_row)
+    with energy.measure():  # the counter read at start and end (RAPL: polled in between)
+        result = train(
+            distributed.wrap(setup.model, setup.device),  # gradients averaged across ranks
+            train_loader=setup.loaders["train"],
+            dev_loader=setup.loaders["dev"],
+            task=task,
+            cfg=cfg.train,
+            lr=effective_lr(cfg.method),
+            device=setup.device,
+            timer=timer,
+            eval_clock=eval_clock,
+            log=log_row,
+            description=run_id,
+            step_hook=step_hook(setup.model),
+            autocast_dtype=setup.autocast_dtype,
+            # one process's state; a data-parallel run's ranks would each need theirs
+            checkpoint=checkpoint if distributed.world_size() == 1 else None,
+        )
+    return Fit(result, history, timer, eval_clock, checkpoint, log_row, energy)
 
 
 def _evaluate_test(task: Any, setup: SetUp, fit: Fit) -> dict:
@@ -704,12 +731,16 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
     # per phase, before the inference measurements; the top level is training's peak
     peak_memory = {**setup.memory.summary(), "fresh_process": setup.fresh_process}
     compute = _compute_cost(model, fit.timer, trainable, device, cfg.instrument, counted)
+    forgetting = None
+    if setup.forgetting is not None:  # before inference: merging rewrites the model
+        with setup.memory.phase("forgetting"):
+            forgetting = setup.forgetting.result(model)
     inference = (
         _inference_cost(model, setup.loaders["test"], device, cfg.method)
         if cfg.instrument.inference and distributed.is_main()  # rank 0 records; others skip
         else None
     )
-    return Measures(trainable, total, artifact_bytes, compute, peak_memory, inference)
+    return Measures(trainable, total, artifact_bytes, compute, peak_memory, inference, forgetting)
 
 
 def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Measures) -> dict:
@@ -737,6 +768,8 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
             "budget": setup.budget,  # method.budget_pct: requested, reached, knob and value
         },
         "cost": _cost_section(setup, fit, measures),
+        # the probe text before vs after training (peftbench/forgetting.py, README)
+        "forgetting": measures.forgetting,
         "metrics": {
             "primary": {
                 "name": task.primary_metric,
@@ -756,7 +789,8 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
 def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:
     return {
         "setup_time_s": setup.seconds,
-        # load, data (tokenize or cache), budget search, method (with its calibration)
+        # load, data (tokenize or cache), the forgetting probe's reference, budget search,
+        # method (with its calibration)
         "setup_parts_s": setup.parts_s,
         "train_time_s": fit.result.train_s,  # evaluation and checkpoint saving excluded
         "eval_time_s": fit.eval_clock.seconds,
@@ -769,4 +803,6 @@ def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:
         **measures.compute,
         "peak_mem_bytes": measures.peak_memory,
         "inference": measures.inference,
+        # training's energy (evaluations apart), per padded token as FLOPs count them
+        "energy": fit.energy.summary(fit.timer.padded_tokens_all),
     }

@@ -15,6 +15,7 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,16 +129,19 @@ class EvalClock(Clock):
 
     The training loop wraps every evaluation in ``with eval_clock.measure():``; with this
     clock the peak memory of those blocks (batch ``eval_batch_size``, 8x the training batch
-    by default) goes to the ``eval`` phase of ``memory``, not to the training peak.
+    by default) goes to the ``eval`` phase of ``memory``, not to the training peak, and
+    their energy is subtracted from ``energy``'s training figure.
     """
 
-    def __init__(self, memory: PhasedPeakMemory) -> None:
+    def __init__(self, memory: PhasedPeakMemory, energy: EnergyMeter | None = None) -> None:
         super().__init__()
         self.memory = memory
+        self.energy = energy  # evaluations' energy is booked apart from training's
 
     @contextmanager
     def measure(self) -> Iterator[None]:
-        with self.memory.phase("eval"), super().measure():
+        excluded = self.energy.exclude() if self.energy else contextlib.nullcontext()
+        with self.memory.phase("eval"), excluded, super().measure():
             yield
 
 
@@ -466,3 +470,155 @@ def inference_speed(model: torch.nn.Module, loader, device: torch.device) -> dic
         "samples_per_s": samples / sum(durations),
         "n_batches": len(durations),
     }
+
+
+#: Linux powercap root; tests point it at a fake folder.
+POWERCAP = Path("/sys/class/powercap")
+RAPL_POLL_S = 10.0  # a package counter (~2^32 uJ) wraps after minutes at full load
+
+
+def _rapl_packages(root: Path) -> list[Path]:
+    """The package-level RAPL domains (``intel-rapl:N``; ``intel-rapl:N:M`` are inside them)."""
+    return sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
+
+
+class EnergyMeter:
+    """Energy the device drew over a block, from the driver's or the kernel's counter.
+
+    CUDA: NVML's ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since the driver loaded; Volta
+    and later), read at start and stop. CPU: Linux RAPL, the sum of the package domains'
+    ``energy_uj`` under ``/sys/class/powercap``, sampled every ``RAPL_POLL_S`` seconds by a
+    background thread so a wrap of a counter (at ``max_energy_range_uj``) is seen and added
+    back. Both count the whole device (GPU board, CPU packages), other processes included.
+    ``exclude()`` blocks (evaluations inside training) are subtracted and reported apart.
+    Where no counter can be read, ``summary`` gives null joules and ``why_null``.
+    """
+
+    def __init__(self, device: torch.device, root: Path | None = None) -> None:
+        self.device = device
+        self.root = root if root is not None else POWERCAP
+        self.source: str | None = None
+        self.why_null: str | None = None
+        self.joules = 0.0
+        self.excluded_joules = 0.0
+        self._ranges: list[int] = []  # RAPL: each package's max_energy_range_uj
+        self._last: list[int] | float | None = None
+        self._read = self._open()
+        self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def _open(self):
+        if self.device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                uuid = str(torch.cuda.get_device_properties(self.device).uuid)
+                handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}".encode())
+                pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            except Exception as error:  # no package, driver or support (pre-Volta)
+                self.why_null = f"NVML total energy unreadable: {type(error).__name__}: {error}"
+                return None
+            self.source = "nvml"
+            return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+        if self.device.type != "cpu":
+            self.why_null = f"no energy counter known for device {self.device.type!r}"
+            return None
+        packages = _rapl_packages(self.root)
+        if not packages:
+            self.why_null = f"no RAPL package domain under {self.root} (not Linux on x86?)"
+            return None
+        try:
+            self._ranges = [int((p / "max_energy_range_uj").read_text()) for p in packages]
+            [int((p / "energy_uj").read_text()) for p in packages]
+        except (OSError, ValueError) as error:
+            self.why_null = (
+                f"RAPL unreadable ({type(error).__name__}: {error}); energy_uj is root-only "
+                "since Linux 5.10: run as root or make it readable"
+            )
+            return None
+        self.source = "rapl"
+        return lambda: [int((p / "energy_uj").read_text()) for p in packages]
+
+    def _delta(self, now: list[int] | float) -> float:
+        """Joules since the last reading (RAPL: each package, a wrap added back)."""
+        last, self._last = self._last, now
+        if last is None:
+            return 0.0
+        if self.source == "nvml":
+            return float(now) - float(last)
+        total = 0
+        for before, after, span in zip(last, now, self._ranges, strict=True):
+            total += after - before if after >= before else after + span - before
+        return total / 1e6
+
+    def sample(self) -> float:
+        """Reads the counter; returns the joules since the previous reading."""
+        return self._delta(self._read()) if self._read is not None else 0.0
+
+    def start(self) -> None:
+        if self._read is None:
+            return
+        self.sample()
+        if self.source == "rapl":
+            self._stop = threading.Event()
+
+            def poll() -> None:
+                while not self._stop.wait(RAPL_POLL_S):
+                    with self._lock:
+                        self.joules += self.sample()
+
+            self._thread = threading.Thread(target=poll, name="rapl-poll", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._read is None:
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            self.joules += self.sample()
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        self.start()
+        try:
+            yield
+        finally:
+            self.stop()
+
+    @contextmanager
+    def exclude(self) -> Iterator[None]:
+        """A block inside ``measure`` whose energy is booked apart (an evaluation)."""
+        if self._read is None or self._last is None:
+            yield
+            return
+        with self._lock:
+            self.joules += self.sample()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.excluded_joules += self.sample()
+
+    def summary(self, tokens: int) -> dict:
+        """The record's ``cost.energy``: joules of the measured blocks less the excluded ones,
+        per padded token (the tokens the FLOPs count), and where the figure came from."""
+        if self._read is None:
+            return {
+                "joules": None,
+                "joules_per_token": None,
+                "excluded_joules": None,
+                "source": None,
+                "why_null": self.why_null,
+            }
+        return {
+            "joules": self.joules,
+            "joules_per_token": self.joules / tokens if tokens else None,
+            "excluded_joules": self.excluded_joules,  # evaluations inside training
+            "source": self.source,
+            "why_null": None if tokens else "no training token counted",
+        }

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from peftbench import benchmark
 from peftbench.cli import main
-from peftbench.config import ConfigError, check_command_line, validate
+from peftbench.config import ConfigError, validate
+from peftbench.precheck import check_command_line
 from peftbench.record import records_dir
 from tests.conftest import ROOT, tiny_overrides
 

@@ -133,7 +133,7 @@ def test_the_low_resource_preset_sweeps_sizes_methods_and_seeds():
     from hydra import initialize_config_dir
 
     from peftbench.callbacks import sweep_size
-    from peftbench.config import check_command_line
+    from peftbench.precheck import check_command_line
     from tests.conftest import ROOT
 
     check_command_line(["-m", "+experiment=low-resource"], ROOT / "conf")
