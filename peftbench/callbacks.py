@@ -103,7 +103,12 @@ class ReportAtSweepEnd(Callback):
         for path in paths:
             print(f"  {path}")
         if config.get("tracker") is not None:  # the sweep's wandb group opens on the comparison
+            from peftbench.secrets import scrub
             from peftbench.tracking import log_report
 
-            log_report(config.tracker, group=str(config.sweep_id), results_dir=results_dir,
-                       report=paths)  # fmt: skip
+            log_report(  # the group the runs used: their sweep_id, redacted like their config
+                config.tracker,
+                group=scrub(str(config.sweep_id)),
+                results_dir=results_dir,
+                report=paths,
+            )
