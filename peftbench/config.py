@@ -24,16 +24,11 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from peftbench.architectures import FAMILIES, families_serving
+from peftbench.methods import specs
+
 EXIT_USAGE = 2
 PREFIX = "peftbench: error: "
-#: Model families a task kind can use; a kind missing here accepts every family.
-TASK_KIND_FAMILIES: dict[str, tuple[str, ...]] = {
-    "classification": ("encoder", "decoder", "encoder_decoder"),
-    "token_classification": ("encoder", "decoder"),
-    "translation": ("encoder_decoder", "decoder"),
-    "summarization": ("encoder_decoder", "decoder"),
-}
-MODEL_FAMILIES = ("encoder", "decoder", "encoder_decoder")
 #: Keys a ``+key=value`` override may add although no YAML defines them. ``method.peft`` takes
 #: any peft argument; elsewhere an added key would be silently ignored, so it is a typo.
 OPEN_PREFIXES = ("hydra.", "method.peft.")
@@ -177,7 +172,7 @@ SCHEMA: dict[str, Rule] = {
         float, lambda v: 0 < v <= 100, "a percentage in (0, 100]", "1", nullable=True
     ),
     "model.name": _NON_EMPTY_STR,
-    "model.family": _one_of(*MODEL_FAMILIES),
+    "model.family": _one_of(*FAMILIES),
     "model.trust_remote_code": _BOOL,
     "model.weights": _one_of("pretrained", "synthetic"),
     "model.biases": _BOOL,
@@ -353,12 +348,11 @@ def _check_model_folder(folder: Path, gguf_file: str | None = None) -> None:
 
 def _check_family(cfg: Mapping) -> None:
     kind, family = lookup(cfg, "task.kind"), lookup(cfg, "model.family")
-    allowed = TASK_KIND_FAMILIES.get(str(kind))
-    if allowed is not None and family is not None and family not in allowed:
+    if family in FAMILIES and kind in FAMILIES[family].refuses:
         raise ConfigError(
             f"task {lookup(cfg, 'task.name')!r} (kind {kind}) cannot use model "
             f"{lookup(cfg, 'model.name')!r}: it is an {family} model",
-            f"choose a model whose family is {' or '.join(allowed)}",
+            f"choose a model whose family is {' or '.join(families_serving(str(kind)))}",
         )
     if kind in (lookup(cfg, "model.unsupported_task_kinds") or ()):
         raise ConfigError(
@@ -368,8 +362,12 @@ def _check_family(cfg: Mapping) -> None:
         )
 
 
-#: peft methods that add virtual tokens or key/value prefixes instead of editing weights.
-_PROMPT_LEARNING = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
+def _check_kind(cfg: Mapping) -> None:
+    kind = lookup(cfg, "method.kind")
+    if kind is not None and kind not in specs.kinds():
+        raise ConfigError(
+            f"unknown method kind {kind!r} (method.kind)", f"valid: {', '.join(specs.kinds())}"
+        )
 
 
 def _check_warm_start(cfg: Mapping) -> None:
@@ -389,7 +387,7 @@ def _check_warm_start(cfg: Mapping) -> None:
             "use it for translation, or choose an encoder model such as model=minilm-l6",
         )
     peft_types = {v for p, v in walk(cfg.get("method") or {}) if p.endswith("peft_type")}
-    prompt_learning = sorted(peft_types & set(_PROMPT_LEARNING))
+    prompt_learning = sorted(t for t in peft_types if specs.peft_type(t).prompt_learning)
     if prompt_learning:
         raise ConfigError(
             f"method {lookup(cfg, 'method.name')!r} ({prompt_learning[0]}) cannot run on model "
@@ -405,12 +403,16 @@ _TEXT_TO_TEXT_KINDS = ("classification", "regression")
 
 
 def _check_head(cfg: Mapping) -> None:
-    """The linear probe trains a task head only; generation and text-to-text have none.
+    """A head-only method (the linear probe) needs a task head, which generation lacks.
 
-    A warm-started encoder-decoder is the exception: what it creates new (cross-attention,
-    the LM head's transform) counts as its head, so the probe trains that.
+    Generation and text-to-text write their output with the LM head. A warm-started
+    encoder-decoder is the exception: what it creates new (cross-attention, the LM head's
+    transform) counts as its head, so the probe trains that.
     """
-    if lookup(cfg, "method.kind") != "linear" or lookup(cfg, "model.warm_start"):
+    method_kind = lookup(cfg, "method.kind")
+    if method_kind not in specs.kinds() or lookup(cfg, "model.warm_start"):
+        return
+    if not specs.spec(method_kind).head_only:
         return
     kind, family = lookup(cfg, "task.kind"), lookup(cfg, "model.family")
     if kind in _TEXT_OUTPUT_KINDS or (kind in _TEXT_TO_TEXT_KINDS and family == "encoder_decoder"):
@@ -504,6 +506,7 @@ def validate(
     _check_task(cfg)
     _check_model_source(cfg)
     _check_family(cfg)
+    _check_kind(cfg)
     _check_warm_start(cfg)
     _check_head(cfg)
     _check_requires(cfg, cuda_available)

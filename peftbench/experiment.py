@@ -216,19 +216,17 @@ def _prepare(cfg: Any) -> Any:
         The task, with its splits read and checked.
 
     Raises:
-        ConfigError: a method kind, task kind, reader or metric that is not registered.
+        ConfigError: a task kind, reader or metric that is not registered.
         DataError: a data file that is missing or malformed, or a split that would be empty.
         AssetError: an offline asset (data or model) that cannot be fetched or verified.
     """
     from peftbench.assets import check_weights, fetch
-    from peftbench.methods import METHOD_KINDS
     from tasks import TASK_KINDS, build_task
     from tasks.metrics import METRICS
     from tasks.readers import READERS, DataError
     from tasks.splits import train_size_count
 
     names = [
-        (METHOD_KINDS.names(), "method kind", "method.kind", cfg.method.kind),
         (TASK_KINDS.names(), "task kind", "task.kind", cfg.task.kind),
         (READERS.names(), "data reader", "task.source.reader", cfg.task.source.reader),
         *((list(METRICS), "metric", "task.metrics", m) for m in cfg.task.metrics),
@@ -384,10 +382,6 @@ def _loaders(
             generator=torch.Generator().manual_seed(seed),
         )
     return loaders, {"n_truncated": truncated, "tokenize": tokenize}
-
-
-def _count(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def _accelerate(model: torch.nn.Module, device: torch.device, cfg: Any) -> torch.dtype | None:
@@ -556,6 +550,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
 
 def _set_up(cfg: Any, task: Any) -> SetUp:
     from peftbench.methods import apply_method
+    from peftbench.methods.base import count_params, is_head_param
     from peftbench.methods.budget import fit_budget
     from peftbench.models import load_backbone
 
@@ -582,7 +577,8 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
     )
     clock.part("data_s")
     context = method_context(backbone, task, loaders["train"], cfg.train, device)
-    base_params, head_params = _count(backbone.model), _head_count(backbone)
+    base_params = count_params(backbone.model)
+    head_params = count_params(backbone.model, lambda n, _: is_head_param(n, backbone.head_modules))
     probe = _forgetting_reference(cfg, task, backbone, device)
     clock.part("forgetting_s")  # the probe's reference read, before the method
     method_cfg, budget = fit_budget(backbone.model.to(device), cfg.method, context)
@@ -646,17 +642,6 @@ class _PartClock:
         return time.perf_counter() - self.start
 
 
-def _head_count(backbone: Any) -> int:
-    """Parameters of the task head, which may sit deep inside (a decoder's cross-attention)."""
-    from peftbench.methods.base import is_head_param
-
-    return sum(
-        p.numel()
-        for name, p in backbone.model.named_parameters()
-        if is_head_param(name, backbone.head_modules)
-    )
-
-
 def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
     from peftbench.methods.base import step_hook
     from peftbench.train import train
@@ -715,14 +700,14 @@ def _evaluate_test(task: Any, setup: SetUp, fit: Fit) -> dict:
 
 def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
     from peftbench.methods import save_trainable
-    from peftbench.methods.base import count_trainable
+    from peftbench.methods.base import count_params, count_trainable
 
     model, device = setup.model, setup.device
     # After training, so the counted step can change nothing the run measures or learns
     # (and a fault at step k stays at step k); its memory is neither phase's.
     with setup.memory.phase("flop_count"):
         counted = _count_flops(model, setup.loaders["train"], device, setup.autocast_dtype)
-    trainable, total = _count(model, trainable_only=True), _count(model)
+    trainable, total = count_params(model, lambda _, p: p.requires_grad), count_params(model)
     if setup.budget is not None:  # what the sized method really trains, head excluded
         reached = count_trainable(model, setup.backbone.head_modules)[0]
         setup.budget["reached_pct"] = 100.0 * reached / setup.budget["base"]

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftbench.architectures import head_module_names
+
 PRETRAINED, SYNTHETIC = "pretrained", "synthetic"
-# Module names that hold a task head in transformers' auto-classes; every method trains them.
-_HEAD_MODULE_NAMES = ("classifier", "score", "qa_outputs")
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _gguf_path(source: Any) -> Path:
 def _head_modules(model: nn.Module, missing_keys: list[str]) -> list[str]:
     """Top-level modules that are a task head: known head names plus anything newly created."""
     top = {name for name, _ in model.named_children()}
-    names = {n for n in _HEAD_MODULE_NAMES if n in top}
+    names = {n for n in head_module_names() if n in top}
     names |= {key.split(".")[0] for key in missing_keys if key.split(".")[0] in top}
     return sorted(names)
 

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 from peftbench.methods import MethodContext, apply_method
-from peftbench.methods.base import MethodNotApplicable, count_trainable
-from peftbench.methods.budget import TOLERANCE, backbone_size, fit_budget
+from peftbench.methods.base import MethodNotApplicable, backbone_size, count_trainable
+from peftbench.methods.budget import TOLERANCE, fit_budget
 from tests.conftest import METHOD_YAMLS
 
 

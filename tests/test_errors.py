@@ -175,7 +175,7 @@ CASES = [
         "synthetic weights without an architecture",
         ("model=llama-1b-synthetic", "~model.architecture"),
     ),
-    Case("method-kind", "unknown method kind", ("method.kind=lora",), config=False),
+    Case("method-kind", "unknown method kind", ("method.kind=lora",)),
     Case("device-absent", "a CUDA device the machine lacks", ("device=cuda:99",), config=False),
     Case(
         "batch-over-train",
@@ -391,7 +391,7 @@ _VALID_LIST = re.compile(
 
 def _known_lists() -> dict[str, str]:
     """The lists of valid names a message may end with -> what the doc shows instead."""
-    from peftbench.methods import METHOD_KINDS
+    from peftbench.methods import specs
     from peftbench.precheck import _group_options
     from tasks.metrics import METRICS
     from tasks.readers import READERS
@@ -400,7 +400,7 @@ def _known_lists() -> dict[str, str]:
         ", ".join(names): f"<the names in conf/{group}/>"
         for group, names in (_group_options(CONF).items())
     }
-    lists[", ".join(METHOD_KINDS.names())] = "<the registered method kinds>"
+    lists[", ".join(specs.kinds())] = "<the registered method kinds>"
     lists[", ".join(READERS.names())] = "<the registered data readers>"
     lists[", ".join(METRICS)] = "<the registered metrics>"
     return lists

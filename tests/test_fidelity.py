@@ -17,8 +17,13 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 from peftbench.instrument import Clock, StepTimer
 from peftbench.methods import MethodContext, apply_method
-from peftbench.methods.base import SELECT_FROM_ATTR, count_trainable, select_from_step
-from peftbench.methods.budget import TOLERANCE, backbone_size, fit_budget
+from peftbench.methods.base import (
+    SELECT_FROM_ATTR,
+    backbone_size,
+    count_trainable,
+    select_from_step,
+)
+from peftbench.methods.budget import TOLERANCE, fit_budget
 from peftbench.methods.hybrid import GatedAdapter, GatedLoRA
 from peftbench.train import param_groups, train
 

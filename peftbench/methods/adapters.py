@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head
+from peftbench.methods.base import MethodContext, freeze_all_but_head
 from peftbench.methods.blocks import ffn_pairs, layer_stacks, out_features, output_projections
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -289,7 +289,6 @@ def _bottleneck(cfg: Any) -> Callable[[int], nn.Module]:
     )
 
 
-@METHOD_KINDS.register("houlsby")
 def houlsby_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Freezes the backbone; adds an adapter after each attention and FFN block and trains the
     layers' LayerNorms (Houlsby et al. 2019)."""
@@ -299,7 +298,6 @@ def houlsby_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Modul
     return model
 
 
-@METHOD_KINDS.register("pfeiffer")
 def pfeiffer_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Freezes the backbone and adds one adapter per layer in the Pfeiffer placement."""
     freeze_all_but_head(model, ctx.head_modules)
@@ -307,7 +305,6 @@ def pfeiffer_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Modu
     return model
 
 
-@METHOD_KINDS.register("parallel_adapter")
 def parallel_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Freezes the backbone and adds a scaled parallel adapter beside each FFN block."""
     freeze_all_but_head(model, ctx.head_modules)
@@ -315,7 +312,6 @@ def parallel_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Modu
     return model
 
 
-@METHOD_KINDS.register("compacter")
 def compacter_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Freezes the backbone and adds PHM adapters (Houlsby placement) sharing one rule A."""
     freeze_all_but_head(model, ctx.head_modules)

@@ -10,11 +10,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peftbench.registry import Registry
-
-#: kind (the ``kind`` key of conf/method/*.yaml) -> function(model, cfg, ctx) -> model.
-METHOD_KINDS: Registry[Callable[..., nn.Module]] = Registry("method kind")
-
+from peftbench.methods.specs import spec
 
 #: Name of the optional model attribute holding ``hook(step)``, which the training loop calls
 #: after every optimiser step and before gradients are cleared (AdaLoRA re-allocates its rank
@@ -52,7 +48,7 @@ class MethodContext:
 
 def apply_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Applies the method named by ``cfg.kind``; afterwards exactly its parameters train."""
-    return METHOD_KINDS.get(cfg.kind)(model, cfg, ctx)
+    return spec(cfg.kind).applier()(model, cfg, ctx)
 
 
 def freeze_all_but_head(model: nn.Module, head_modules: list[str]) -> None:
@@ -70,21 +66,29 @@ def is_head_param(name: str, head_modules: list[str]) -> bool:
     return any(part in head_modules for part in name.split("."))
 
 
+def count_params(model: nn.Module, keep: Callable[[str, nn.Parameter], bool] | None = None) -> int:
+    """Scalars of the parameters ``keep(name, param)`` accepts (all of them by default).
+
+    The one parameter count of the harness: records, budgets and the Fisher mask count with
+    it, and tell the head from the backbone with :func:`is_head_param` only.
+    """
+    return sum(p.numel() for n, p in model.named_parameters() if keep is None or keep(n, p))
+
+
+def backbone_size(model: nn.Module, head_modules: list[str]) -> int:
+    """Parameters of the backbone, task head excluded: the base of every budget."""
+    return count_params(model, lambda name, _: not is_head_param(name, head_modules))
+
+
 def count_trainable(model: nn.Module, head_modules: list[str]) -> tuple[int, int]:
     """Scalars trained by the method and by the task head: ``(method, head)``.
 
     Every method trains whole tensors (a sparse method trains a tensor of its selected
     entries), so ``requires_grad`` is the exact count.
     """
-    method, head = 0, 0
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if is_head_param(name, head_modules):
-            head += param.numel()
-        else:
-            method += param.numel()
-    return method, head
+    trainable = count_params(model, lambda _, p: p.requires_grad)
+    head = count_params(model, lambda n, p: p.requires_grad and is_head_param(n, head_modules))
+    return trainable - head, head
 
 
 def step_hook(model: nn.Module) -> Callable[[int], None] | None:

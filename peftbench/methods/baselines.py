@@ -7,14 +7,12 @@ from typing import Any
 from torch import nn
 
 from peftbench.methods.base import (
-    METHOD_KINDS,
     MethodContext,
     MethodNotApplicable,
     freeze_all_but_head,
 )
 
 
-@METHOD_KINDS.register("full")
 def full_finetuning(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Every parameter trains (the reference every PEFT method is compared against)."""
     for param in model.parameters():
@@ -22,7 +20,6 @@ def full_finetuning(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module
     return model
 
 
-@METHOD_KINDS.register("linear")
 def linear_probe(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Only the task head trains: the floor any PEFT method has to beat."""
     if not ctx.head_modules:

@@ -18,8 +18,14 @@ from typing import Any
 from omegaconf import OmegaConf
 from torch import nn
 
-from peftbench.methods.base import MethodContext, MethodNotApplicable, apply_method, count_trainable
-from peftbench.methods.selective import fisher_k
+from peftbench.methods.base import (
+    MethodContext,
+    MethodNotApplicable,
+    apply_method,
+    backbone_size,
+    count_trainable,
+)
+from peftbench.methods.specs import spec
 
 #: How far the reached size may be from the budget, relative to the budget.
 TOLERANCE = 0.10
@@ -27,29 +33,11 @@ TOLERANCE = 0.10
 _MAX_INT_KNOB = 1 << 14
 
 
-def backbone_size(model: nn.Module, head_modules: list[str]) -> int:
-    """Parameters of the backbone, task head excluded: the base of every budget."""
-    return sum(
-        p.numel() for n, p in model.named_parameters() if n.split(".")[0] not in head_modules
-    )
-
-
-def _analytic_fisher(model: nn.Module, cfg: Any, ctx: MethodContext) -> int:
-    # The mask keeps exactly k entries; estimating the Fisher just to count them would waste
-    # a calibration pass per bisection step.
-    return fisher_k(cfg, backbone_size(model, ctx.head_modules))
-
-
-#: kind -> exact size without applying the method (for methods whose dry run is expensive).
-_ANALYTIC_SIZES: dict[str, Callable[[nn.Module, Any, MethodContext], int]] = {
-    "fisher_mask": _analytic_fisher,
-}
-
-
 def method_size(model: nn.Module, cfg: Any, ctx: MethodContext) -> int:
     """Trainable parameters the method adds or frees, task head excluded (model untouched)."""
-    if cfg.kind in _ANALYTIC_SIZES:
-        return _ANALYTIC_SIZES[cfg.kind](model, cfg, ctx)
+    analytic = spec(cfg.kind).sizer()
+    if analytic is not None:
+        return analytic(model, cfg, ctx)
     return count_trainable(apply_method(copy.deepcopy(model), cfg, ctx), ctx.head_modules)[0]
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from peftbench.methods.adapters import _ACTIVATIONS, add_parallel_adapters, add_sequential_adapters
-from peftbench.methods.base import METHOD_KINDS, MethodContext, freeze_all_but_head, is_head_param
+from peftbench.methods.base import MethodContext, freeze_all_but_head, is_head_param
 from peftbench.methods.blocks import output_projections
 from peftbench.methods.peft_backend import peft_args, wrap
 
@@ -79,7 +79,7 @@ def add_gated_lora(model: nn.Module, *, rank: int, alpha: float) -> None:
             linear.register_forward_hook(_add_gated_lora_hook)
 
 
-def wrap_with_prefix(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
+def _wrap_with_prefix(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Adds peft's prefix tuning (``cfg.peft``) and keeps the native modules trainable.
 
     peft freezes the whole base model when it wraps it, native modules included, so the
@@ -98,15 +98,13 @@ def wrap_with_prefix(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Modul
     return wrapped
 
 
-@METHOD_KINDS.register("mam")
 def mam_adapter(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Prefix tuning at the attention + scaled parallel adapter at every FFN block."""
     freeze_all_but_head(model, ctx.head_modules)
     add_parallel_adapters(model, cfg)
-    return wrap_with_prefix(model, cfg, ctx)
+    return _wrap_with_prefix(model, cfg, ctx)
 
 
-@METHOD_KINDS.register("unipelt")
 def unipelt(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Gated LoRA (query, value) + gated adapter after every FFN block + prefix tuning."""
     freeze_all_but_head(model, ctx.head_modules)
@@ -118,4 +116,4 @@ def unipelt(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
             width, int(cfg.bottleneck), str(cfg.activation), float(cfg.init_std)
         ),
     )
-    return wrap_with_prefix(model, cfg, ctx)
+    return _wrap_with_prefix(model, cfg, ctx)

@@ -16,42 +16,17 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from peftbench.architectures import for_model_type
 from peftbench.methods.base import (
-    METHOD_KINDS,
     SELECT_FROM_ATTR,
     STEP_HOOK_ATTR,
     MethodContext,
     MethodNotApplicable,
 )
+from peftbench.methods.specs import peft_type
 
 # peft 0.21 calls a transformers 5 attribute that warns on every wrap; it is not actionable here.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-#: peft types that prepend virtual tokens to the input sequence (prefix tuning does not: it
-#: adds keys and values only, so sequence positions are unchanged).
-_PREPENDS_TOKENS = {"PROMPT_TUNING", "P_TUNING"}
-#: Target modules for model types peft has no default for. A warm-started EncoderDecoderModel
-#: (two BERT stacks, model type "encoder-decoder"): the self-attention query and value of both
-#: stacks, peft's BERT default; the new cross-attention is a head module and trains whole.
-_DEFAULT_TARGETS = {"encoder-decoder": r".*(?<!cross)attention\.self\.(query|value)"}
-#: (IA)^3 targets per BERT-like model type: (target_modules, feedforward_modules), regexes that
-#: peft full-matches against module names. Liu et al. 2022 rescale the keys, the values and
-#: the feed-forward's intermediate activation: l_k (d), l_v (d) and l_ff (d_ff, the input of
-#: the FFN's second linear), d + d + d_ff per layer (2,304 on MiniLM-L6: 384 + 384 + 1536).
-#: peft's own BERT default ("key", "value", "output.dense") also matches
-#: ``attention.output.dense`` by suffix and rescales its input too (d more per layer).
-_BERT_IA3 = (
-    r".*layer\.\d+\.(attention\.self\.(key|value)|output\.dense)",
-    r".*layer\.\d+\.output\.dense",
-)
-_IA3_TARGETS = {
-    "bert": _BERT_IA3,
-    "roberta": _BERT_IA3,
-    "xlm-roberta": _BERT_IA3,
-    # both BERT stacks of a warm-started encoder-decoder; the new cross-attention (a head
-    # module) trains whole, so it is not rescaled
-    "encoder-decoder": _BERT_IA3,
-}
 
 
 def peft_args(cfg: Any, ctx: MethodContext) -> dict:
@@ -59,17 +34,17 @@ def peft_args(cfg: Any, ctx: MethodContext) -> dict:
     args = OmegaConf.to_container(cfg.peft, resolve=True)
     args = {k: v for k, v in args.items() if v is not None}  # null = peft's own default
     args["task_type"] = ctx.peft_task_type
-    targets_modules = args["peft_type"] not in _PREPENDS_TOKENS | {"PREFIX_TUNING"}
-    if targets_modules and "target_modules" not in args:
-        if args["peft_type"] == "IA3" and ctx.model_type in _IA3_TARGETS:
+    architecture = for_model_type(ctx.model_type)
+    if not peft_type(args["peft_type"]).prompt_learning and "target_modules" not in args:
+        if args["peft_type"] == "IA3" and architecture and architecture.ia3_targets:
             if "feedforward_modules" in args:
                 raise MethodNotApplicable(
                     f"method {cfg.name!r}: feedforward_modules is set but target_modules is "
                     "not; set both (peft needs the feed-forward ones among the targets)"
                 )
-            args["target_modules"], args["feedforward_modules"] = _IA3_TARGETS[ctx.model_type]
-        elif ctx.model_type in _DEFAULT_TARGETS:
-            args["target_modules"] = _DEFAULT_TARGETS[ctx.model_type]
+            args["target_modules"], args["feedforward_modules"] = architecture.ia3_targets
+        elif architecture and architecture.peft_targets:
+            args["target_modules"] = architecture.peft_targets
     if ctx.head_modules:
         args["modules_to_save"] = sorted(
             set(args.get("modules_to_save") or []) | set(ctx.head_modules)
@@ -158,12 +133,12 @@ def wrap(model: nn.Module, args: dict) -> nn.Module:
     """``peft.get_peft_model`` with the harness's fixes for prefix-style methods."""
     import peft
 
-    if args["peft_type"] == "PREFIX_TUNING":
+    prompt = peft_type(args["peft_type"])
+    if prompt.prompt_learning and not prompt.prepends_tokens:  # a key/value prefix
         keep_positions_from_zero(model)
     return peft.get_peft_model(model, peft.get_peft_config(args))
 
 
-@METHOD_KINDS.register("peft")
 def peft_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Wraps the model with the peft config ``cfg.peft`` (``peft_type`` + its arguments).
 
@@ -175,6 +150,6 @@ def peft_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
         # peft: call after optimizer.step() and before zero_grad(), with the step index.
         setattr(wrapped, STEP_HOOK_ATTR, wrapped.base_model.update_and_allocate)
         setattr(wrapped, SELECT_FROM_ATTR, adalora_final_step(args))
-    if ctx.peft_task_type == "TOKEN_CLS" and args["peft_type"] in _PREPENDS_TOKENS:
+    if ctx.peft_task_type == "TOKEN_CLS" and peft_type(args["peft_type"]).prepends_tokens:
         align_virtual_tokens(wrapped, int(args["num_virtual_tokens"]))
     return wrapped

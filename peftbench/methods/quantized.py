@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftbench.methods.base import METHOD_KINDS, MethodContext, MethodNotApplicable, is_head_param
+from peftbench.methods.base import MethodContext, MethodNotApplicable, is_head_param
 from peftbench.methods.peft_backend import peft_method
 
 
@@ -63,7 +63,6 @@ def quantize_linears_nf4(model: nn.Module, head_modules: list[str], compute_dtyp
     return len(targets)
 
 
-@METHOD_KINDS.register("qlora")
 def qlora(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Quantises the backbone to NF4 on the GPU, then adds LoRA (the YAML's ``peft:``)."""
     check_qlora_available(str(cfg.name))

@@ -19,16 +19,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from peftbench.methods.base import (
-    METHOD_KINDS,
     MethodContext,
     MethodNotApplicable,
+    backbone_size,
     freeze_all_but_head,
     is_head_param,
 )
 from peftbench.methods.blocks import layer_stacks
 
 
-@METHOD_KINDS.register("bitfit")
 def bitfit(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Trains the bias terms of the backbone (every ``*.bias``) and the task head.
 
@@ -52,7 +51,6 @@ def bitfit(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     return model
 
 
-@METHOD_KINDS.register("last_layers")
 def last_layers(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Trains the top ``cfg.k`` layers of every layer stack (encoder and decoder in T5)."""
     freeze_all_but_head(model, ctx.head_modules)
@@ -133,7 +131,11 @@ def fisher_k(cfg: Any, n_eligible: int) -> int:
     return max(1, round(float(cfg.density_pct) / 100.0 * n_eligible))
 
 
-@METHOD_KINDS.register("fisher_mask")
+def fisher_mask_size(model: nn.Module, cfg: Any, ctx: MethodContext) -> int:
+    """The mask's exact size without estimating the Fisher (budget matching's analytic size)."""
+    return fisher_k(cfg, backbone_size(model, ctx.head_modules))
+
+
 def fisher_mask(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Trains the top-k empirical-Fisher entries of the backbone, plus the task head.
 
@@ -149,7 +151,7 @@ def fisher_mask(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     for p in model.parameters():
         p.requires_grad = True  # the head too: its gradients flow into the backbone's
     scores = empirical_fisher(model, ctx.calibration_batches(int(cfg.calibration_batches)), params)
-    masks = top_k_masks(scores, fisher_k(cfg, sum(p.numel() for p in params.values())))
+    masks = top_k_masks(scores, fisher_k(cfg, backbone_size(model, ctx.head_modules)))
     freeze_all_but_head(model, ctx.head_modules)
     modules = dict(model.named_modules())
     for name, index in masks.items():
