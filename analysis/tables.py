@@ -308,16 +308,27 @@ _COST_HEADERS = {
     "train_time_s": "Train time (s)",
     "tokens_per_s": "Tokens/s",
     "artifact_bytes": "Artifact",
+    "forgetting": "Forgetting",
+    "energy_j": "Energy (J)",
 }
+#: Measures shown after the costs where a record of the table has them (older records and
+#: CPUs without RAPL have none: no empty column).
+_SHOWN_MEASURES = ("forgetting", "energy_j")
+
+
+def _columns(table: ComparisonTable) -> list[str]:
+    shown = [c for c in _SHOWN_MEASURES if c in table.cost and table.cost[c].notna().any()]
+    return [*COST_COLUMNS, *shown]
 
 
 def _headers(table: ComparisonTable, style: _Style) -> list[str]:
     names = ["Method", *(t.name for t in table.tasks), "Avg.", "Avg. rank"]
-    return [style.escape(h) for h in names + [_COST_HEADERS[c] for c in COST_COLUMNS]]
+    return [style.escape(h) for h in names + [_COST_HEADERS[c] for c in _columns(table)]]
 
 
 def _rows(table: ComparisonTable, style: _Style) -> list[list[str]]:
-    units = {c: _byte_unit(table.cost[c]) for c in COST_COLUMNS}
+    columns = _columns(table)
+    units = {c: _byte_unit(table.cost[c]) for c in columns}
     rows = []
     for method in table.methods:
         row = [style.escape(method)]
@@ -326,7 +337,7 @@ def _rows(table: ComparisonTable, style: _Style) -> list[list[str]]:
         row.append(_mark(avg, method, table, "Avg.", style))
         rank = table.avg_rank.get(method)
         row.append(_mark(_fmt(rank, "{:.2f}", style), method, table, "Avg. rank", style))
-        row += [_format_cost(c, table.cost.loc[method, c], units[c], style) for c in COST_COLUMNS]
+        row += [_format_cost(c, table.cost.loc[method, c], units[c], style) for c in columns]
         rows.append(row)
     return rows
 
@@ -360,14 +371,16 @@ def _fmt(value: float | None, pattern: str, style: _Style) -> str:
 
 
 def _format_cost(column: str, value: float, unit: tuple[str, float], style: _Style) -> str:
-    if math.isnan(value):
+    if value is None or math.isnan(value):
         return style.missing
+    if column == "forgetting":
+        return f"{value:.3g}"
     if column == "trainable_pct":
         return style.escape(_format_pct(value))
     if column.endswith("_bytes"):
         digits = 2 if unit[0] == "GB" else 1  # 0.85 GB, not 0.8 GB
         return f"{value / unit[1]:,.{digits}f} {unit[0]}"
-    if column == "train_time_s":
+    if column in ("train_time_s", "energy_j"):
         return f"{value:,.1f}"
     return f"{value:,.0f}"
 
@@ -406,8 +419,28 @@ def _caption(table: ComparisonTable, prefix: str, style: _Style) -> str:
         f"{prefix}PEFT methods on {e(table.model)}. {_seed_note(table, style)}{scale_note} "
         f"Metrics: {metrics}. "
         "Avg.: mean over the tasks a method has; Avg. rank: mean of per-task ranks (1 = best). "
-        "Cost columns: means over tasks and seeds."
+        f"Cost columns: means over tasks and seeds.{e(_measure_note(table))}"
     )
+
+
+#: What a forgetting value is, by the record's ``forgetting.measure`` (README "Forgetting").
+_FORGETTING_MEANING = {
+    "linear_cka_drift": "1 - linear CKA of the backbone's pooled features on 64 general "
+    "verses, before vs after training (0 = unchanged)",
+    "lm_loss_delta": "LM loss on 64 general verses after minus before, in nats (positive = forgot)",
+}
+
+
+def _measure_note(table: ComparisonTable) -> str:
+    columns = _columns(table)
+    notes = []
+    if "forgetting" in columns:
+        measures = sorted({m for m in table.cost["forgetting_measure"].dropna() if m != "mixed"})
+        meaning = "; ".join(_FORGETTING_MEANING.get(m, m) for m in measures)
+        notes.append(f" Forgetting: {meaning}; lower is better.")
+    if "energy_j" in columns:
+        notes.append(" Energy: training energy per run (NVML on GPUs, RAPL on CPUs).")
+    return "".join(notes)
 
 
 def _span(values: pd.Series) -> str:

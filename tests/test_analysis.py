@@ -280,6 +280,25 @@ def _runs(rows: list[tuple[str, str, int, float]], *, metric: str, higher: bool)
     )  # fmt: skip
 
 
+def test_forgetting_and_energy_columns_show_only_where_recorded() -> None:
+    rows = [("t", "a", 0, 0.8), ("t", "a", 1, 0.9), ("t", "b", 0, 0.7), ("t", "b", 1, 0.6)]
+    runs = _runs(rows, metric="accuracy", higher=True)
+    cells = _table_cells(to_markdown(build_tables(aggregate(runs))))
+    assert "Forgetting" not in cells["a"] and "Energy (J)" not in cells["a"]  # none recorded
+
+    runs = runs.assign(
+        forgetting=[0.010, 0.020, 0.1, 0.3],
+        forgetting_measure="linear_cka_drift",
+        energy_j=[100.0, 120.0, math.nan, math.nan],
+        energy_j_per_token=math.nan,
+    )
+    markdown = to_markdown(build_tables(aggregate(runs)))
+    cells = _table_cells(markdown)
+    assert cells["a"]["Forgetting"] == "0.015" and cells["b"]["Forgetting"] == "0.2"
+    assert cells["a"]["Energy (J)"] == "110.0" and cells["b"]["Energy (J)"] == "–"
+    assert "Forgetting: 1 - linear CKA" in markdown and "lower is better" in markdown
+
+
 def test_lower_is_better_metric_is_not_scaled_and_min_wins() -> None:
     runs = _runs(
         [("lm", "a", 0, 2.0), ("lm", "a", 1, 2.2), ("lm", "b", 0, 3.0), ("lm", "b", 1, 3.4)],
