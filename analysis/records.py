@@ -16,10 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from peftbench.record import SCHEMA_VERSION
+from peftbench.schema import Record, SchemaError
 
-#: Versions this reader understands: 1 (run ids without the recipe hash) reads as it was.
-READABLE_SCHEMAS = (1, SCHEMA_VERSION)
 SUCCESS = "success"
 SYNTHETIC = "synthetic"
 
@@ -82,27 +80,24 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def _read(path: Path) -> tuple[dict[str, Any], str | None]:
-    """Returns (record, None) or ({}, why the file is not a usable record)."""
+def _read(path: Path) -> tuple[Record | None, str | None]:
+    """Returns (record, None) or (None, why the file is not a usable record)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return {}, f"unreadable JSON ({err})"
-    if not isinstance(record, dict):
-        return {}, "not a JSON object"
-    if record.get("schema_version") not in READABLE_SCHEMAS:
+        return None, f"unreadable JSON ({err})"
+    try:
         # A newer schema may change meanings; guessing would quietly mix incomparable runs.
-        readable = ", ".join(map(str, READABLE_SCHEMAS))
-        return {}, f"schema_version {record.get('schema_version')!r} not in {readable}"
-    experiment = record.get("experiment")
-    if not isinstance(experiment, dict):
-        return {}, "no 'experiment' object"
-    missing = [k for k in ("task", "model", "method") if not experiment.get(k)]
-    missing += [k for k in ("run_id", "status") if not record.get(k)]
+        record = Record.from_json(value)
+    except SchemaError as err:
+        return None, str(err)
+    exp = record.experiment
+    missing = [k for k in ("task", "model", "method") if not getattr(exp, k)]
+    missing += [k for k in ("run_id", "status") if not getattr(record, k)]
     if missing:
-        return {}, f"missing {', '.join(missing)}"
-    if record["status"] == SUCCESS and not _is_number(_get(record, "metrics", "primary", "value")):
-        return {}, "success record without a finite metrics.primary.value"
+        return None, f"missing {', '.join(missing)}"
+    if record.status == SUCCESS and not _is_number(record.primary and record.primary.value):
+        return None, "success record without a finite metrics.primary.value"
     return record, None
 
 
@@ -111,9 +106,9 @@ def _is_number(value: Any) -> bool:
     return is_real and math.isfinite(value)
 
 
-def _get(record: dict[str, Any], *keys: str) -> Any:
-    """Nested lookup that returns None when any level is missing or null."""
-    node: Any = record
+def _get(section: dict[str, Any] | None, *keys: str) -> Any:
+    """Nested lookup in a measurement section; None when any level is missing or null."""
+    node: Any = section
     for key in keys:
         if not isinstance(node, dict):
             return None
@@ -156,66 +151,59 @@ def _recipe_hash(recipe: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
-def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
-    exp = record["experiment"]
-    recipe = exp.get("recipe")
-    if not isinstance(recipe, dict):
-        recipe = legacy_recipe(record.get("config"))
-    recipe_hash = exp.get("recipe_hash") or _recipe_hash(recipe)
-    alloc = _get(record, "cost", "peak_mem_bytes", "allocated")
-    rss = _get(record, "cost", "peak_mem_bytes", "rss")
+def _flatten(record: Record, path: Path) -> dict[str, Any]:
+    exp, params, primary, cost = record.experiment, record.params, record.primary, record.cost
+    recipe = exp.recipe if isinstance(exp.recipe, dict) else legacy_recipe(record.config)
+    alloc = _get(cost, "peak_mem_bytes", "allocated")
+    rss = _get(cost, "peak_mem_bytes", "rss")
+    implementation = (record.metrics and record.metrics.implementation) or {}
     return {
-        "run_id": record["run_id"],
-        "status": record["status"],
-        "error": record.get("error"),
-        "created_at": record.get("created_at"),
-        "task": exp["task"],
-        "task_version": exp.get("task_version"),
-        "model": exp["model"],
-        "method": exp["method"],
-        "method_label": method_label(exp["method"], exp.get("budget_pct")),
-        "seed": exp.get("seed"),
-        "sweep_id": exp.get("sweep_id"),
-        "weights": exp.get("weights"),
-        "budget_pct": exp.get("budget_pct"),
-        "primary_name": _get(record, "metrics", "primary", "name"),
-        "primary_split": _get(record, "metrics", "primary", "split"),
-        "primary_value": _get(record, "metrics", "primary", "value"),
-        "higher_is_better": _get(record, "metrics", "primary", "higher_is_better"),
-        "total_params": _get(record, "params", "total"),
-        "trainable": _get(record, "params", "trainable"),
-        "trainable_pct": _get(record, "params", "trainable_pct"),
-        "artifact_bytes": _get(record, "params", "artifact_bytes"),
+        "run_id": record.run_id,
+        "status": record.status,
+        "error": record.error,
+        "created_at": record.created_at,
+        "task": exp.task,
+        "task_version": exp.task_version,
+        "model": exp.model,
+        "method": exp.method,
+        "method_label": method_label(exp.method, exp.budget_pct),
+        "seed": exp.seed,
+        "sweep_id": exp.sweep_id,
+        "weights": exp.weights,
+        "budget_pct": exp.budget_pct,
+        "primary_name": primary and primary.name,
+        "primary_split": primary and primary.split,
+        "primary_value": primary and primary.value,
+        "higher_is_better": primary and primary.higher_is_better,
+        "total_params": params and params.total,
+        "trainable": params and params.trainable,
+        "trainable_pct": params and params.trainable_pct,
+        "artifact_bytes": params and params.artifact_bytes,
         "peak_alloc_bytes": alloc,
         "peak_rss_bytes": rss,
         "peak_mem_bytes": alloc if alloc is not None else rss,
-        "train_time_s": _get(record, "cost", "train_time_s"),
-        "eval_time_s": _get(record, "cost", "eval_time_s"),
-        "tokens_per_s": _get(record, "cost", "tokens_per_s"),
-        "samples_per_s": _get(record, "cost", "samples_per_s"),
+        "train_time_s": _get(cost, "train_time_s"),
+        "eval_time_s": _get(cost, "eval_time_s"),
+        "tokens_per_s": _get(cost, "tokens_per_s"),
+        "samples_per_s": _get(cost, "samples_per_s"),
         # the probe text before vs after training (README "Forgetting"); none before it existed
-        "forgetting": _get(record, "forgetting", "value"),
-        "forgetting_measure": _get(record, "forgetting", "measure"),
-        "energy_j": _get(record, "cost", "energy", "joules"),
-        "energy_j_per_token": _get(record, "cost", "energy", "joules_per_token"),
-        "git_sha": _get(record, "code", "git_sha"),
-        "git_dirty": _get(record, "code", "git_dirty"),
-        "device": _get(record, "env", "device"),
+        "forgetting": _get(record.forgetting, "value"),
+        "forgetting_measure": _get(record.forgetting, "measure"),
+        "energy_j": _get(cost, "energy", "joules"),
+        "energy_j_per_token": _get(cost, "energy", "joules_per_token"),
+        "git_sha": record.code.get("git_sha"),
+        "git_dirty": record.code.get("git_dirty"),
+        "device": _get(record.env, "device"),
         "path": str(path),
-        "recipe_hash": recipe_hash,
+        "recipe_hash": exp.recipe_hash or _recipe_hash(recipe),
         "recipe": recipe,
-        "config": flatten_config(record.get("config") or {}),
+        "config": flatten_config(record.config or {}),
         # task.train_size as asked (None: the whole split) and the examples really trained on
-        "train_size": _get(record, "data", "train_size_requested"),
-        "n_train": _get(record, "data", "n", "train"),
+        "train_size": _get(record.data, "train_size_requested"),
+        "n_train": _get(record.data, "n", "train"),
         # who scored the primary metric: "builtin", or the evaluate metric and its revision
-        "metric_impl": _get(record, "metrics", "implementation", _primary_name(record)),
+        "metric_impl": implementation.get(primary.name) if primary else None,
     }
-
-
-def _primary_name(record: dict[str, Any]) -> str:
-    """The primary metric's name, or "" when the record has none (a failed run)."""
-    return str(_get(record, "metrics", "primary", "name") or "")
 
 
 def method_label(method: str, budget_pct: float | None) -> str:

@@ -48,13 +48,13 @@ from peftbench.instrument import (
 from peftbench.interrupt import Interrupted, stop_on_signals
 from peftbench.memory_guard import capped_memory
 from peftbench.record import (
-    SCHEMA_VERSION,
     code_info,
     env_info,
     find_success,
     utc_now,
     write_record,
 )
+from peftbench.schema import SCHEMA_VERSION, Experiment, Metrics, Params, Primary, to_json
 from peftbench.secrets import scrub
 from peftbench.tracking import make_tracker
 
@@ -95,22 +95,22 @@ def experiment_info(cfg: Any, config: dict) -> dict:
     """What the run is: its names, seed and recipe (the values that define its result)."""
     budget = cfg.method.get("budget_pct")
     values = recipe(config, device=_device_kind(cfg.device))
-    return {
-        "task": cfg.task.name,
-        "task_version": int(cfg.task.version),
-        "model": cfg.model.name,
-        "method": cfg.method.name,
-        "method_version": int(cfg.method.get("version") or 1),  # bumped where scores move
-        "seed": int(cfg.seed),
-        "budget_pct": budget,
-        "lr": effective_lr(cfg.method),  # what the optimizer got: method.lr * method.lr_scale
-        # analysis keeps synthetic (random-weight) runs out of every quality table
-        "weights": str(cfg.model.get("weights") or "pretrained"),
-        "sweep_id": str(config["sweep_id"]),  # redacted, as all of config: wandb's group
-        "overrides": scrub(_hydra_overrides()),
-        "recipe_hash": recipe_hash(values),
-        "recipe": values,
-    }
+    info = Experiment(
+        task=cfg.task.name,
+        model=cfg.model.name,
+        method=cfg.method.name,
+        seed=int(cfg.seed),
+        task_version=int(cfg.task.version),
+        method_version=int(cfg.method.get("version") or 1),
+        budget_pct=budget,
+        lr=effective_lr(cfg.method),
+        weights=str(cfg.model.get("weights") or "pretrained"),
+        sweep_id=str(config["sweep_id"]),  # redacted, as all of config: wandb's group
+        overrides=scrub(_hydra_overrides()),
+        recipe_hash=recipe_hash(values),
+        recipe=values,
+    )
+    return to_json(info)
 
 
 def effective_lr(method: Any) -> float:
@@ -742,31 +742,32 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
             **setup.data_facts,
         },
         "model_source": {"source": setup.backbone.source, "weights": setup.backbone.weights},
-        "params": {
-            "base": setup.base_params,
-            "total": measures.total,
-            "trainable": measures.trainable,
-            "trainable_pct": 100.0 * measures.trainable / setup.base_params,
-            "head": setup.head_params,
-            "head_modules": setup.backbone.head_modules,
-            "artifact_bytes": measures.artifact_bytes,
-            "budget": setup.budget,  # method.budget_pct: requested, reached, knob and value
-        },
+        "params": to_json(
+            Params(
+                base=setup.base_params,
+                total=measures.total,
+                trainable=measures.trainable,
+                trainable_pct=100.0 * measures.trainable / setup.base_params,
+                head=setup.head_params,
+                head_modules=setup.backbone.head_modules,
+                artifact_bytes=measures.artifact_bytes,
+                budget=setup.budget,
+            )
+        ),
         "cost": _cost_section(setup, fit, measures),
         # the probe text before vs after training (peftbench/forgetting.py, README)
         "forgetting": measures.forgetting,
-        "metrics": {
-            "primary": {
-                "name": task.primary_metric,
-                "split": "test",
-                "value": test[task.primary_metric],
-                "higher_is_better": task.higher_is_better,
-            },
-            "dev": fit.result.best_dev,
-            "test": test,
-            "selected_step": fit.result.best_step,
-            "implementation": task.metric_implementation,  # builtin, or the evaluate metric
-        },
+        "metrics": to_json(
+            Metrics(
+                primary=Primary(
+                    task.primary_metric, "test", test[task.primary_metric], task.higher_is_better
+                ),
+                dev=fit.result.best_dev,
+                test=test,
+                selected_step=fit.result.best_step,
+                implementation=task.metric_implementation,
+            )
+        ),
         "history": fit.history,
     }
 

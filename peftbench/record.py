@@ -1,6 +1,7 @@
 """Run records: one JSON file per run, written atomically, never edited.
 
 Records are the source of truth; wandb, tables, plots and reports are views built from them.
+Their schema (and its version) is ``peftbench/schema.py``.
 A record's file name is ``<run_id>__<UTC timestamp>__<status>.json`` under ``<results>/records``,
 so a failed attempt and a later success of the same run both stay on disk.
 """
@@ -20,8 +21,6 @@ from typing import Any
 
 from peftbench.secrets import scrub
 
-#: 2: the run id ends with the recipe hash; ``experiment`` holds ``recipe`` and ``recipe_hash``.
-SCHEMA_VERSION = 2
 RECORDS_DIR = "records"
 
 
