@@ -330,6 +330,14 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+def at_grid_edge(cell: Cell, scales: Sequence[float]) -> bool:
+    """Whether the chosen scale is the grid's smallest or largest: the best lr may lie
+    beyond it. Reported, not extended: the grid is the budget, the same for every method."""
+    if cell.chosen is None or len(scales) < 2:
+        return False
+    return any(math.isclose(cell.chosen.lr_scale, s) for s in (min(scales), max(scales)))
+
+
 def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequence[str]) -> str:
     """``selection.md``: per task, every method's dev score at each scale and its choice."""
     head = [f"x{s:g}" for s in scales]
@@ -364,6 +372,7 @@ def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequen
                     text = f"**{text}**"
                 row.append(text)
             chosen = f"x{cell.chosen.lr_scale:g}" if cell.chosen else cell.status.upper()
+            chosen += " (edge)" if at_grid_edge(cell, scales) else ""
             lr = f"{cell.chosen.lr:.3g}" if cell.chosen and cell.chosen.lr else "—"
             lines.append(
                 f"| {cell.method} | {cell.model} | " + " | ".join(row) + f" | {chosen} | {lr} |"
@@ -377,6 +386,19 @@ def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequen
                 error = " ".join(str(point.error or point.status).split())[:300]
                 lines.append(f"- `{point.run_id}` (x{point.lr_scale:g}, {point.status}): {error}")
         lines.append("")
+    edge = [c for c in cells if at_grid_edge(c, scales)]
+    if edge:
+        lines += [
+            "## Chosen at the grid's edge",
+            "",
+            f"{len(edge)} of {sum(c.chosen is not None for c in cells)} chosen scales are the "
+            "grid's smallest or largest, so the best lr may lie beyond the grid. The grid is "
+            "the same for every method (the tuning budget), so these cells are not extended; "
+            "read their scores as lower bounds of what more tuning could reach.",
+            "",
+            *(f"- {c.name}: x{c.chosen.lr_scale:g}" for c in edge if c.chosen),
+            "",
+        ]
     incomplete = [c for c in cells if c.status == "incomplete"]
     if incomplete:
         lines += ["## Incomplete grids (no choice until every scale has run)", ""]
@@ -408,6 +430,7 @@ def to_json(cells: Sequence[Cell], meta: dict, commands: Sequence[str]) -> dict:
                 "grid": [point(p) for p in c.grid],
                 "missing_scales": c.missing_scales,
                 "chosen": point(c.chosen) if c.chosen else None,
+                "at_grid_edge": at_grid_edge(c, meta.get("scales") or []),
             }
             for c in cells
         ],

@@ -151,6 +151,25 @@ def test_select_picks_the_best_dev_scale_never_test_and_reports_failed_cells(tmp
     assert cells["ia3"].status == "incomplete" and cells["ia3"].missing_scales == [3.0]
 
 
+def test_a_choice_at_the_grids_edge_is_flagged_not_extended(tmp_path):
+    grid = tmp_path / "grid"
+    for scale, dev in ((0.3, 0.5), (1.0, 0.6), (3.0, 0.7)):  # still rising at x3
+        _record(grid, "lora", scale, dev=dev, test=0.5)
+    for scale, dev in ((0.3, 0.5), (1.0, 0.8), (3.0, 0.7)):  # bracketed
+        _record(grid, "prefix", scale, dev=dev, test=0.5)
+    scales = [0.3, 1, 3]
+    cells = {c.method: c for c in benchmark.select_cells(grid, scales)}
+    assert benchmark.at_grid_edge(cells["lora"], scales)
+    assert not benchmark.at_grid_edge(cells["prefix"], scales)
+    markdown = benchmark.to_markdown(list(cells.values()), scales, [])
+    assert "| x3 (edge) |" in markdown and "| x1 |" in markdown
+    assert "1 of 2 chosen scales" in markdown and "- polarity--tiny--lora: x3" in markdown
+    selection = benchmark.to_json(list(cells.values()), {"scales": scales}, [])
+    assert [c["at_grid_edge"] for c in selection["cells"]] == [
+        cells[c["method"]] is cells["lora"] for c in selection["cells"]
+    ]
+
+
 def test_a_tie_at_equal_distance_goes_to_the_smaller_scale_and_lower_is_better_works():
     point = benchmark.GridPoint
     points = [point(s, f"r{s}", "success", s, 1.0, None, "h", "p") for s in (0.5, 1.0, 2.0)]
