@@ -236,6 +236,7 @@ def _success(folder: Path) -> list[dict]:
     return [r for r in records if r["status"] == "success"]
 
 
+@pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
 def test_grid_then_select_trains_the_remaining_seeds_of_the_dev_best_scale(
     tiny_bert_dir, tmp_path, capsys
 ):

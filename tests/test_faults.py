@@ -96,6 +96,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **extra}
 
 
+@pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
 def test_sweep_killed_with_sigkill_then_rerun_finishes_only_the_missing_runs(
     tiny_bert_dir, tmp_path
 ):
@@ -299,6 +300,7 @@ def _learned(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in MEASURED} for row in history]
 
 
+@pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
 def test_run_killed_after_a_checkpoint_resumes_to_the_same_metrics_and_history(
     tiny_bert_dir, tmp_path
 ):

@@ -38,7 +38,16 @@ def _records(results):
     return [json.loads(p.read_text()) for p in sorted(records_dir(results).glob("*.json"))]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2])
+# SIGTERM (what schedulers send) in the default run; the other two take the same path
+# through stop_on_signals and run with the slow tests (.ci/run runs both)
+@pytest.mark.parametrize(
+    "signum",
+    [
+        signal.SIGTERM,
+        pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+        pytest.param(signal.SIGUSR2, marks=pytest.mark.slow),
+    ],
+)
 def test_a_signal_leaves_an_interrupted_record_and_a_checkpoint_the_rerun_resumes(
     tiny_bert_dir, tmp_path, signum
 ):

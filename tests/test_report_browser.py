@@ -130,6 +130,7 @@ def test_browser_shows_the_table_and_decodes_every_image(
     assert seen["repro"] == 13  # one row per reported run
 
 
+@pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
 def test_screenshot_is_not_blank(chromium: str, page: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     done = _chromium(

@@ -28,6 +28,7 @@ def _record_in_process(tiny_bert_dir: Path, results: Path, monkeypatch: pytest.M
     return Path(summary["path"])
 
 
+@pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
 def test_a_cell_run_by_run_py_reproduces_identically(tiny_bert_dir, tmp_path, capsys):
     results = tmp_path / "results"
     command = [sys.executable, "run.py", *tiny_overrides(tiny_bert_dir, results, "seed=1")]

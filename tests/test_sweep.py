@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from peftbench.record import records_dir
 from tests.conftest import ROOT, tiny_overrides
 
@@ -25,6 +27,7 @@ def _sweep(tiny_bert_dir, results, *sweep: str):
     return done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
 def test_sweep_writes_records_and_a_report_then_skips_when_rerun(tiny_bert_dir, tmp_path):
     results = tmp_path / "results"
     output = _sweep(tiny_bert_dir, results)
