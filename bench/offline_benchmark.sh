@@ -3,8 +3,8 @@
 #
 #   bench/offline_benchmark.sh DIR [STAGE...]     e.g. DIR=docs/benchmarks/offline-2026-12-02
 #
-#   grid[:TASK]   stage 1: 21 methods x lr_scale 0.3,1,3 x seed 0 on each task (or one task),
-#                 one task at a time, into DIR/grid
+#   grid[:TASK]   stage 1: 21 methods x the task's 3 lr scales (0.3,1,3; wnut16 1,3,10) x seed 0
+#                 on each task (or one task), one task at a time, into DIR/grid
 #   select        choose each cell's scale on dev -> DIR/selection.{md,json} (trains nothing)
 #   final[:TASK]  seeds 1,2 of each chosen recipe (or one task's), into DIR/final
 #   report        DIR/report (the benchmark: chosen recipes, 3 seeds) and DIR/grid/report
@@ -44,8 +44,7 @@ for stage in "${STAGES[@]}"; do
       for task in "${TASKS[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] grid: $task"
-        "$PYTHON" run.py -m +experiment=offline-benchmark "task=$task" \
-          "results_dir=$DIR/grid" tracker=none "${PARALLEL[@]}"
+        "$PYTHON" -m peftbench.cli benchmark grid --results "$DIR" --tasks "$task" "${PARALLEL[@]}"
         commit "grid $task"
       done ;;
     select)

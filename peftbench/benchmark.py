@@ -47,10 +47,28 @@ SELECTION_MD = "selection.md"
 _REPLACED = ("seed", "results_dir")
 
 
+#: Tasks whose grid is not the preset's. Decided on dev (seed 0) before the rest of the grid
+#: ran, the same for every method of the task: on wnut16's 10-epoch recipe each of the first
+#: five complete cells (full, linear, bitfit, lora, dora at x0.3, 1, 3) chose x3 and scored
+#: worst at x0.3, so that grid did not bracket the optimum; it moved up one step to x1, 3, 10.
+#: The x0.3 runs made before the change stay in the records; the selection ignores them.
+TASK_SCALES: dict[str, tuple[float, ...]] = {"wnut16": (1.0, 3.0, 10.0)}
+
+
 def preset_scales(preset: Path = PRESET) -> list[float]:
     """The lr scales of the benchmark preset's grid (``hydra.sweeper.params``)."""
     params = OmegaConf.load(preset).hydra.sweeper.params
     return [float(v) for v in str(params[SCALE_KEY]).split(",")]
+
+
+def grid_scales(task: str) -> list[float]:
+    """The lr scales every method of ``task`` runs at: the preset's, or its own grid."""
+    return [float(s) for s in TASK_SCALES[task]] if task in TASK_SCALES else preset_scales()
+
+
+def preset_tasks(preset: Path = PRESET) -> list[str]:
+    """The tasks of the benchmark preset, in its order."""
+    return str(OmegaConf.load(preset).hydra.sweeper.params.task).split(",")
 
 
 @dataclass
@@ -79,6 +97,7 @@ class Cell:
     higher_is_better: bool
     status: str  # selected | failed (every scale) | incomplete (grid points missing)
     grid: list[GridPoint]
+    scales: list[float]  # the task's grid
     missing_scales: list[float]
     chosen: GridPoint | None = None
 
@@ -157,16 +176,26 @@ def choose(points: Sequence[GridPoint], higher_is_better: bool) -> GridPoint | N
     return min(scored, key=lambda p: (sign * p.dev, abs(math.log(p.lr_scale)), p.lr_scale))
 
 
-def select_cells(grid_dir: Path, scales: Iterable[float], seed: int = GRID_SEED) -> list[Cell]:
+def select_cells(
+    grid_dir: Path, scales: Iterable[float] | None = None, seed: int = GRID_SEED
+) -> list[Cell]:
     """Every cell of the grid with its points and its choice (see the module docstring).
+
+    Args:
+        scales: The grid of every task; default: each task's own (:func:`grid_scales`).
+            Records at a scale outside a task's grid are not points of its search.
 
     Raises:
         ConfigError: a cell whose grid runs differ in more than the lr scale (another lr,
             rank, epoch count...): the selection would compare different searches.
     """
-    scales = [float(s) for s in scales]
+    fixed = None if scales is None else [float(s) for s in scales]
     cells = []
     for (task, model, method), entries in sorted(grid_points(grid_dir, seed).items()):
+        task_scales = fixed or grid_scales(task)
+        entries = [e for e in entries if _on_grid(_scale(e["recipe"], e["config"]), task_scales)]
+        if not entries:
+            continue
         bases = {_base_recipe(e["recipe"]) for e in entries}
         if len(bases) > 1:
             keys = _differing([e["recipe"] for e in entries])
@@ -182,12 +211,53 @@ def select_cells(grid_dir: Path, scales: Iterable[float], seed: int = GRID_SEED)
             if name:
                 metric, higher = name, better
         points.sort(key=lambda p: p.lr_scale)
-        have = {p.lr_scale for p in points}
-        missing = [s for s in scales if not any(math.isclose(s, h) for h in have)]
+        missing = [s for s in task_scales if not _on_grid(s, [p.lr_scale for p in points])]
         chosen = None if missing else choose(points, higher)
         status = "incomplete" if missing else "selected" if chosen else "failed"
-        cells.append(Cell(task, model, method, metric, higher, status, points, missing, chosen))
+        cells.append(
+            Cell(task, model, method, metric, higher, status, points, task_scales, missing, chosen)
+        )
     return cells
+
+
+def _on_grid(scale: float, scales: Iterable[float]) -> bool:
+    return any(math.isclose(scale, s) for s in scales)
+
+
+# --------------------------------------------------------------------------- grid commands
+
+
+def grid_command(task: str, grid_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """Stage 1 of one task: every method of the preset at the task's grid, seed 0."""
+    scales = ",".join(f"{s:g}" for s in grid_scales(task))
+    return [
+        "run.py", "-m", "+experiment=offline-benchmark", f"task={task}",
+        f"{SCALE_KEY}={scales}", f"results_dir={_from_root(grid_dir)}", "tracker=none", *extra,
+    ]  # fmt: skip
+
+
+def grid_flow(
+    results: Path, *, tasks: Sequence[str] | None = None, overrides: Sequence[str] = (),
+    dry_run: bool = False,
+) -> int:  # fmt: skip
+    """Runs (or prints) stage 1 for each task, one task at a time; returns the first failure's
+    exit code. Resumable: the runs whose success record exists are skipped by identity."""
+    known = preset_tasks()
+    unknown = [t for t in tasks or () if t not in known]
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)} is not a task of the benchmark",
+            f"choose from {', '.join(known)}",
+        )
+    for task in tasks or known:
+        argv = grid_command(task, results / "grid", overrides)
+        print(f"[grid] {'' if dry_run else 'running: '}python {shlex.join(argv)}", flush=True)
+        if dry_run:
+            continue
+        code = subprocess.run([sys.executable, *argv], cwd=ROOT).returncode
+        if code:
+            return code
+    return 0
 
 
 # --------------------------------------------------------------------------- final commands
@@ -330,21 +400,24 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def at_grid_edge(cell: Cell, scales: Sequence[float]) -> bool:
+def at_grid_edge(cell: Cell) -> bool:
     """Whether the chosen scale is the grid's smallest or largest: the best lr may lie
     beyond it. Reported, not extended: the grid is the budget, the same for every method."""
-    if cell.chosen is None or len(scales) < 2:
+    if cell.chosen is None or len(cell.scales) < 2:
         return False
-    return any(math.isclose(cell.chosen.lr_scale, s) for s in (min(scales), max(scales)))
+    return _on_grid(cell.chosen.lr_scale, (min(cell.scales), max(cell.scales)))
 
 
-def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequence[str]) -> str:
+def _scales_text(scales: Sequence[float]) -> str:
+    return ", ".join(f"{s:g}" for s in scales)
+
+
+def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
     """``selection.md``: per task, every method's dev score at each scale and its choice."""
-    head = [f"x{s:g}" for s in scales]
     lines = [
         "# Learning-rate selection (dev, seed 0)",
         "",
-        f"Every method ran at its cited lr x {', '.join(f'{s:g}' for s in scales)} on seed "
+        "Every method of a task ran at its cited lr times the task's grid of scales on seed "
         f"{GRID_SEED}. Chosen: the best **dev** primary metric at the dev-selected step (test "
         "is not read here); ties go to the scale nearest 1 (log), then the smaller. "
         "Generated by `peftbench benchmark select`; do not edit.",
@@ -357,7 +430,9 @@ def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequen
     for task in sorted({c.task for c in cells}):
         group = [c for c in cells if c.task == task]
         metric = next((c.metric for c in group if c.metric), "?")
-        lines += [f"## {task} (dev {metric})", ""]
+        scales = group[0].scales
+        head = [f"x{s:g}" for s in scales]
+        lines += [f"## {task} (dev {metric}; lr x {_scales_text(scales)})", ""]
         lines.append("| method | model | " + " | ".join(head) + " | chosen | lr |")
         lines.append("|---" * (len(head) + 4) + "|")
         for cell in group:
@@ -372,7 +447,7 @@ def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequen
                     text = f"**{text}**"
                 row.append(text)
             chosen = f"x{cell.chosen.lr_scale:g}" if cell.chosen else cell.status.upper()
-            chosen += " (edge)" if at_grid_edge(cell, scales) else ""
+            chosen += " (edge)" if at_grid_edge(cell) else ""
             lr = f"{cell.chosen.lr:.3g}" if cell.chosen and cell.chosen.lr else "—"
             lines.append(
                 f"| {cell.method} | {cell.model} | " + " | ".join(row) + f" | {chosen} | {lr} |"
@@ -386,7 +461,7 @@ def to_markdown(cells: Sequence[Cell], scales: Sequence[float], commands: Sequen
                 error = " ".join(str(point.error or point.status).split())[:300]
                 lines.append(f"- `{point.run_id}` (x{point.lr_scale:g}, {point.status}): {error}")
         lines.append("")
-    edge = [c for c in cells if at_grid_edge(c, scales)]
+    edge = [c for c in cells if at_grid_edge(c)]
     if edge:
         lines += [
             "## Chosen at the grid's edge",
@@ -430,7 +505,8 @@ def to_json(cells: Sequence[Cell], meta: dict, commands: Sequence[str]) -> dict:
                 "grid": [point(p) for p in c.grid],
                 "missing_scales": c.missing_scales,
                 "chosen": point(c.chosen) if c.chosen else None,
-                "at_grid_edge": at_grid_edge(c, meta.get("scales") or []),
+                "scales": c.scales,
+                "at_grid_edge": at_grid_edge(c),
             }
             for c in cells
         ],
@@ -462,7 +538,6 @@ def select_flow(
     """The whole selection stage (module docstring); returns 0 or a final command's exit code."""
     grid_dir = grid_dir or results / "grid"
     final_dir = _from_root(final_dir or results / "final")
-    scales = list(scales or preset_scales())
     if not grid_dir.is_dir():
         raise ConfigError(
             f"no grid folder {grid_dir}",
@@ -479,14 +554,14 @@ def select_flow(
     meta = {
         "grid_dir": str(grid_dir),
         "final_dir": str(final_dir),
-        "scales": scales,
+        "scales": {c.task: c.scales for c in cells},
         "grid_seed": GRID_SEED,
         "seeds": list(seeds),
         "rule": "best dev primary metric at the dev-selected step; ties: |log scale| then scale",
     }
     results.mkdir(parents=True, exist_ok=True)
     (results / SELECTION_JSON).write_text(json.dumps(to_json(cells, meta, lines), indent=1) + "\n")
-    (results / SELECTION_MD).write_text(to_markdown(cells, scales, lines))
+    (results / SELECTION_MD).write_text(to_markdown(cells, lines))
     for cell in cells:
         if cell.status != "selected":
             print(f"[select] {cell.name}: {cell.status.upper()}", flush=True)

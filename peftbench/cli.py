@@ -7,6 +7,8 @@
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
     peftbench bench overhead|methods [KEY=VALUE..]   costs of the harness / of every method
+    peftbench benchmark grid --results DIR [--tasks T,..] [--dry-run] [KEY=VALUE..]
+                                          every method at its task's lr grid, seed 0
     peftbench benchmark select --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
                                           lr scale per cell on dev, then the final seeds
 
@@ -81,6 +83,17 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     )
     sub = group.add_subparsers(title="benchmark stages", metavar="STAGE")
     group.set_defaults(handler=lambda _args: _print_help(group))
+    grid = sub.add_parser(
+        "grid", help="stage 1: every method at its task's lr grid, seed 0, into <results>/grid"
+    )
+    grid.add_argument("--results", type=Path, required=True, help="the benchmark folder")
+    grid.add_argument("--tasks", default=None, help="these tasks only (a,b); default: all three")
+    grid.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
+    grid.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="added to every grid command, e.g. hydra/launcher=parallel train.threads=auto",
+    )  # fmt: skip
+    grid.set_defaults(handler=_cmd_benchmark_grid)
     select = sub.add_parser(
         "select",
         help="pick each cell's lr scale on dev (seed 0), write selection.md/json, run the "
@@ -101,6 +114,15 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         help="added to every final command, e.g. hydra/launcher=parallel train.threads=auto",
     )  # fmt: skip
     select.set_defaults(handler=_cmd_benchmark_select)
+
+
+def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
+    from peftbench.benchmark import grid_flow  # lazy: hydra
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    return grid_flow(
+        args.results, tasks=tasks, overrides=list(args.overrides), dry_run=args.dry_run
+    )
 
 
 def _cmd_benchmark_select(args: argparse.Namespace) -> int:

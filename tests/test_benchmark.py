@@ -85,7 +85,8 @@ def test_the_benchmark_preset_composes_with_21_methods_3_task_kinds_and_one_grid
 def _record(grid: Path, method: str, scale: float, dev: float | None, test: float, **extra):
     """A minimal grid record: dev and test at the selected step, or a failure (dev None)."""
     status = extra.pop("status", "success" if dev is not None else "diverged")
-    run_id = f"polarity--tiny--{method}--s0--h{int(scale * 10):03d}"
+    task = extra.pop("task", "polarity")
+    run_id = f"{task}--tiny--{method}--s0--h{int(scale * 10):03d}"
     recipe = {"method.name": method, "method.lr": 1e-3, "method.lr_scale": scale}
     record = {
         "schema_version": 2,
@@ -94,7 +95,7 @@ def _record(grid: Path, method: str, scale: float, dev: float | None, test: floa
         "error": None if status == "success" else "FloatingPointError: loss is nan",
         "created_at": "2026-12-02T10:00:00+00:00",
         "experiment": {
-            "task": "polarity",
+            "task": task,
             "model": "tiny",
             "method": method,
             "seed": 0,
@@ -157,17 +158,37 @@ def test_a_choice_at_the_grids_edge_is_flagged_not_extended(tmp_path):
         _record(grid, "lora", scale, dev=dev, test=0.5)
     for scale, dev in ((0.3, 0.5), (1.0, 0.8), (3.0, 0.7)):  # bracketed
         _record(grid, "prefix", scale, dev=dev, test=0.5)
-    scales = [0.3, 1, 3]
-    cells = {c.method: c for c in benchmark.select_cells(grid, scales)}
-    assert benchmark.at_grid_edge(cells["lora"], scales)
-    assert not benchmark.at_grid_edge(cells["prefix"], scales)
-    markdown = benchmark.to_markdown(list(cells.values()), scales, [])
+    cells = {c.method: c for c in benchmark.select_cells(grid, [0.3, 1, 3])}
+    assert benchmark.at_grid_edge(cells["lora"])
+    assert not benchmark.at_grid_edge(cells["prefix"])
+    markdown = benchmark.to_markdown(list(cells.values()), [])
     assert "| x3 (edge) |" in markdown and "| x1 |" in markdown
     assert "1 of 2 chosen scales" in markdown and "- polarity--tiny--lora: x3" in markdown
-    selection = benchmark.to_json(list(cells.values()), {"scales": scales}, [])
+    selection = benchmark.to_json(list(cells.values()), {}, [])
     assert [c["at_grid_edge"] for c in selection["cells"]] == [
         cells[c["method"]] is cells["lora"] for c in selection["cells"]
     ]
+
+
+def test_each_task_has_its_grid_and_runs_off_it_are_not_points_of_the_search(tmp_path, capsys):
+    grid = tmp_path / "grid"
+    for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5)):  # wnut16's grid is x1, 3, 10
+        _record(grid, "lora", scale, dev=dev, test=0.4, task="wnut16")
+    _record(grid, "adalora", 0.3, dev=0.1, test=0.1, task="wnut16")  # only off-grid runs
+    [lora] = benchmark.select_cells(grid)
+    assert lora.scales == [1.0, 3.0, 10.0] and lora.missing_scales == [10.0]
+    assert [p.lr_scale for p in lora.grid] == [1.0, 3.0]  # x0.3 is not part of the search
+    _record(grid, "lora", 10.0, dev=0.45, test=0.4, task="wnut16")
+    [lora] = benchmark.select_cells(grid)
+    assert lora.chosen.lr_scale == 3.0 and not benchmark.at_grid_edge(lora)
+    assert "## wnut16 (dev accuracy; lr x 1, 3, 10)" in benchmark.to_markdown([lora], [])
+    # the grid stage composes each task's own grid, and names a task it does not know
+    assert "method.lr_scale=1,3,10" in benchmark.grid_command("wnut16", tmp_path)
+    assert "method.lr_scale=0.3,1,3" in benchmark.grid_command("polarity", tmp_path)
+    assert main(["benchmark", "grid", "--results", str(tmp_path), "--tasks", "nerr"]) == 2
+    assert "nerr is not a task of the benchmark; choose from wnut16, polarity, hedge" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_tie_at_equal_distance_goes_to_the_smaller_scale_and_lower_is_better_works():
