@@ -24,3 +24,19 @@ def test_the_pre_check_reaches_hydra_internals_only_through_one_function():
     inside = inspect.getsource(precheck._hydra_internals).splitlines()
     uses = [line for line in module if "from hydra._internal" in line]
     assert len(uses) == 2 and all(line in inside for line in uses)
+
+
+def test_only_experiment_presets_declare_sweeps_so_plain_command_lines_skip_that_compose():
+    """The pre-check composes a second time to read ``hydra.sweeper.params`` only when the
+    command line selects something that can set it; this pins that nothing else does."""
+    conf = Path(precheck.__file__).resolve().parent.parent / "conf"
+    setting = {
+        p.relative_to(conf).parts[0] for p in conf.rglob("*.yaml") if "sweeper" in p.read_text()
+    }
+    assert setting == {"experiment"}
+    parse = precheck._parse
+    assert not precheck._may_declare_sweeps(parse(["method=lora", "seed=1"]), "config")
+    assert precheck._may_declare_sweeps(parse(["+experiment=offline-benchmark"]), "config")
+    assert precheck._may_declare_sweeps(parse(["hydra.sweeper.params.seed=1,2"]), "config")
+    assert precheck._may_declare_sweeps(parse(["hydra/launcher=parallel"]), "config")
+    assert precheck._may_declare_sweeps(parse(["seed=1"]), "other")
