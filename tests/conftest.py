@@ -6,6 +6,9 @@ Fast tests never touch the network or the real assets; tests marked ``slow`` use
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "assets"
+FIXTURE_RECORDS = Path(__file__).resolve().parent / "fixtures" / "records"
 METHOD_YAMLS = sorted((ROOT / "conf" / "method").glob("*.yaml"))
 
 
@@ -53,6 +57,26 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "good",
     ]
     return folder
+
+
+@dataclass(frozen=True)
+class BuiltReport:
+    out: Path  # the report folder
+    written: list[Path]  # what build_report returned
+
+
+@pytest.fixture(scope="session")
+def fixture_report(tmp_path_factory: pytest.TempPathFactory) -> BuiltReport:
+    """The report of a copy of tests/fixtures/records, built once for every test that only
+    reads it (a build draws 12 figures: ~7 s). A test that changes records builds its own."""
+    from analysis.records import RecordWarning
+    from analysis.report import build_report
+
+    results = Path(shutil.copytree(FIXTURE_RECORDS, tmp_path_factory.mktemp("report") / "results"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecordWarning)  # the fixtures hold damaged records
+        written = build_report(results)
+    return BuiltReport(results / "report", written)
 
 
 def tiny_overrides(model_dir: Path, results_dir: Path, *extra: str) -> list[str]:

@@ -51,6 +51,7 @@ from analysis.records import (
 from analysis.report import build_report
 from analysis.stats import aggregate, pareto_front, summarize
 from analysis.tables import build_tables, latex_escape, to_markdown
+from tests.conftest import BuiltReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 pytestmark = pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
@@ -66,12 +67,9 @@ def results_dir(tmp_path: Path) -> Path:
     return Path(shutil.copytree(FIXTURES, tmp_path / "results"))
 
 
-@pytest.fixture(scope="module")
-def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One report on a copy of the fixtures, shared by the tests that only read it."""
-    results = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("shared") / "results"))
-    build_report(results)
-    return results / "report"
+@pytest.fixture
+def report_dir(fixture_report: BuiltReport) -> Path:
+    return fixture_report.out
 
 
 @pytest.fixture
@@ -360,9 +358,8 @@ def test_latex_escape() -> None:
 # ----------------------------------------------------------------------------------- report
 
 
-def test_build_report_writes_every_file(results_dir: Path) -> None:
-    written = build_report(results_dir)
-    out = results_dir / "report"
+def test_build_report_writes_every_file(fixture_report: BuiltReport) -> None:
+    written, out = fixture_report.written, fixture_report.out
     names = {p.name for p in written}
     expected = {"comparison.md", "comparison.csv", "comparison.tex", "failures.md"}
     expected |= {"reproducibility.md", "report.html"}

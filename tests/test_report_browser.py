@@ -29,6 +29,7 @@ from analysis.plots import COST_AXES
 from analysis.records import load_records, quality_runs
 from analysis.report import build_report
 from analysis.stats import aggregate, pareto_front
+from tests.conftest import BuiltReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 CHROMIUM = "/usr/bin/chromium"
@@ -71,10 +72,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    results = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("browser") / "results"))
-    written = build_report(results)
-    (html,) = [p for p in written if p.name == "report.html"]
+def page(fixture_report: BuiltReport) -> Path:
+    (html,) = [p for p in fixture_report.written if p.name == "report.html"]
     return html
 
 

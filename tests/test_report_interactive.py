@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,20 +15,18 @@ from plotly.offline import get_plotlyjs
 from analysis import interactive
 from analysis.interactive import APP_SLOT, PLOTLY_SLOT, chart_points, hover_text, inline_scripts
 from analysis.records import load_records, quality_runs
-from analysis.report import build_report
 from analysis.stats import aggregate
 from analysis.tables import TaskInfo
 from peftbench.secrets import scrub
+from tests.conftest import BuiltReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 pytestmark = pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> str:
-    results = Path(shutil.copytree(FIXTURES, tmp_path_factory.mktemp("page") / "results"))
-    build_report(results)
-    return (results / "report" / "report.html").read_text(encoding="utf-8")
+def page(fixture_report: BuiltReport) -> str:
+    return (fixture_report.out / "report.html").read_text(encoding="utf-8")
 
 
 def _script(page: str, script_id: str) -> str:
