@@ -41,6 +41,8 @@ def test_every_method_function_is_declared_in_the_spec_list_and_every_spec_resol
     declared = {s.apply for s in specs.METHOD_SPECS}
     declared |= {s.analytic_size for s in specs.METHOD_SPECS if s.analytic_size}
     assert _method_functions() == declared  # a function without its spec line fails here
+    kinds = [s.kind for s in specs.METHOD_SPECS]
+    assert len(set(kinds)) == len(kinds), "a method kind is declared twice"
     for spec in specs.METHOD_SPECS:
         assert callable(spec.applier())
         assert spec.sizer() is None or callable(spec.sizer())
