@@ -100,6 +100,7 @@ class Cell:
     scales: list[float]  # the task's grid
     missing_scales: list[float]
     chosen: GridPoint | None = None
+    off_grid: list[GridPoint] = field(default_factory=list)  # runs at scales off the grid
 
     @property
     def name(self) -> str:
@@ -193,9 +194,6 @@ def select_cells(
     cells = []
     for (task, model, method), entries in sorted(grid_points(grid_dir, seed).items()):
         task_scales = fixed or grid_scales(task)
-        entries = [e for e in entries if _on_grid(_scale(e["recipe"], e["config"]), task_scales)]
-        if not entries:
-            continue
         bases = {_base_recipe(e["recipe"]) for e in entries}
         if len(bases) > 1:
             keys = _differing([e["recipe"] for e in entries])
@@ -211,12 +209,14 @@ def select_cells(
             if name:
                 metric, higher = name, better
         points.sort(key=lambda p: p.lr_scale)
+        off_grid = [p for p in points if not _on_grid(p.lr_scale, task_scales)]
+        points = [p for p in points if _on_grid(p.lr_scale, task_scales)]
         missing = [s for s in task_scales if not _on_grid(s, [p.lr_scale for p in points])]
         chosen = None if missing else choose(points, higher)
         status = "incomplete" if missing else "selected" if chosen else "failed"
-        cells.append(
-            Cell(task, model, method, metric, higher, status, points, task_scales, missing, chosen)
-        )
+        cell = Cell(task, model, method, metric, higher, status, points, task_scales, missing)
+        cell.chosen, cell.off_grid = chosen, off_grid
+        cells.append(cell)
     return cells
 
 
@@ -474,6 +474,14 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
             *(f"- {c.name}: x{c.chosen.lr_scale:g}" for c in edge if c.chosen),
             "",
         ]
+    off_grid = [(c, p) for c in cells for p in c.off_grid]
+    if off_grid:
+        lines += [
+            "## Runs off the task's grid (kept as data, not points of the search)",
+            "",
+            *(f"- `{p.run_id}` (x{p.lr_scale:g}, dev {_fmt(p.dev)})" for _, p in off_grid),
+            "",
+        ]
     incomplete = [c for c in cells if c.status == "incomplete"]
     if incomplete:
         lines += ["## Incomplete grids (no choice until every scale has run)", ""]
@@ -505,6 +513,7 @@ def to_json(cells: Sequence[Cell], meta: dict, commands: Sequence[str]) -> dict:
                 "grid": [point(p) for p in c.grid],
                 "missing_scales": c.missing_scales,
                 "chosen": point(c.chosen) if c.chosen else None,
+                "off_grid": [point(p) for p in c.off_grid],
                 "scales": c.scales,
                 "at_grid_edge": at_grid_edge(c),
             }

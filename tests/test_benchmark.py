@@ -175,13 +175,17 @@ def test_each_task_has_its_grid_and_runs_off_it_are_not_points_of_the_search(tmp
     for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5)):  # wnut16's grid is x1, 3, 10
         _record(grid, "lora", scale, dev=dev, test=0.4, task="wnut16")
     _record(grid, "adalora", 0.3, dev=0.1, test=0.1, task="wnut16")  # only off-grid runs
-    [lora] = benchmark.select_cells(grid)
+    adalora, lora = benchmark.select_cells(grid)
     assert lora.scales == [1.0, 3.0, 10.0] and lora.missing_scales == [10.0]
     assert [p.lr_scale for p in lora.grid] == [1.0, 3.0]  # x0.3 is not part of the search
+    assert [p.lr_scale for p in lora.off_grid] == [0.3]
+    assert adalora.status == "incomplete" and adalora.missing_scales == [1.0, 3.0, 10.0]
     _record(grid, "lora", 10.0, dev=0.45, test=0.4, task="wnut16")
-    [lora] = benchmark.select_cells(grid)
+    adalora, lora = benchmark.select_cells(grid)
     assert lora.chosen.lr_scale == 3.0 and not benchmark.at_grid_edge(lora)
-    assert "## wnut16 (dev accuracy; lr x 1, 3, 10)" in benchmark.to_markdown([lora], [])
+    markdown = benchmark.to_markdown([adalora, lora], [])
+    assert "## wnut16 (dev accuracy; lr x 1, 3, 10)" in markdown
+    assert "- `wnut16--tiny--adalora--s0--h003` (x0.3, dev 0.1000)" in markdown  # listed, kept
     # the grid stage composes each task's own grid, and names a task it does not know
     assert "method.lr_scale=1,3,10" in benchmark.grid_command("wnut16", tmp_path)
     assert "method.lr_scale=0.3,1,3" in benchmark.grid_command("polarity", tmp_path)
