@@ -3,7 +3,7 @@
 #
 #   bench/offline_benchmark.sh DIR [STAGE...]     e.g. DIR=docs/benchmarks/offline-2026-12-02
 #
-#   grid[:TASK]   stage 1: 21 methods x the task's 3 lr scales (0.3,1,3; wnut16 1,3,10) x seed 0
+#   grid[:TASK]   stage 1: 21 methods x 4 lr scales (0.3,1,3,10) x seed 0
 #                 on each task (or one task), one task at a time, into DIR/grid
 #   select        choose each cell's scale on dev -> DIR/selection.{md,json} (trains nothing)
 #   final[:TASK]  seeds 1,2 of each chosen recipe (or one task's), into DIR/final

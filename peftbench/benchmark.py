@@ -47,23 +47,15 @@ SELECTION_MD = "selection.md"
 _REPLACED = ("seed", "results_dir")
 
 
-#: Tasks whose grid is not the preset's. Decided on dev (seed 0) before the rest of the grid
-#: ran, the same for every method of the task: on wnut16's 10-epoch recipe each of the first
-#: five complete cells (full, linear, bitfit, lora, dora at x0.3, 1, 3) chose x3 and scored
-#: worst at x0.3, so that grid did not bracket the optimum; it moved up one step to x1, 3, 10.
-#: The x0.3 runs made before the change stay in the records; the selection ignores them.
-TASK_SCALES: dict[str, tuple[float, ...]] = {"wnut16": (1.0, 3.0, 10.0)}
-
-
 def preset_scales(preset: Path = PRESET) -> list[float]:
-    """The lr scales of the benchmark preset's grid (``hydra.sweeper.params``)."""
+    """The lr scales of the benchmark's grid (the preset's ``hydra.sweeper.params``), the same
+    for every method and task. It was x0.3, 1, 3 at first; on wnut16 (10 epochs) most cells
+    chose x3 and then x10 while the bottleneck adapters collapsed above x1, so it became the
+    4-point x0.3, 1, 3, 10 for every task before polarity and hedge ran (the protocol,
+    docs/benchmarks/README.md, step 1). Records at another scale are not points of the search.
+    """
     params = OmegaConf.load(preset).hydra.sweeper.params
     return [float(v) for v in str(params[SCALE_KEY]).split(",")]
-
-
-def grid_scales(task: str) -> list[float]:
-    """The lr scales every method of ``task`` runs at: the preset's, or its own grid."""
-    return [float(s) for s in TASK_SCALES[task]] if task in TASK_SCALES else preset_scales()
 
 
 def preset_tasks(preset: Path = PRESET) -> list[str]:
@@ -97,7 +89,7 @@ class Cell:
     higher_is_better: bool
     status: str  # selected | failed (every scale) | incomplete (grid points missing)
     grid: list[GridPoint]
-    scales: list[float]  # the task's grid
+    scales: list[float]  # the grid
     missing_scales: list[float]
     chosen: GridPoint | None = None
     off_grid: list[GridPoint] = field(default_factory=list)  # runs at scales off the grid
@@ -183,17 +175,16 @@ def select_cells(
     """Every cell of the grid with its points and its choice (see the module docstring).
 
     Args:
-        scales: The grid of every task; default: each task's own (:func:`grid_scales`).
-            Records at a scale outside a task's grid are not points of its search.
+        scales: The grid; default: the preset's (:func:`preset_scales`). Records at a scale
+            outside it are kept as data (``Cell.off_grid``) but are not points of the search.
 
     Raises:
         ConfigError: a cell whose grid runs differ in more than the lr scale (another lr,
             rank, epoch count...): the selection would compare different searches.
     """
-    fixed = None if scales is None else [float(s) for s in scales]
+    grid_scales = preset_scales() if scales is None else [float(s) for s in scales]
     cells = []
     for (task, model, method), entries in sorted(grid_points(grid_dir, seed).items()):
-        task_scales = fixed or grid_scales(task)
         bases = {_base_recipe(e["recipe"]) for e in entries}
         if len(bases) > 1:
             keys = _differing([e["recipe"] for e in entries])
@@ -209,12 +200,12 @@ def select_cells(
             if name:
                 metric, higher = name, better
         points.sort(key=lambda p: p.lr_scale)
-        off_grid = [p for p in points if not _on_grid(p.lr_scale, task_scales)]
-        points = [p for p in points if _on_grid(p.lr_scale, task_scales)]
-        missing = [s for s in task_scales if not _on_grid(s, [p.lr_scale for p in points])]
+        off_grid = [p for p in points if not _on_grid(p.lr_scale, grid_scales)]
+        points = [p for p in points if _on_grid(p.lr_scale, grid_scales)]
+        missing = [s for s in grid_scales if not _on_grid(s, [p.lr_scale for p in points])]
         chosen = None if missing else choose(points, higher)
         status = "incomplete" if missing else "selected" if chosen else "failed"
-        cell = Cell(task, model, method, metric, higher, status, points, task_scales, missing)
+        cell = Cell(task, model, method, metric, higher, status, points, grid_scales, missing)
         cell.chosen, cell.off_grid = chosen, off_grid
         cells.append(cell)
     return cells
@@ -228,8 +219,8 @@ def _on_grid(scale: float, scales: Iterable[float]) -> bool:
 
 
 def grid_command(task: str, grid_dir: Path, extra: Sequence[str] = ()) -> list[str]:
-    """Stage 1 of one task: every method of the preset at the task's grid, seed 0."""
-    scales = ",".join(f"{s:g}" for s in grid_scales(task))
+    """Stage 1 of one task: every method of the preset at every scale of the grid, seed 0."""
+    scales = ",".join(f"{s:g}" for s in preset_scales())
     return [
         "run.py", "-m", "+experiment=offline-benchmark", f"task={task}",
         f"{SCALE_KEY}={scales}", f"results_dir={_from_root(grid_dir)}", "tracker=none", *extra,
@@ -417,7 +408,7 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
     lines = [
         "# Learning-rate selection (dev, seed 0)",
         "",
-        "Every method of a task ran at its cited lr times the task's grid of scales on seed "
+        "Every method of a task ran at its cited lr times the same grid of scales on seed "
         f"{GRID_SEED}. Chosen: the best **dev** primary metric at the dev-selected step (test "
         "is not read here); ties go to the scale nearest 1 (log), then the smaller. "
         "Generated by `peftbench benchmark select`; do not edit.",
@@ -477,7 +468,7 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
     off_grid = [(c, p) for c in cells for p in c.off_grid]
     if off_grid:
         lines += [
-            "## Runs off the task's grid (kept as data, not points of the search)",
+            "## Runs off the grid (kept as data, not points of the search)",
             "",
             *(f"- `{p.run_id}` (x{p.lr_scale:g}, dev {_fmt(p.dev)})" for _, p in off_grid),
             "",

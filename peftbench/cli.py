@@ -8,7 +8,7 @@
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
     peftbench bench overhead|methods [KEY=VALUE..]   costs of the harness / of every method
     peftbench benchmark grid --results DIR [--tasks T,..] [--dry-run] [KEY=VALUE..]
-                                          every method at its task's lr grid, seed 0
+                                          every method at every scale of the lr grid, seed 0
     peftbench benchmark select --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
                                           lr scale per cell on dev, then the final seeds
 
@@ -84,7 +84,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     sub = group.add_subparsers(title="benchmark stages", metavar="STAGE")
     group.set_defaults(handler=lambda _args: _print_help(group))
     grid = sub.add_parser(
-        "grid", help="stage 1: every method at its task's lr grid, seed 0, into <results>/grid"
+        "grid", help="stage 1: every method at each scale of the lr grid, seed 0, in <results>/grid"
     )
     grid.add_argument("--results", type=Path, required=True, help="the benchmark folder")
     grid.add_argument("--tasks", default=None, help="these tasks only (a,b); default: all three")

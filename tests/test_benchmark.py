@@ -70,7 +70,7 @@ def test_the_benchmark_preset_composes_with_21_methods_3_task_kinds_and_one_grid
     assert names == {"polarity", "hedge", "wnut16"}
     assert kinds == {"classification", "token_classification"}
     assert len(tasks) == 3  # sentiment, hedge cues, NER: three kinds of problem
-    assert benchmark.preset_scales() == [0.3, 1.0, 3.0]
+    assert benchmark.preset_scales() == [0.3, 1.0, 3.0, 10.0]
     assert str(params.seed) == "0"
     # every job of one task at one scale composes and validates (the 21 methods)
     argv = ["-m", "+experiment=offline-benchmark", "task=wnut16", "method.lr_scale=3"]
@@ -170,25 +170,25 @@ def test_a_choice_at_the_grids_edge_is_flagged_not_extended(tmp_path):
     ]
 
 
-def test_each_task_has_its_grid_and_runs_off_it_are_not_points_of_the_search(tmp_path, capsys):
+def test_runs_off_the_grid_are_kept_as_data_but_are_not_points_of_the_search(tmp_path, capsys):
     grid = tmp_path / "grid"
-    for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5)):  # wnut16's grid is x1, 3, 10
+    for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5), (30.0, 0.9)):  # x30: off the grid
         _record(grid, "lora", scale, dev=dev, test=0.4, task="wnut16")
-    _record(grid, "adalora", 0.3, dev=0.1, test=0.1, task="wnut16")  # only off-grid runs
+    _record(grid, "adalora", 30.0, dev=0.1, test=0.1, task="wnut16")  # only off-grid runs
     adalora, lora = benchmark.select_cells(grid)
-    assert lora.scales == [1.0, 3.0, 10.0] and lora.missing_scales == [10.0]
-    assert [p.lr_scale for p in lora.grid] == [1.0, 3.0]  # x0.3 is not part of the search
-    assert [p.lr_scale for p in lora.off_grid] == [0.3]
-    assert adalora.status == "incomplete" and adalora.missing_scales == [1.0, 3.0, 10.0]
+    assert lora.scales == [0.3, 1.0, 3.0, 10.0] and lora.missing_scales == [10.0]
+    assert [p.lr_scale for p in lora.grid] == [0.3, 1.0, 3.0]  # x30 is not part of the search
+    assert [p.lr_scale for p in lora.off_grid] == [30.0]
+    assert adalora.status == "incomplete" and adalora.missing_scales == [0.3, 1.0, 3.0, 10.0]
     _record(grid, "lora", 10.0, dev=0.45, test=0.4, task="wnut16")
     adalora, lora = benchmark.select_cells(grid)
-    assert lora.chosen.lr_scale == 3.0 and not benchmark.at_grid_edge(lora)
+    assert lora.chosen.lr_scale == 3.0 and not benchmark.at_grid_edge(lora)  # not x30's 0.9
     markdown = benchmark.to_markdown([adalora, lora], [])
-    assert "## wnut16 (dev accuracy; lr x 1, 3, 10)" in markdown
-    assert "- `wnut16--tiny--adalora--s0--h003` (x0.3, dev 0.1000)" in markdown  # listed, kept
-    # the grid stage composes each task's own grid, and names a task it does not know
-    assert "method.lr_scale=1,3,10" in benchmark.grid_command("wnut16", tmp_path)
-    assert "method.lr_scale=0.3,1,3" in benchmark.grid_command("polarity", tmp_path)
+    assert "## wnut16 (dev accuracy; lr x 0.3, 1, 3, 10)" in markdown
+    assert "- `wnut16--tiny--adalora--s0--h300` (x30, dev 0.1000)" in markdown  # listed, kept
+    # every task's grid stage runs the preset's scales, and names a task it does not know
+    for task in ("wnut16", "polarity", "hedge"):
+        assert "method.lr_scale=0.3,1,3,10" in benchmark.grid_command(task, tmp_path)
     assert main(["benchmark", "grid", "--results", str(tmp_path), "--tasks", "nerr"]) == 2
     assert "nerr is not a task of the benchmark; choose from wnut16, polarity, hedge" in (
         capsys.readouterr().err
