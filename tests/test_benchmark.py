@@ -218,9 +218,9 @@ def test_select_dry_run_writes_the_selection_and_copies_nothing(tmp_path, capsys
     checked = []  # fixture records have made-up recipes: the end-to-end test checks for real
     monkeypatch.setattr(benchmark, "check_recipes", checked.extend)
     results = tmp_path / "bench"
-    for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7)):
+    for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7), (10.0, 0.6)):  # the preset's grid
         _record(results / "grid", "lora", scale, dev=dev, test=0.1)
-    for scale in (0.3, 1.0, 3.0):
+    for scale in (0.3, 1.0, 3.0, 10.0):
         _record(results / "grid", "adapter", scale, dev=None, test=0.0)
     code = main(["benchmark", "select", "--results", str(results), "--dry-run", "--seeds", "0,1"])
     assert code == 0
@@ -230,12 +230,12 @@ def test_select_dry_run_writes_the_selection_and_copies_nothing(tmp_path, capsys
     selection = json.loads((results / "selection.json").read_text())
     lora = next(c for c in selection["cells"] if c["method"] == "lora")
     assert lora["chosen"]["lr_scale"] == 1.0
-    assert [p["dev"] for p in lora["grid"]] == [0.5, 0.9, 0.7]
+    assert [p["dev"] for p in lora["grid"]] == [0.5, 0.9, 0.7, 0.6]
     [line] = selection["commands"]
     assert "method=lora" in line and "seed=1" in line and "method.lr_scale=1" in line
     assert "seed=0" not in line and "adapter" not in line
     markdown = (results / "selection.md").read_text()
-    assert "| lora | tiny | 0.5000 | **0.9000** | 0.7000 | x1 |" in markdown
+    assert "| lora | tiny | 0.5000 | **0.9000** | 0.7000 | 0.6000 | x1 |" in markdown
     assert "Failed at every scale" in markdown and "adapter--s0" in markdown
     assert not (results / "final").exists()  # a dry run copies and trains nothing
 
