@@ -1,4 +1,6 @@
-"""The write-up's figures for one task, recomputed from final/records (python diagnostics/paired_tests.py TASK).
+"""The write-up's figures for one task, recomputed from final/records.
+
+    python docs/benchmarks/offline-2026-12-02/diagnostics/paired_tests.py TASK
 
 Prints the test table (mean, sd, the 3 seeds), the paired t-tests of the four pre-registered
 questions (scipy.stats.ttest_rel over the shared seeds, raw p: one comparison each), the
@@ -15,7 +17,8 @@ FINAL = Path(__file__).resolve().parents[1] / "final" / "records"
 QUESTIONS = [  # (a, b): is a above b?  Grouped by the write-up's pre-registered questions.
     ("1 Delta Tuning", [("full", "lora"), ("full", "adapter"), ("lora", "prefix"),
                         ("adapter", "prefix"), ("prefix", "prompt")]),
-    ("2 LoRA vs full", [("full", "lora"), ("full", "dora"), ("full", "pfeiffer"), ("full", "loha")]),
+    ("2 LoRA vs full", [("full", "lora"), ("full", "dora"), ("full", "pfeiffer"),
+                        ("full", "loha")]),
     ("3 P-Tuning v2", [("prefix", "prompt"), ("prefix", "ptuning"), ("lora", "prefix")]),
     ("4 Lester", [("full", "prompt"), ("full", "ptuning"), ("prompt", "linear"),
                   ("ptuning", "linear")]),
@@ -58,14 +61,15 @@ def main(task):
             mean, sd, p, n = paired(runs, a, b)
             print(f"{a} - {b}: {mean * 100:+.1f} ± {sd * 100:.1f} (paired p = {p:.3f}, n = {n})")
     bias = [runs[k][0]["dev"] - np.mean([runs[k][s]["dev"] for s in (1, 2)]) for k in runs]
-    print(f"\nseed-0 dev minus mean of seeds 1,2: {np.mean(bias):+.4f} (sd {np.std(bias, ddof=1):.4f}),"
+    print(f"\nseed-0 dev minus mean of seeds 1,2: {np.mean(bias):+.4f}"
+          f" (sd {np.std(bias, ddof=1):.4f}),"
           f" positive in {sum(b > 0 for b in bias)} of {len(bias)}")
     dev = np.array([np.mean([r["dev"] for r in runs[k].values()]) for k in runs])
     test = np.array([np.mean([r["test"] for r in runs[k].values()]) for k in runs])
     gap = dev - test
+    rho, p_rho = stats.spearmanr(dev, gap)
     print(f"dev - test: {gap.min():+.3f} .. {gap.max():+.3f}, mean {gap.mean():+.3f};"
-          f" vs dev: Spearman {stats.spearmanr(dev, gap)[0]:.2f} (p {stats.spearmanr(dev, gap)[1]:.3f}),"
-          f" Pearson {stats.pearsonr(dev, gap)[0]:.2f}")
+          f" vs dev: Spearman {rho:.2f} (p {p_rho:.3f}), Pearson {stats.pearsonr(dev, gap)[0]:.2f}")
 
 
 if __name__ == "__main__":
