@@ -6,6 +6,7 @@ Prints the test table (mean, sd, the 3 seeds), the paired t-tests of the four pr
 questions (scipy.stats.ttest_rel over the shared seeds, raw p: one comparison each), the
 seed-0 selection-bias check and the dev-test gap. Reads records only; trains nothing.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -15,13 +16,25 @@ from scipy import stats
 
 FINAL = Path(__file__).resolve().parents[1] / "final" / "records"
 QUESTIONS = [  # (a, b): is a above b?  Grouped by the write-up's pre-registered questions.
-    ("1 Delta Tuning", [("full", "lora"), ("full", "adapter"), ("lora", "prefix"),
-                        ("adapter", "prefix"), ("prefix", "prompt")]),
-    ("2 LoRA vs full", [("full", "lora"), ("full", "dora"), ("full", "pfeiffer"),
-                        ("full", "loha")]),
+    (
+        "1 Delta Tuning",
+        [
+            ("full", "lora"),
+            ("full", "adapter"),
+            ("lora", "prefix"),
+            ("adapter", "prefix"),
+            ("prefix", "prompt"),
+        ],
+    ),
+    (
+        "2 LoRA vs full",
+        [("full", "lora"), ("full", "dora"), ("full", "pfeiffer"), ("full", "loha")],
+    ),
     ("3 P-Tuning v2", [("prefix", "prompt"), ("prefix", "ptuning"), ("lora", "prefix")]),
-    ("4 Lester", [("full", "prompt"), ("full", "ptuning"), ("prompt", "linear"),
-                  ("ptuning", "linear")]),
+    (
+        "4 Lester",
+        [("full", "prompt"), ("full", "ptuning"), ("prompt", "linear"), ("ptuning", "linear")],
+    ),
 ]
 
 
@@ -32,8 +45,11 @@ def load(task):
         exp, m = rec["experiment"], rec["metrics"]
         name = m["primary"]["name"]
         runs.setdefault(exp["method"], {})[exp["seed"]] = {
-            "test": m["test"][name], "dev": m["dev"][name], "step": m["selected_step"],
-            "train_s": rec["cost"]["train_time_s"]}
+            "test": m["test"][name],
+            "dev": m["dev"][name],
+            "step": m["selected_step"],
+            "train_s": rec["cost"]["train_time_s"],
+        }
     return runs
 
 
@@ -53,23 +69,29 @@ def main(task):
         t = [runs[k][s]["test"] * 100 for s in sorted(runs[k])]
         dev = np.mean([r["dev"] for r in runs[k].values()])
         secs = np.mean([r["train_s"] for r in runs[k].values()])
-        print(f"{k:12s} {np.mean(t):5.1f} ± {np.std(t, ddof=1):3.1f}  "
-              f"({', '.join(f'{v:.2f}' for v in t)})  dev {dev:.3f}  {secs:5.0f} s")
+        print(
+            f"{k:12s} {np.mean(t):5.1f} ± {np.std(t, ddof=1):3.1f}  "
+            f"({', '.join(f'{v:.2f}' for v in t)})  dev {dev:.3f}  {secs:5.0f} s"
+        )
     for title, pairs in QUESTIONS:
         print(f"\n### {title}")
         for a, b in pairs:
             mean, sd, p, n = paired(runs, a, b)
             print(f"{a} - {b}: {mean * 100:+.1f} ± {sd * 100:.1f} (paired p = {p:.3f}, n = {n})")
     bias = [runs[k][0]["dev"] - np.mean([runs[k][s]["dev"] for s in (1, 2)]) for k in runs]
-    print(f"\nseed-0 dev minus mean of seeds 1,2: {np.mean(bias):+.4f}"
-          f" (sd {np.std(bias, ddof=1):.4f}),"
-          f" positive in {sum(b > 0 for b in bias)} of {len(bias)}")
+    print(
+        f"\nseed-0 dev minus mean of seeds 1,2: {np.mean(bias):+.4f}"
+        f" (sd {np.std(bias, ddof=1):.4f}),"
+        f" positive in {sum(b > 0 for b in bias)} of {len(bias)}"
+    )
     dev = np.array([np.mean([r["dev"] for r in runs[k].values()]) for k in runs])
     test = np.array([np.mean([r["test"] for r in runs[k].values()]) for k in runs])
     gap = dev - test
     rho, p_rho = stats.spearmanr(dev, gap)
-    print(f"dev - test: {gap.min():+.3f} .. {gap.max():+.3f}, mean {gap.mean():+.3f};"
-          f" vs dev: Spearman {rho:.2f} (p {p_rho:.3f}), Pearson {stats.pearsonr(dev, gap)[0]:.2f}")
+    print(
+        f"dev - test: {gap.min():+.3f} .. {gap.max():+.3f}, mean {gap.mean():+.3f};"
+        f" vs dev: Spearman {rho:.2f} (p {p_rho:.3f}), Pearson {stats.pearsonr(dev, gap)[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":
