@@ -1,6 +1,6 @@
 """Views of the run records: tables, plots and reports. Records stay the source of truth."""
 
-from analysis.records import latest_success, load_records, quality_runs, select
+from analysis.frame import latest_success, load_records, quality_runs, select
 from analysis.report import build_report
 
 __all__ = ["build_report", "latest_success", "load_records", "quality_runs", "select"]

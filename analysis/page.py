@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from peftbench.secrets import scrub
+from peftbench.records.redact import scrub
 
 PAGE = "report.html"
 

@@ -202,7 +202,7 @@ def train_size_curves(runs: pd.DataFrame) -> pd.DataFrame:
         fields of the primary score over seeds (the interval the comparison table shows).
         Empty when no (task, model) has runs at two or more training sizes.
     """
-    from analysis.records import recipe_labels
+    from analysis.frame import recipe_labels
     from analysis.stats import summarize
 
     runs = runs[runs["n_train"].notna()]

@@ -8,20 +8,20 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import repro
+from analysis import provenance
 from analysis.comparisons import (
     plot_average_rank,
     plot_budget_matched,
     plot_critical_difference,
 )
 from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
+from analysis.frame import SUCCESS, SYNTHETIC, load_records, quality_runs, select
 from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
 from analysis.plots import plot_all, plot_score_vs_train_size
-from analysis.records import SUCCESS, SYNTHETIC, load_records, quality_runs, select
 from analysis.stats import aggregate
 from analysis.tables import ComparisonTable, build_tables, to_csv, to_html, to_latex, to_markdown
-from peftbench.secrets import scrub
+from peftbench.records.redact import scrub
 
 FAILURES_FILE = "failures.md"
 REPRO_FILE = "reproducibility.md"
@@ -94,7 +94,7 @@ def build_report(
     agg = aggregate(runs)
     tables = build_tables(agg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = repro.repro_rows(runs)
+    rows = provenance.repro_rows(runs)
     plots = [
         *plot_all(agg, out_dir),
         *plot_score_vs_train_size(runs, agg, out_dir),
@@ -109,7 +109,7 @@ def build_report(
         _write(out_dir / "comparison.tex", to_latex(tables)),
         *plots,
         *write_time_to_target(runs, out_dir, target_fraction),
-        _write(out_dir / REPRO_FILE, repro.to_markdown(rows)),
+        _write(out_dir / REPRO_FILE, provenance.to_markdown(rows)),
         _write_page(out_dir / PAGE, _page(tables, agg, plots, rows, runs, records, filters or {})),
     ]
     failures = records[records["status"] != SUCCESS]
@@ -136,7 +136,7 @@ def _page(
     tables: list[ComparisonTable],
     agg: pd.DataFrame,
     plots: list[Path],
-    rows: list[repro.ReproRow],
+    rows: list[provenance.ReproRow],
     runs: pd.DataFrame,
     records: pd.DataFrame,
     filters: dict[str, Any],
@@ -152,7 +152,7 @@ def _page(
         title="peftbench: PEFT method comparison",
         table_html=to_html(tables),
         plots=embedded,
-        repro_html=repro.to_html(rows),
+        repro_html=provenance.to_html(rows),
         notes=[note, *_filter_notes(filters), *_metric_notes(runs)],
         controls_html=render_controls(agg, runs),
         charts_html=render_charts(agg, runs),

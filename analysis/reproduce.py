@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftbench.record import find_success
+from peftbench.config.paths import CONF_DIR
+from peftbench.records.store import find_success
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that locate or label a run but cannot change its numbers: the reproduction sets its own.
 RUN_LOCAL = ("results_dir", "force", "sweep_id", "tracker")
 
@@ -89,7 +89,7 @@ def reproduce(run_id: str, results_dir: Path) -> Reproduction:
     """
     from omegaconf import OmegaConf
 
-    from peftbench.experiment import run
+    from peftbench.runner.experiment import run
 
     path, record = load_record(results_dir, run_id)
     overrides = (record.get("experiment") or {}).get("overrides")

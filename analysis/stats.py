@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.records import SUCCESS, SYNTHETIC
+from analysis.frame import SUCCESS, SYNTHETIC
 
 GROUP = ("task", "model", "method_label")
 # Cost columns averaged over seeds next to the score (NaN when no run recorded them).

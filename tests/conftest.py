@@ -74,7 +74,7 @@ class BuiltReport:
 def fixture_report(tmp_path_factory: pytest.TempPathFactory) -> BuiltReport:
     """The report of a copy of tests/fixtures/records, built once for every test that only
     reads it (a build draws 12 figures: ~7 s). A test that changes records builds its own."""
-    from analysis.records import RecordWarning
+    from analysis.frame import RecordWarning
     from analysis.report import build_report
 
     results = Path(shutil.copytree(FIXTURE_RECORDS, tmp_path_factory.mktemp("report") / "results"))

@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.records import (
+from analysis.frame import (
     COLUMNS,
     RecordWarning,
     latest_success,
@@ -54,7 +54,7 @@ from analysis.tables import build_tables, latex_escape, to_markdown
 from tests.conftest import BuiltReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
-pytestmark = pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::analysis.frame.RecordWarning")
 
 LORA_POLARITY_S1 = "polarity--minilm-l6--lora--s1"
 LORA_POLARITY_S0 = "polarity--minilm-l6--lora--s0"
@@ -548,14 +548,14 @@ def test_budget_plot_only_when_runs_carry_budgets(tmp_path: Path, report_dir: Pa
 def test_config_hash_is_canonical_sha256() -> None:
     import hashlib
 
-    from analysis.repro import config_hash
+    from analysis.provenance import config_hash
 
     expected = hashlib.sha256(b'{"a":1,"b":{"c":"\xc3\xa9"}}').hexdigest()  # sorted, compact, UTF-8
     assert config_hash({"b": {"c": "é"}, "a": 1}) == expected
 
 
 def test_repro_row_from_a_record() -> None:
-    from analysis.repro import repro_row
+    from analysis.provenance import repro_row
 
     record = json.loads((FIXTURES / "2026-11-23_11-00-00" / f"{LORA_POLARITY_S0}.json").read_text())
     record["experiment"]["overrides"] = ["method=lora", "seed=0", "train.note=two words"]

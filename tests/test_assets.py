@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from peftbench import assets, cli
-from peftbench.assets import Asset, AssetChecksumError, AssetError, AssetFile, Join
+from peftbench.assets import Asset, AssetChecksumError, AssetFile, Join
+from peftbench.errors import AssetError
 
 _REAL_RUN = subprocess.run  # for the one test that needs a child process on purpose
 

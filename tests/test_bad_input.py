@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from peftbench import cli
-from peftbench.config import ConfigError, validate
-from tasks.readers import CSV_FIELD_LIMIT, DataError, _table_records
+from peftbench.config.checks import validate
+from peftbench.errors import ConfigError, DataError
+from tasks.readers import CSV_FIELD_LIMIT, _table_records
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["tune", "--methods", "lora,lorra", "--dry-run"], ["bench", "overhead", "method=lorra"]],
+    [["tune", "--methods", "lora,lorra", "--dry-run"], ["costs", "overhead", "method=lorra"]],
 )
 def test_tools_refuse_an_unknown_method_in_one_line(argv, capsys):
     assert cli.main(argv) == 2
@@ -34,6 +35,6 @@ def test_a_long_document_in_a_csv_reads_and_an_overlong_field_is_one_line(tmp_pa
 
 def test_results_dir_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     # root may write anywhere, so the denial is simulated where the check asks the OS
-    monkeypatch.setattr("peftbench.config.os.access", lambda path, mode: False)
+    monkeypatch.setattr("peftbench.config.checks.os.access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="is not writable .* give results_dir a folder"):
         validate({"results_dir": str(tmp_path / "results")})

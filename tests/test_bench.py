@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from peftbench.bench import format_overhead, overhead
+from peftbench.measure.overhead import format_overhead, overhead
 from tests.conftest import tiny_overrides
 
 
@@ -29,7 +29,7 @@ def test_the_bare_loop_trains_in_the_harness_precision(tiny_bert_dir, tmp_path, 
     import torch
 
     import peftbench.methods as methods
-    from peftbench.bench import bare_run, compose
+    from peftbench.measure.overhead import bare_run, compose
 
     seen: list[bool] = []
     apply = methods.apply_method

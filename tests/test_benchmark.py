@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from peftbench import benchmark
 from peftbench.cli import main
-from peftbench.config import ConfigError, validate
-from peftbench.precheck import check_command_line
-from peftbench.record import records_dir
+from peftbench.config.checks import validate
+from peftbench.config.precheck import check_command_line
+from peftbench.errors import ConfigError
+from peftbench.launch import protocol
+from peftbench.records.store import records_dir
 from tests.conftest import ROOT, tiny_overrides
 
 # ----------------------------------------------------------------------------- lr_scale
@@ -28,7 +29,7 @@ def _first_lr(record: dict) -> float:
 
 
 def test_lr_scale_multiplies_the_optimizer_lr_is_recorded_and_is_a_new_run(compose, tmp_path):
-    from peftbench.experiment import effective_lr, run
+    from peftbench.runner.experiment import effective_lr, run
 
     paths = {}
     for scale in ("1", "3"):
@@ -70,7 +71,7 @@ def test_the_benchmark_preset_composes_with_21_methods_3_task_kinds_and_one_grid
     assert names == {"polarity", "hedge", "wnut16"}
     assert kinds == {"classification", "token_classification"}
     assert len(tasks) == 3  # sentiment, hedge cues, NER: three kinds of problem
-    assert benchmark.preset_scales() == [0.3, 1.0, 3.0, 10.0]
+    assert protocol.preset_scales() == [0.3, 1.0, 3.0, 10.0]
     assert str(params.seed) == "0"
     # every job of one task at one scale composes and validates (the 21 methods)
     argv = ["-m", "+experiment=offline-benchmark", "task=wnut16", "method.lr_scale=3"]
@@ -144,7 +145,7 @@ def test_select_picks_the_best_dev_scale_never_test_and_reports_failed_cells(tmp
     _record(grid, "ia3", 0.3, dev=0.9, test=0.9)
     _record(grid, "ia3", 1.0, dev=0.9, test=0.9)
 
-    cells = {c.method: c for c in benchmark.select_cells(grid, [0.3, 1, 3])}
+    cells = {c.method: c for c in protocol.select_cells(grid, [0.3, 1, 3])}
     assert cells["lora"].chosen.lr_scale == 0.3
     assert cells["prefix"].chosen.lr_scale == 3.0
     assert cells["adapter"].status == "failed" and cells["adapter"].chosen is None
@@ -158,13 +159,13 @@ def test_a_choice_at_the_grids_edge_is_flagged_not_extended(tmp_path):
         _record(grid, "lora", scale, dev=dev, test=0.5)
     for scale, dev in ((0.3, 0.5), (1.0, 0.8), (3.0, 0.7)):  # bracketed
         _record(grid, "prefix", scale, dev=dev, test=0.5)
-    cells = {c.method: c for c in benchmark.select_cells(grid, [0.3, 1, 3])}
-    assert benchmark.at_grid_edge(cells["lora"])
-    assert not benchmark.at_grid_edge(cells["prefix"])
-    markdown = benchmark.to_markdown(list(cells.values()), [])
+    cells = {c.method: c for c in protocol.select_cells(grid, [0.3, 1, 3])}
+    assert protocol.at_grid_edge(cells["lora"])
+    assert not protocol.at_grid_edge(cells["prefix"])
+    markdown = protocol.to_markdown(list(cells.values()), [])
     assert "| x3 (edge) |" in markdown and "| x1 |" in markdown
     assert "1 of 2 chosen scales" in markdown and "- polarity--tiny--lora: x3" in markdown
-    selection = benchmark.to_json(list(cells.values()), {}, [])
+    selection = protocol.to_json(list(cells.values()), {}, [])
     assert [c["at_grid_edge"] for c in selection["cells"]] == [
         cells[c["method"]] is cells["lora"] for c in selection["cells"]
     ]
@@ -175,20 +176,20 @@ def test_runs_off_the_grid_are_kept_as_data_but_are_not_points_of_the_search(tmp
     for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5), (30.0, 0.9)):  # x30: off the grid
         _record(grid, "lora", scale, dev=dev, test=0.4, task="wnut16")
     _record(grid, "adalora", 30.0, dev=0.1, test=0.1, task="wnut16")  # only off-grid runs
-    adalora, lora = benchmark.select_cells(grid)
+    adalora, lora = protocol.select_cells(grid)
     assert lora.scales == [0.3, 1.0, 3.0, 10.0] and lora.missing_scales == [10.0]
     assert [p.lr_scale for p in lora.grid] == [0.3, 1.0, 3.0]  # x30 is not part of the search
     assert [p.lr_scale for p in lora.off_grid] == [30.0]
     assert adalora.status == "incomplete" and adalora.missing_scales == [0.3, 1.0, 3.0, 10.0]
     _record(grid, "lora", 10.0, dev=0.45, test=0.4, task="wnut16")
-    adalora, lora = benchmark.select_cells(grid)
-    assert lora.chosen.lr_scale == 3.0 and not benchmark.at_grid_edge(lora)  # not x30's 0.9
-    markdown = benchmark.to_markdown([adalora, lora], [])
+    adalora, lora = protocol.select_cells(grid)
+    assert lora.chosen.lr_scale == 3.0 and not protocol.at_grid_edge(lora)  # not x30's 0.9
+    markdown = protocol.to_markdown([adalora, lora], [])
     assert "## wnut16 (dev accuracy; lr x 0.3, 1, 3, 10)" in markdown
     assert "- `wnut16--tiny--adalora--s0--h300` (x30, dev 0.1000)" in markdown  # listed, kept
     # every task's grid stage runs the preset's scales, and names a task it does not know
     for task in ("wnut16", "polarity", "hedge"):
-        assert "method.lr_scale=0.3,1,3,10" in benchmark.grid_command(task, tmp_path)
+        assert "method.lr_scale=0.3,1,3,10" in protocol.grid_command(task, tmp_path)
     assert main(["benchmark", "grid", "--results", str(tmp_path), "--tasks", "nerr"]) == 2
     assert "nerr is not a task of the benchmark; choose from wnut16, polarity, hedge" in (
         capsys.readouterr().err
@@ -196,11 +197,11 @@ def test_runs_off_the_grid_are_kept_as_data_but_are_not_points_of_the_search(tmp
 
 
 def test_a_tie_at_equal_distance_goes_to_the_smaller_scale_and_lower_is_better_works():
-    point = benchmark.GridPoint
+    point = protocol.GridPoint
     points = [point(s, f"r{s}", "success", s, 1.0, None, "h", "p") for s in (0.5, 1.0, 2.0)]
     points[1].dev = 0.9
-    assert benchmark.choose(points, higher_is_better=True).lr_scale == 0.5  # 0.5 vs 2: tie
-    assert benchmark.choose(points, higher_is_better=False).lr_scale == 1.0  # lowest dev
+    assert protocol.choose(points, higher_is_better=True).lr_scale == 0.5  # 0.5 vs 2: tie
+    assert protocol.choose(points, higher_is_better=False).lr_scale == 1.0  # lowest dev
 
 
 def test_select_refuses_a_grid_that_varies_more_than_the_scale(tmp_path):
@@ -211,12 +212,12 @@ def test_select_refuses_a_grid_that_varies_more_than_the_scale(tmp_path):
     record["experiment"]["recipe"]["train.epochs"] = 5
     other.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"differ in more than method.lr_scale \(train.epochs\)"):
-        benchmark.select_cells(grid, [1, 3])
+        protocol.select_cells(grid, [1, 3])
 
 
 def test_select_dry_run_writes_the_selection_and_copies_nothing(tmp_path, capsys, monkeypatch):
     checked = []  # fixture records have made-up recipes: the end-to-end test checks for real
-    monkeypatch.setattr(benchmark, "check_recipes", checked.extend)
+    monkeypatch.setattr(protocol, "check_recipes", checked.extend)
     results = tmp_path / "bench"
     for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7), (10.0, 0.6)):  # the preset's grid
         _record(results / "grid", "lora", scale, dev=dev, test=0.1)
@@ -267,7 +268,7 @@ def test_grid_then_select_trains_the_remaining_seeds_of_the_dev_best_scale(
 ):
     results = tmp_path / "bench"
     grid = tiny_overrides(tiny_bert_dir, results / "grid", "method=lora")
-    scales = benchmark.preset_scales()  # select chooses only once every grid point has a record
+    scales = protocol.preset_scales()  # select chooses only once every grid point has a record
     sweep = "method.lr_scale=" + ",".join(f"{s:g}" for s in scales)
     _run_py("run.py", "-m", sweep, "seed=0", *grid)
     runs = _success(results / "grid")

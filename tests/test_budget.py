@@ -112,7 +112,7 @@ def test_run_record_keeps_the_budget_and_what_was_reached(compose):
     import json
     from pathlib import Path
 
-    from peftbench import experiment
+    from peftbench.runner import experiment
 
     summary = experiment.run(compose("method=lora", "method.budget_pct=5"))
     record = json.loads(Path(summary["path"]).read_text())

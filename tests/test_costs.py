@@ -1,5 +1,5 @@
 """Every cost as the hardware measures it (issue 17): counted FLOPs, memory per phase, set-up
-apart from training, and ``peftbench bench methods``."""
+apart from training, and ``peftbench costs methods``."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import peftbench.methods.selective
-import peftbench.train
-from peftbench import bench, experiment
+import peftbench.runner.train
 from peftbench.cli import main
-from peftbench.instrument import (
+from peftbench.measure import costs, overhead
+from peftbench.measure.instrument import (
     _extra_flop_formulas,
     count_step_flops,
     forward_params,
     rss_peak_resettable,
     training_flops_per_token,
 )
+from peftbench.runner import experiment
 from tests.conftest import tiny_overrides
 
 CPU = torch.device("cpu")
@@ -36,7 +37,7 @@ def _run(cfg) -> dict:
 
 
 def _built(compose, method: str):
-    model, loader, dtype = bench._build(compose(f"method={method}"), CPU)
+    model, loader, dtype = overhead._build(compose(f"method={method}"), CPU)
     return model, next(iter(loader))
 
 
@@ -110,12 +111,12 @@ def test_counting_does_not_perturb_training_and_the_record_says_if_fresh(
     compose, tmp_path, monkeypatch
 ):
     """The same run with and without the counted step: identical losses and dev scores."""
-    monkeypatch.setattr(experiment, "_RUNS_IN_PROCESS", 0)
-    real_count = experiment.count_step_flops
+    monkeypatch.setattr(costs, "_RUNS_IN_PROCESS", 0)
+    real_count = costs.count_step_flops
     stub = {"flops": 1, "tokens": 1, "flops_per_token": 1.0, "by_op": {}}
-    monkeypatch.setattr(experiment, "count_step_flops", lambda *a, **k: dict(stub))
+    monkeypatch.setattr(costs, "count_step_flops", lambda *a, **k: dict(stub))
     plain = _run(compose("method=lora", results_dir=tmp_path / "plain"))
-    monkeypatch.setattr(experiment, "count_step_flops", real_count)
+    monkeypatch.setattr(costs, "count_step_flops", real_count)
     counted = _run(compose("method=lora", results_dir=tmp_path / "counted"))
 
     def trace(record: dict) -> list:
@@ -143,7 +144,7 @@ def test_setup_and_evaluation_memory_and_calibration_time_are_kept_apart(
     """fisher_mask's Fisher pass and the batch-128 evaluations no longer set the training
     peak, and the Fisher pass's time is set-up time, not training time."""
     real_fisher = peftbench.methods.selective.empirical_fisher
-    real_evaluate = peftbench.train.evaluate
+    real_evaluate = peftbench.runner.train.evaluate
 
     def hungry(real):
         def wrapper(*args, **kwargs):
@@ -158,7 +159,7 @@ def test_setup_and_evaluation_memory_and_calibration_time_are_kept_apart(
         return hungry(real_fisher)(*args, **kwargs)
 
     monkeypatch.setattr(peftbench.methods.selective, "empirical_fisher", slow_hungry_fisher)
-    monkeypatch.setattr(peftbench.train, "evaluate", hungry(real_evaluate))
+    monkeypatch.setattr(peftbench.runner.train, "evaluate", hungry(real_evaluate))
     record = _run(compose("method=fisher_mask", results_dir=tmp_path))
     peaks = record["cost"]["peak_mem_bytes"]
     assert peaks["rss_resettable"] is True
@@ -178,7 +179,7 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
         for o in tiny_overrides(tiny_bert_dir, tmp_path)
         if not o.startswith(("results_dir=", "train.max_steps=", "train.eval_every_steps="))
     ]
-    result = bench.methods_bench(
+    result = overhead.methods_bench(
         [*overrides, "fisher_mask:method.calibration_batches=1"],
         methods=["vera"],
         steps=1,
@@ -189,18 +190,18 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     assert medians["vera"]["flops_per_token"] > 3 * medians["lora"]["flops_per_token"]
     for row in medians.values():
         assert row["step_p50_s"] > 0 and row["train_peak_bytes"] > 0
-    text = bench.format_methods(result)
+    text = overhead.format_methods(result)
     assert "÷ full" in text and "÷ lora" in text and "| vera |" in text
     assert "| full | " in text and " | 1.00 | " in text
-    assert main(["bench", "methods", "--methods", "nosuch", *overrides]) == 2
+    assert main(["costs", "methods", "--methods", "nosuch", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("peftbench: error: unknown method nosuch;")
 
 
 def test_bench_scoped_overrides_reach_only_their_method():
     given = ["train.batch_size=8", "fisher_mask:method.calibration_batches=1"]
-    assert bench._split_overrides(given, "fisher_mask") == [
+    assert overhead._split_overrides(given, "fisher_mask") == [
         "train.batch_size=8",
         "method.calibration_batches=1",
     ]
-    assert bench._split_overrides(given, "lora") == ["train.batch_size=8"]
+    assert overhead._split_overrides(given, "lora") == ["train.batch_size=8"]

@@ -2,7 +2,7 @@
 
 Each case is one mistake on the tiny model and corpus. Every case is checked in-process through
 the path ``python run.py`` takes: config mistakes through the pre-check
-(``peftbench.precheck.check_command_line``, which must not import torch), data and asset mistakes
+(``config.precheck.check_command_line``, which must not import torch), data and asset mistakes
 through ``experiment.run``, which must raise before a record is written. A handful of cases
 (``SUBPROCESS``) also run ``python run.py`` as a user would, to pin the exit-code contract: exit
 code 2, one stderr line ``peftbench: error: <problem>; <fix>``, no record.
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.config import PREFIX, ConfigError, one_line
-from peftbench.precheck import check_command_line
+from peftbench.config.precheck import check_command_line
+from peftbench.errors import PREFIX, ConfigError, one_line
 from tests.conftest import ROOT, tiny_overrides
 
 DOC = ROOT / "docs" / "ERRORS.md"
@@ -283,8 +283,7 @@ def _no_heavy_imports():
 
 def _error_in_process(case: Case, scratch: Path, tiny_bert_dir: Path, monkeypatch) -> str:
     """The one line run.py would print for the case, found without a subprocess."""
-    from peftbench.assets import AssetError
-    from tasks.readers import DataError
+    from peftbench.errors import AssetError, DataError
 
     argv, env = _prepare(case, scratch, tiny_bert_dir)
     for key, value in env.items():
@@ -296,7 +295,7 @@ def _error_in_process(case: Case, scratch: Path, tiny_bert_dir: Path, monkeypatc
     check_command_line(argv, conf_dir=CONF)  # a data mistake passes the pre-check ...
     from hydra import compose, initialize_config_dir
 
-    from peftbench import experiment
+    from peftbench.runner import experiment
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=argv)
@@ -391,8 +390,8 @@ _VALID_LIST = re.compile(
 
 def _known_lists() -> dict[str, str]:
     """The lists of valid names a message may end with -> what the doc shows instead."""
+    from peftbench.config.precheck import _group_options
     from peftbench.methods import specs
-    from peftbench.precheck import _group_options
     from tasks.metrics import METRICS
     from tasks.readers import READERS
 
@@ -474,7 +473,7 @@ def test_errors_doc_is_generated_from_these_cases(messages):
 
 def test_the_doc_quotes_no_list_that_grows_with_a_new_method():
     """Adding a method YAML must not make docs/ERRORS.md stale: its rows name no method list."""
-    from peftbench.precheck import _group_options
+    from peftbench.config.precheck import _group_options
 
     text = DOC.read_text(encoding="utf-8")
     for group, names in _group_options(CONF).items():
@@ -484,7 +483,7 @@ def test_the_doc_quotes_no_list_that_grows_with_a_new_method():
 
 
 def test_closest_gives_one_suggestion_or_none():
-    from peftbench.config import closest
+    from peftbench.errors import closest
     from peftbench.registry import Registry, UnknownNameError
 
     names = ["lora", "loha", "lokr", "dora", "adapter"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import experiment
-from peftbench.record import find_success, records_dir
+from peftbench.records.store import find_success, records_dir
+from peftbench.runner import experiment
 
 REQUIRED = {
     "schema_version",
@@ -85,7 +85,7 @@ def test_a_failing_run_writes_a_failed_record_and_does_not_raise(compose, tmp_pa
     def explode(*args, **kwargs):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr("peftbench.train.train", explode)
+    monkeypatch.setattr("peftbench.runner.train.train", explode)
     summary = experiment.run(compose("method=lora"))
     assert summary["status"] == "failed"
     (record,) = _records(tmp_path / "results")

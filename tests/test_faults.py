@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import experiment
-from peftbench.record import records_dir, remove_stale_temps, write_record
+from peftbench.records.store import records_dir, remove_stale_temps, write_record
+from peftbench.runner import experiment
 from tests.conftest import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.faults
@@ -149,7 +149,7 @@ def _write_many(results: str, run_ids: list[str], writer: int, count: int) -> No
 
 
 def test_concurrent_writers_on_the_same_and_different_runs_lose_nothing(tmp_path, monkeypatch):
-    import peftbench.record as record_module
+    import peftbench.records.store as record_module
 
     monkeypatch.setattr(record_module, "datetime", _CoarseClock())
     run_ids = ["same--run--s0", "same--run--s0", "other--run--s0"]
@@ -270,8 +270,8 @@ MEASURED = {"elapsed_s", "train_s", "train/step_time_s", "train/peak_rss_bytes"}
 _DRIVER = """
 import sys, time
 from hydra import compose, initialize_config_dir
-from peftbench import experiment
-from peftbench.checkpoint import Checkpointer
+from peftbench.runner import experiment
+from peftbench.runner.checkpoint import Checkpointer
 
 if sys.argv[1] == "pause":
     save = Checkpointer.save
@@ -343,7 +343,7 @@ def _checkpointed_run(compose, results: Path, *extra: str) -> dict:
 def test_checkpoint_of_another_config_is_not_resumed_and_success_removes_it(
     compose, tmp_path, caplog
 ):
-    from peftbench.checkpoint import checkpoint_path
+    from peftbench.runner.checkpoint import checkpoint_path
 
     results = tmp_path / "results"
     first = _checkpointed_run(compose, results, "train.keep_checkpoints=true")

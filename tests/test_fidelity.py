@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
-from peftbench.instrument import Clock, StepTimer
+from peftbench.measure.instrument import Clock, StepTimer
 from peftbench.methods import MethodContext, apply_method
 from peftbench.methods.base import (
     SELECT_FROM_ATTR,
@@ -25,7 +25,7 @@ from peftbench.methods.base import (
 )
 from peftbench.methods.budget import TOLERANCE, fit_budget
 from peftbench.methods.hybrid import GatedAdapter, GatedLoRA
-from peftbench.train import param_groups, train
+from peftbench.runner.train import param_groups, train
 
 METHODS = Path(__file__).resolve().parent.parent / "conf" / "method"
 HEAD = ["classifier"]

@@ -1,4 +1,4 @@
-"""Forgetting (peftbench/forgetting.py) and training energy (instrument.EnergyMeter)."""
+"""Forgetting (peftbench/measure/forgetting.py) and training energy (instrument.EnergyMeter)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import experiment, forgetting
-from peftbench.forgetting import draw_probe, linear_cka, probe_sentences
-from peftbench.instrument import EnergyMeter, EvalClock, PhasedPeakMemory
-from peftbench.record import records_dir
+from peftbench.measure import forgetting
+from peftbench.measure.forgetting import draw_probe, linear_cka, probe_sentences
+from peftbench.measure.instrument import EnergyMeter, EvalClock, PhasedPeakMemory
+from peftbench.records.store import records_dir
+from peftbench.runner import experiment
 from tests import test_translation as translation
 
 
@@ -38,7 +39,7 @@ def test_linear_cka_of_independent_features_is_small():
 
 
 def test_the_similarity_ranking_survives_rotation_and_follows_a_reordering():
-    from peftbench.forgetting import similarity_ranking
+    from peftbench.measure.forgetting import similarity_ranking
 
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(12, 8, generator=generator)
@@ -321,7 +322,7 @@ def _with_measures(tmp_path: Path) -> Path:
     return results
 
 
-@pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+@pytest.mark.filterwarnings("ignore::analysis.frame.RecordWarning")
 def test_the_csv_and_the_plot_show_forgetting_and_energy(tmp_path):
     import csv
 
@@ -342,7 +343,7 @@ def test_the_csv_and_the_plot_show_forgetting_and_energy(tmp_path):
     assert float(by_method["lora"]["energy_j_per_token"]) == pytest.approx(0.0175)
 
 
-@pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+@pytest.mark.filterwarnings("ignore::analysis.frame.RecordWarning")
 def test_records_without_the_measures_draw_no_forgetting_plot(tmp_path):
     import shutil
 

@@ -1,6 +1,6 @@
 """Checks that need a CUDA device (``pytest -m gpu``; skipped without one).
 
-``bench/gpu_check.sh`` runs them first on the GPU machine: the harness's CUDA paths (bf16
+``scripts/gpu_check.sh`` runs them first on the GPU machine: the harness's CUDA paths (bf16
 autocast, CUDA peak memory, MFU, the idle check between runs of one process) on tiny models,
 before the long runs that depend on them.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cost_table import TINY, peak_memory
-from peftbench.instrument import peak_tflops
+from peftbench.measure.instrument import peak_tflops
+from scripts.cost_table import TINY, peak_memory
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,7 +23,7 @@ pytestmark = [
 
 
 def _run(cfg) -> dict:
-    from peftbench.experiment import run
+    from peftbench.runner.experiment import run
 
     summary = run(cfg)
     record = json.loads(Path(summary["path"]).read_text())
@@ -62,7 +62,7 @@ def test_a_run_on_cuda_trains_under_bf16_autocast_and_records_cuda_memory(compos
 def test_runs_of_one_process_leave_the_gpu_idle_for_the_next(compose):
     """Hydra's basic launcher runs a sweep in one process: a run must free what it held,
     or the next is refused (``ensure_idle``) and the cost table loses its cells."""
-    from peftbench.instrument import ensure_idle
+    from peftbench.measure.instrument import ensure_idle
 
     _run(compose("method=lora", "device=cuda"))
     ensure_idle(torch.device("cuda"))  # raises AcceleratorBusy if the run left tensors behind
@@ -71,7 +71,7 @@ def test_runs_of_one_process_leave_the_gpu_idle_for_the_next(compose):
 
 
 def test_the_synthetic_task_trains_a_tiny_llama_on_cuda_in_bf16(tiny_bert_dir, tmp_path):
-    from peftbench.bench import compose
+    from peftbench.measure.overhead import compose
 
     cfg = compose(
         [

@@ -1,5 +1,5 @@
 """The GPU check's parts, on CPU: the synthetic task, the carry folder, the cost table, and
-``bench/gpu_check.sh`` itself (its ``--cpu-smoke`` mode runs every step on tiny models)."""
+``scripts/gpu_check.sh`` itself (its ``--cpu-smoke`` mode runs every step on tiny models)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bench import carry, cost_table, sweep_compare
-from peftbench.config import ConfigError
+from peftbench.errors import ConfigError
+from scripts import carry, cost_table, sweep_compare
 from tests.conftest import ROOT
 
-SCRIPT = ROOT / "bench" / "gpu_check.sh"
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 
 def _task_cfg(**source):
-    from peftbench.bench import compose
+    from peftbench.measure.overhead import compose
 
     cfg = compose(["task=synthetic-1024", "model=llama-1b-synthetic"]).task
     for key, value in source.items():
@@ -76,8 +76,8 @@ def test_a_synthetic_task_it_cannot_run_is_refused_in_one_line(change, words):
 def test_a_synthetic_run_goes_through_the_experiment_and_says_its_data_is_synthetic(
     tiny_bert_dir, tmp_path
 ):
-    from peftbench.bench import compose
-    from peftbench.experiment import run
+    from peftbench.measure.overhead import compose
+    from peftbench.runner.experiment import run
 
     args = cost_table.main.__globals__["argparse"].Namespace(
         tokenizer=str(tiny_bert_dir), tiny=True, device="cpu", precision="fp32",
@@ -159,7 +159,7 @@ def test_the_cost_table_reads_flat_and_per_phase_keys_and_never_invents_a_number
     (tmp_path / "overhead.json").write_text(
         json.dumps({"ratios": ratios, "steps": 20, "repeats": 2})
     )
-    text, data = cost_table.render(tmp_path, command="bench/gpu_check.sh")
+    text, data = cost_table.render(tmp_path, command="scripts/gpu_check.sh")
     rows = {r["method"]: r for r in data["rows"]}
     assert (rows["full"]["peak_allocated"], rows["full"]["peak_reserved"]) == (2**31, 2**32)
     assert (rows["lora"]["peak_allocated"], rows["lora"]["peak_reserved"]) == (3 * 2**30, 4 * 2**30)
@@ -182,7 +182,7 @@ def test_cpu_figures_are_never_judged_against_the_gpu_goals(tmp_path):
 
 def test_performance_doc_is_a_template_that_render_fills_between_its_markers(tmp_path):
     doc = (ROOT / "docs" / "PERFORMANCE.md").read_text()
-    assert "No GPU figures exist yet" in doc and "bench/gpu_check.sh" in doc
+    assert "No GPU figures exist yet" in doc and "scripts/gpu_check.sh" in doc
     filled = tmp_path / "PERFORMANCE.md"
     filled.write_text(doc)
     cost_table.fill_doc(filled, "| a table |")
@@ -267,11 +267,11 @@ def test_the_cpu_smoke_run_goes_through_every_step_into_one_folder(tmp_path):
 
 
 def test_the_gpu_cost_preset_runs_the_cells_the_cost_table_runs(tmp_path):
-    """`python run.py -m +experiment=gpu-cost` and bench/cost_table.py must measure the same."""
+    """`python run.py -m +experiment=gpu-cost` and scripts/cost_table.py must measure the same."""
     from pathlib import Path as P
 
-    from peftbench.bench import compose
-    from peftbench.precheck import check_command_line
+    from peftbench.config.precheck import check_command_line
+    from peftbench.measure.overhead import compose
 
     check_command_line(["-m", "+experiment=gpu-cost"], ROOT / "conf")
     preset = compose(["+experiment=gpu-cost", "method=lora"])

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from peftbench import experiment
-from peftbench.config import ConfigError, validate
-from peftbench.identity import recipe, recipe_hash
+from peftbench.config.checks import validate
+from peftbench.config.identity import recipe, recipe_hash
+from peftbench.errors import ConfigError
+from peftbench.runner import experiment
 from tasks import build_task
 
 HUB = (

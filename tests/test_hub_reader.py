@@ -14,8 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from peftbench.errors import DataError
 from tasks import build_task
-from tasks.readers import DataError
 from tests.conftest import ROOT
 
 WORDS = ["the", "good", "great", "fine", "dull", "bad", "film", "plot", "cast", "music"]

@@ -10,9 +10,9 @@ import stat
 import pytest
 from omegaconf import OmegaConf
 
-from peftbench import experiment
-from peftbench.identity import NOT_IN_RECIPE, recipe, recipe_hash, run_id
-from peftbench.record import records_dir
+from peftbench.config.identity import NOT_IN_RECIPE, recipe, recipe_hash, run_id
+from peftbench.records.store import records_dir
+from peftbench.runner import experiment
 
 
 def _hash(compose, *overrides: str) -> str:
@@ -138,7 +138,7 @@ def test_records_are_readable_as_the_umask_allows(compose, tmp_path):
 def test_a_run_that_needs_more_memory_than_is_free_is_recorded_as_oom(
     compose, tmp_path, monkeypatch
 ):
-    from peftbench import memory_guard
+    from peftbench.runner import memory_guard
 
     monkeypatch.setattr(memory_guard, "headroom_bytes", lambda: 0)  # nothing free: any new
     summary = experiment.run(compose())  # allocation of the run fails, as a huge batch's would

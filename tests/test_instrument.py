@@ -12,11 +12,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import peftbench.train
-from peftbench import experiment, instrument
-from peftbench.instrument import PeakMemory, StepTimer, peak_tflops, training_flops_per_token
+import peftbench.runner.train
+from peftbench.measure import instrument
+from peftbench.measure.instrument import (
+    PeakMemory,
+    StepTimer,
+    peak_tflops,
+    training_flops_per_token,
+)
+from peftbench.runner import experiment
 
-real_evaluate = peftbench.train.evaluate
+real_evaluate = peftbench.runner.train.evaluate
 SLOW_EVAL_S = 2.0  # injected into every evaluation
 
 
@@ -28,7 +34,7 @@ def _run(compose, *overrides: str, results_dir: Path) -> dict:
 
 def test_reported_trainable_count_equals_a_direct_count(compose, tmp_path):
     from peftbench.methods import MethodContext, apply_method
-    from peftbench.models import load_backbone
+    from peftbench.models.backbones import load_backbone
     from tasks import build_task
 
     cfg = compose("method=adapter")
@@ -52,7 +58,7 @@ def test_training_time_excludes_evaluation(compose, tmp_path, monkeypatch):
         time.sleep(SLOW_EVAL_S)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(peftbench.train, "evaluate", slow_evaluate)
+    monkeypatch.setattr(peftbench.runner.train, "evaluate", slow_evaluate)
     slow = _run(compose, "method=lora", results_dir=tmp_path / "slow")
     # 2 dev evaluations (inside the training loop) + 1 test evaluation, each 2 s slower;
     # counted as training they would add 4 s: the margin absorbs a loaded machine's noise
@@ -70,9 +76,9 @@ def test_memory_high_water_is_reset_between_runs_in_one_process(compose, tmp_pat
         del ballast
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(peftbench.train, "evaluate", hungry_evaluate)
+    monkeypatch.setattr(peftbench.runner.train, "evaluate", hungry_evaluate)
     first = _run(compose, "method=lora", results_dir=tmp_path / "a")
-    monkeypatch.setattr(peftbench.train, "evaluate", real_evaluate)
+    monkeypatch.setattr(peftbench.runner.train, "evaluate", real_evaluate)
     second = _run(compose, "method=lora", results_dir=tmp_path / "b")
     # the ballast is evaluation's: its phase holds it (the top level is training's peak)
     peak_first = first["cost"]["peak_mem_bytes"]["eval"]["rss"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from peftbench.record import records_dir
+from peftbench.records.store import records_dir
 from tests.conftest import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.faults
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.faults
 #: run.py, slowed to 50 ms a step, touching a marker file once step 3 is done.
 _DRIVER = """
 import pathlib, runpy, sys, time
-from peftbench.checkpoint import Checkpointer
+from peftbench.runner.checkpoint import Checkpointer
 
 due, marker = Checkpointer.due, pathlib.Path(sys.argv[1])
 def slow_due(self, step):

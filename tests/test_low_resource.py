@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from peftbench import experiment
-from peftbench.config import ConfigError, validate
-from peftbench.identity import recipe, recipe_hash
+from peftbench.config.checks import validate
+from peftbench.config.identity import recipe, recipe_hash
+from peftbench.errors import ConfigError
+from peftbench.runner import experiment
 from tasks import build_task
 from tasks.splits import nested_subset, train_size_count
 
@@ -132,8 +133,8 @@ def test_the_low_resource_preset_sweeps_sizes_methods_and_seeds():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from peftbench.callbacks import sweep_size
-    from peftbench.precheck import check_command_line
+    from peftbench.config.precheck import check_command_line
+    from peftbench.launch.callbacks import sweep_size
     from tests.conftest import ROOT
 
     check_command_line(["-m", "+experiment=low-resource"], ROOT / "conf")
@@ -176,8 +177,8 @@ def _low_resource_records(results: Path) -> None:
 
 
 def test_the_report_draws_score_against_training_size_per_method(tmp_path):
+    from analysis.frame import load_records, quality_runs
     from analysis.plots import train_size_curves
-    from analysis.records import load_records, quality_runs
     from analysis.report import build_report
 
     results = tmp_path / "results"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from peftbench.models import load_backbone
+from peftbench.models.backbones import load_backbone
 from tasks import build_task
 from tasks.metrics import compute
 from tests.test_tasks import _regression_overrides

@@ -15,11 +15,12 @@ import transformers
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from analysis.records import load_records, quality_runs
-from peftbench import experiment
-from peftbench.config import ConfigError, validate
-from peftbench.gguf import MARKER_NAME
-from peftbench.models import load_backbone, resolve_source
+from analysis.frame import load_records, quality_runs
+from peftbench.config.checks import validate
+from peftbench.errors import ConfigError
+from peftbench.models.backbones import load_backbone, resolve_source
+from peftbench.models.gguf import MARKER_NAME
+from peftbench.runner import experiment
 from tasks import build_task
 from tests.conftest import ROOT
 

@@ -6,7 +6,8 @@ import inspect
 from importlib.metadata import version
 from pathlib import Path
 
-from peftbench import precheck
+from peftbench.config import precheck
+from peftbench.config.paths import CONF_DIR
 
 
 def test_the_hydra_internals_are_those_of_the_pinned_release():
@@ -29,7 +30,7 @@ def test_the_pre_check_reaches_hydra_internals_only_through_one_function():
 def test_only_experiment_presets_declare_sweeps_so_plain_command_lines_skip_that_compose():
     """The pre-check composes a second time to read ``hydra.sweeper.params`` only when the
     command line selects something that can set it; this pins that nothing else does."""
-    conf = Path(precheck.__file__).resolve().parent.parent / "conf"
+    conf = CONF_DIR
     setting = {
         p.relative_to(conf).parts[0] for p in conf.rglob("*.yaml") if "sweeper" in p.read_text()
     }
@@ -38,5 +39,5 @@ def test_only_experiment_presets_declare_sweeps_so_plain_command_lines_skip_that
     assert not precheck._may_declare_sweeps(parse(["method=lora", "seed=1"]), "config")
     assert precheck._may_declare_sweeps(parse(["+experiment=offline-benchmark"]), "config")
     assert precheck._may_declare_sweeps(parse(["hydra.sweeper.params.seed=1,2"]), "config")
-    assert precheck._may_declare_sweeps(parse(["hydra/launcher=parallel"]), "config")
+    assert precheck._may_declare_sweeps(parse(["hydra/launcher=processes"]), "config")
     assert precheck._may_declare_sweeps(parse(["seed=1"]), "other")

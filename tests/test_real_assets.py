@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from peftbench import experiment
+from peftbench.runner import experiment
 from tasks import build_task
 from tests.conftest import ROOT
 
@@ -62,8 +62,8 @@ def test_tokenized_cache_saves_the_second_run_its_tokenization_on_bbc_news(tmp_p
     """Long documents (median 421 tokens), the real MiniLM tokenizer: miss, then hit."""
     from functools import partial
 
-    from peftbench.data_cache import cache_key, cached_encode
-    from peftbench.models import load_backbone
+    from peftbench.models.backbones import load_backbone
+    from peftbench.runner.data_cache import cache_key, cached_encode
 
     cfg = _default_cfg("task=bbc-news")
     task = build_task(cfg.task)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from peftbench import experiment
-from peftbench.models import load_backbone
+from peftbench.models.backbones import load_backbone
+from peftbench.runner import experiment
 from tasks import build_task
 from tests.conftest import ROOT
 

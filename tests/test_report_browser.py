@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from analysis.frame import load_records, quality_runs
 from analysis.plots import COST_AXES
-from analysis.records import load_records, quality_runs
 from analysis.report import build_report
 from analysis.stats import aggregate, pareto_front
 from tests.conftest import BuiltReport
@@ -57,7 +57,7 @@ window.addEventListener("load", () => {
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning"),
+    pytest.mark.filterwarnings("ignore::analysis.frame.RecordWarning"),
 ]
 
 

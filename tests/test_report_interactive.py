@@ -13,15 +13,15 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from analysis import interactive
+from analysis.frame import load_records, quality_runs
 from analysis.interactive import APP_SLOT, PLOTLY_SLOT, chart_points, hover_text, inline_scripts
-from analysis.records import load_records, quality_runs
 from analysis.stats import aggregate
 from analysis.tables import TaskInfo
-from peftbench.secrets import scrub
+from peftbench.records.redact import scrub
 from tests.conftest import BuiltReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
-pytestmark = pytest.mark.filterwarnings("ignore::analysis.records.RecordWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::analysis.frame.RecordWarning")
 
 
 @pytest.fixture(scope="module")

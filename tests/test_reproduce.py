@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from analysis import reproduce as rep
-from peftbench import experiment
 from peftbench.cli import main
-from peftbench.record import find_success, records_dir
+from peftbench.records.store import find_success, records_dir
+from peftbench.runner import experiment
 from tests.conftest import ROOT, tiny_overrides
 
 RUN_ID = "polarity--tiny-bert--lora--s1"  # a made-up record's id; real runs read theirs

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import distributed, parallel
-from peftbench.callbacks import sweep_size
-from peftbench.config import ConfigError
-from peftbench.precheck import check_command_line
-from peftbench.record import records_dir
-from peftbench.tune import best_params, flow, objective, search_space
+from peftbench.config.precheck import check_command_line
+from peftbench.errors import ConfigError
+from peftbench.launch import slots
+from peftbench.launch.callbacks import sweep_size
+from peftbench.launch.tune import best_params, flow, objective, search_space
+from peftbench.records.store import records_dir
+from peftbench.runner import data_parallel
 from tests.conftest import ROOT, tiny_overrides
 
 CONF = ROOT / "conf"
@@ -43,7 +44,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("preset", "target"),
     [
-        ("parallel", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("processes", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
         ("local", "hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
         ("slurm", "hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
     ],
@@ -69,7 +70,7 @@ def test_slurm_preset_makes_the_sbatch_script_its_config_says(tmp_path, monkeypa
         f"hydra.launcher.submitit_folder={tmp_path}/%j",
         "hydra.job.name=run",
     )
-    script = parallel.slurm_script(OmegaConf.to_container(cfg.hydra.launcher, resolve=True), 12)
+    script = slots.slurm_script(OmegaConf.to_container(cfg.hydra.launcher, resolve=True), 12)
     for line in (
         "#SBATCH --partition=gpu",
         "#SBATCH --array=0-11%4",  # 12 runs, at most 4 at once
@@ -95,29 +96,29 @@ def test_slurm_preset_makes_the_sbatch_script_its_config_says(tmp_path, monkeypa
 )
 def test_auto_threads_share_the_cores_between_parallel_runs(monkeypatch, launcher, cores, threads):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(parallel, "available_cores", lambda: cores)
-    assert parallel.torch_threads("auto", launcher) == threads
-    assert parallel.torch_threads(3, launcher) == 3  # an explicit count wins
+    monkeypatch.setattr(slots, "available_cores", lambda: cores)
+    assert slots.torch_threads("auto", launcher) == threads
+    assert slots.torch_threads(3, launcher) == 3  # an explicit count wins
 
 
 def test_auto_threads_under_torchrun_split_the_node(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    monkeypatch.setattr(parallel, "available_cores", lambda: 16)
-    assert parallel.torch_threads("auto", {}) == 4
+    monkeypatch.setattr(slots, "available_cores", lambda: 16)
+    assert slots.torch_threads("auto", {}) == 4
 
 
 def test_each_run_claims_a_gpu_no_other_run_holds(tmp_path, monkeypatch):
     import fcntl
 
-    monkeypatch.setattr(parallel.tempfile, "gettempdir", lambda: str(tmp_path))
-    with parallel._lock_path(0).open("a") as other_run:  # another process's run holds GPU 0
+    monkeypatch.setattr(slots.tempfile, "gettempdir", lambda: str(tmp_path))
+    with slots._lock_path(0).open("a") as other_run:  # another process's run holds GPU 0
         fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert parallel.claim_gpu(2, preferred=0) == 1
-        assert parallel.claim_gpu(3, preferred=2) == 2  # re-claiming frees the previous one
-        assert parallel.claim_gpu(2, preferred=1) == 1
-    parallel.release_gpu()
-    assert parallel.claim_gpu(2, preferred=0) == 0  # GPU 0 is free again
-    parallel.release_gpu()
+        assert slots.claim_gpu(2, preferred=0) == 1
+        assert slots.claim_gpu(3, preferred=2) == 2  # re-claiming frees the previous one
+        assert slots.claim_gpu(2, preferred=1) == 1
+    slots.release_gpu()
+    assert slots.claim_gpu(2, preferred=0) == 0  # GPU 0 is free again
+    slots.release_gpu()
 
 
 # --------------------------------------------------------------------------- command-line check
@@ -131,7 +132,7 @@ def test_presets_and_optuna_ranges_pass_the_check_and_typos_still_fail():
     check_command_line(
         ["-m", "hydra/sweeper=optuna", "method.lr=tag(log, interval(1e-5, 1e-2))"], CONF
     )
-    check_command_line(["-m", "hydra/launcher=parallel", "method=lora,adapter"], CONF)
+    check_command_line(["-m", "hydra/launcher=processes", "method=lora,adapter"], CONF)
     bad = {
         ("-m", "+experiment=ofline-suite"): "did you mean offline-suite?",
         ("+experiment=offline-suite",): "-m is missing",  # the preset sweeps
@@ -191,12 +192,12 @@ def _gather_worker(rank: int, world: int, init_file: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     batches = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
-    evaluated = [i for b in distributed.ShardedBatches(batches, split=False) for i in b]
-    trained = [b for b in distributed.ShardedBatches(batches, split=True)]
+    evaluated = [i for b in data_parallel.ShardedBatches(batches, split=False) for i in b]
+    trained = [b for b in data_parallel.ShardedBatches(batches, split=True)]
     result = {
-        "gathered": distributed.gather(evaluated),
-        "trained": distributed.gather([trained]),
-        "mean": distributed.mean(float(rank)),
+        "gathered": data_parallel.gather(evaluated),
+        "trained": data_parallel.gather([trained]),
+        "mean": data_parallel.mean(float(rank)),
     }
     if rank == 0:
         Path(out).write_text(json.dumps(result))
@@ -237,7 +238,7 @@ def test_two_process_data_parallel_run_writes_one_record_from_rank_0(tiny_bert_d
     record = json.loads(paths[0].read_text())
     assert record["status"] == "success", record.get("error")
     assert record["env"]["distributed"] == {"world_size": 2, "backend": "gloo"}
-    assert record["env"]["torch_threads"] == max(1, parallel.available_cores() // 2)
+    assert record["env"]["torch_threads"] == max(1, slots.available_cores() // 2)
     assert 0.0 <= record["metrics"]["test"]["accuracy"] <= 1.0
     assert record["metrics"]["dev"] and record["metrics"]["selected_step"] in (2, 4)
     assert list(records_dir(results).glob(".tmp-*")) == []
@@ -263,7 +264,7 @@ def _sweep(tiny_bert_dir: Path, results: Path, sweep_dir: Path, *launcher: str) 
 @pytest.mark.parametrize(
     "launcher",
     [
-        ("hydra/launcher=parallel", "hydra.launcher.n_jobs=2"),
+        ("hydra/launcher=processes", "hydra.launcher.n_jobs=2"),
         ("hydra/launcher=local",),
     ],
     ids=["joblib-2-workers", "submitit-local"],
@@ -278,7 +279,7 @@ def test_parallel_sweep_writes_4_records_then_skips_all_4(tiny_bert_dir, tmp_pat
     assert len({r["run_id"] for r in records}) == 4
     assert all(p.suffix == ".json" and not p.name.startswith(".") for p in paths)
     threads = {r["env"]["torch_threads"] for r in records}
-    assert threads == {1 if "hydra/launcher=local" in launcher else parallel.available_cores() // 2}
+    assert threads == {1 if "hydra/launcher=local" in launcher else slots.available_cores() // 2}
 
     log = _sweep(tiny_bert_dir, results, tmp_path / "sweep2", *launcher)
     assert log.count(SKIP_LINE) == 4, log[-2000:]

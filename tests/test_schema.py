@@ -1,4 +1,4 @@
-"""The record schema (peftbench/schema.py) is what the writer writes and the reader reads."""
+"""The record schema (records/schema.py) is what the writer writes and the reader reads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import experiment
-from peftbench.schema import (
+from peftbench.records.schema import (
     SCHEMA_VERSION,
     Experiment,
     Metrics,
@@ -18,6 +17,7 @@ from peftbench.schema import (
     Record,
     SchemaError,
 )
+from peftbench.runner import experiment
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "records"

@@ -1,8 +1,8 @@
-"""peftbench.secrets.scrub: secret-named values and secret environment values are redacted."""
+"""records.redact.scrub: secret-named values and secret environment values are redacted."""
 
 from __future__ import annotations
 
-from peftbench.secrets import REDACTED, is_secret_key, scrub
+from peftbench.records.redact import REDACTED, is_secret_key, scrub
 
 ENV = {
     "WANDB_API_KEY": "0123456789abcdef",

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from peftbench import architectures
-from peftbench.config import ConfigError, validate
+from peftbench.config.checks import validate
+from peftbench.errors import ConfigError
 from peftbench.methods import specs
+from peftbench.models import architectures
 from tests.conftest import METHOD_YAMLS, ROOT, tiny_overrides
 
 NATIVE_MODULES = ("adapters", "baselines", "hybrid", "peft_backend", "quantized", "selective")
@@ -152,7 +153,7 @@ def test_a_copy_of_lora_yaml_under_a_new_name_runs_with_no_other_change(tiny_ber
     """README "Adding things": a peft method is one YAML; nothing else names it."""
     from hydra import compose, initialize_config_dir
 
-    from peftbench import experiment
+    from peftbench.runner import experiment
     from tests.test_methods import test_every_method_yaml_cites_a_paper_and_declares_its_size_knob
 
     conf = tmp_path / "conf"

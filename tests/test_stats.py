@@ -1,5 +1,5 @@
 """Tests of the small-n statistics (analysis/stats.py), their marks in the comparison table,
-and the recipe-aware rows and ``--where`` filter (analysis/records.py, peftbench report).
+and the recipe-aware rows and ``--where`` filter (analysis/frame.py, peftbench report).
 
 Every expected number is worked by hand in the comment next to it; scipy only supplies
 quantiles of named distributions where no closed form is short (noted where used).
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.records import (
+from analysis.frame import (
     legacy_recipe,
     load_records,
     matches,

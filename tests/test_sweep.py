@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from peftbench.record import records_dir
+from peftbench.records.store import records_dir
 from tests.conftest import ROOT, tiny_overrides
 
 

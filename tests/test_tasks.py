@@ -18,11 +18,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from peftbench import experiment
-from peftbench.models import load_backbone
+from peftbench.errors import DataError
+from peftbench.models.backbones import load_backbone
+from peftbench.runner import experiment
 from tasks import build_task
 from tasks.metrics import METRICS
-from tasks.readers import READERS, DataError
+from tasks.readers import READERS
 from tasks.splits import grouped_split
 from tasks.token_classification import IGNORE_INDEX, align_labels
 from tests.conftest import ASSETS, ROOT, save_tiny_bert, tiny_overrides

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from peftbench import experiment
-from peftbench.models import load_backbone
+from peftbench.models.backbones import load_backbone
+from peftbench.runner import experiment
 from tasks import build_task
 from tests.conftest import ASSETS
 from tests.test_tasks import _compose, _regression_overrides
@@ -126,7 +126,8 @@ def test_a_regression_run_on_t5_completes_with_prefix_tuning(tiny_t5_dir, tmp_pa
 def test_linear_probe_is_refused_only_where_there_is_no_head(overrides, refused):
     from hydra import compose, initialize_config_dir
 
-    from peftbench.config import ConfigError, validate
+    from peftbench.config.checks import validate
+    from peftbench.errors import ConfigError
     from tests.conftest import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -7,8 +7,8 @@ import sys
 import types
 from pathlib import Path
 
-from peftbench import experiment
-from peftbench.tracking import flatten
+from peftbench.records.tracking import flatten
+from peftbench.runner import experiment
 
 
 class FakeRun:
@@ -103,7 +103,7 @@ def test_an_offline_wandb_run_can_be_read_back(compose, tmp_path, monkeypatch):
 def _sweep_end(results: Path, tracker: str, sweep_id: str = "sweep-7") -> None:
     from omegaconf import OmegaConf
 
-    from peftbench.callbacks import ReportAtSweepEnd
+    from peftbench.launch.callbacks import ReportAtSweepEnd
     from tests.conftest import ROOT
 
     config = OmegaConf.create(

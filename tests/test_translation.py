@@ -18,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from peftbench import experiment
 from peftbench.methods import MethodContext, apply_method
-from peftbench.models import WARM_START_HEADS, load_backbone
+from peftbench.models.backbones import WARM_START_HEADS, load_backbone
+from peftbench.runner import experiment
 from tasks import build_task
 from tasks.metrics import METRICS
 from tasks.translation import IGNORE_INDEX

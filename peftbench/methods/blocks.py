@@ -3,7 +3,7 @@
 Native methods insert modules at the *output projection* of each sub-layer (where Houlsby
 adapters go), read the *input* of the feed-forward block (parallel adapters), wrap the query
 and value projections (gated LoRA) or select whole layers (last_layers). The module names
-differ per architecture; they are declared in :data:`peftbench.architectures.ARCHITECTURES`
+differ per architecture; they are declared in :data:`peftbench.models.architectures.ARCHITECTURES`
 (one entry per architecture, one pattern per role), and matched here.
 """
 
@@ -13,7 +13,7 @@ import re
 
 from torch import nn
 
-from peftbench.architectures import block_patterns, layer_stack_patterns
+from peftbench.models.architectures import block_patterns, layer_stack_patterns
 
 
 def output_projections(model: nn.Module, block: str) -> list[tuple[str, nn.Module]]:
@@ -21,7 +21,7 @@ def output_projections(model: nn.Module, block: str) -> list[tuple[str, nn.Modul
 
     Args:
         model: any transformers model (possibly wrapped).
-        block: a role of :data:`peftbench.architectures.ROLES`: "attention", "ffn" (output
+        block: a role of :data:`peftbench.models.architectures.ROLES`: "attention", "ffn" (output
             projections), "ffn_input", "query" or "value".
 
     Raises:
@@ -44,7 +44,7 @@ def _matching(
     if not found:
         raise ValueError(
             f"no {what} found in {type(model).__name__}; add its architecture's pattern to "
-            "peftbench/architectures.py"
+            "peftbench/models/architectures.py"
         )
     return found
 
@@ -65,7 +65,7 @@ def ffn_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     if len(entries) != len(exits):
         raise ValueError(
             f"{type(model).__name__}: {len(entries)} feed-forward inputs but {len(exits)} "
-            "outputs; fix its patterns in peftbench/architectures.py"
+            "outputs; fix its patterns in peftbench/models/architectures.py"
         )
     return list(zip(entries, exits, strict=True))
 

@@ -16,7 +16,6 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from peftbench.architectures import for_model_type
 from peftbench.methods.base import (
     SELECT_FROM_ATTR,
     STEP_HOOK_ATTR,
@@ -24,6 +23,7 @@ from peftbench.methods.base import (
     MethodNotApplicable,
 )
 from peftbench.methods.specs import peft_type
+from peftbench.models.architectures import for_model_type
 
 # peft 0.21 calls a transformers 5 attribute that warns on every wrap; it is not actionable here.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

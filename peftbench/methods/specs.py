@@ -8,7 +8,7 @@ implies: the function that applies it, whether it trains a task head only, an ex
 without a dry run. Every peft method shares the kind ``peft``; what differs between peft
 types (prompt learning, virtual tokens) is in :data:`PEFT_TYPES`.
 
-This module is pure data (no torch): the config check (:mod:`peftbench.config`) reads it
+This module is pure data (no torch): the config check (:mod:`peftbench.config.checks`) reads it
 before anything is loaded, and the functions are imported only when a run applies a method.
 Adding a native method is one function in a module of this package and one line here.
 """
@@ -19,6 +19,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from peftbench.errors import closest
 
 
 def _resolve(path: str) -> Callable[..., Any]:
@@ -92,8 +94,6 @@ def spec(kind: str) -> MethodSpec:
             this is for programmatic callers of ``apply_method``).
     """
     if kind not in _BY_KIND:
-        from peftbench.config import closest  # the config module imports this one
-
         near = closest(kind, _BY_KIND)
         hint = f" Did you mean {near}?" if near else ""
         raise KeyError(f"unknown method kind {kind!r}.{hint} Valid: {', '.join(kinds())}")

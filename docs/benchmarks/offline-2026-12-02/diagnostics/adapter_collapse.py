@@ -10,10 +10,10 @@ up-projection bias and of their branch output relative to their input.
 import sys
 from pathlib import Path
 
+import peftbench.experiment as ex
 import torch
 from hydra import compose, initialize_config_dir
 
-import peftbench.experiment as ex
 from peftbench.methods.adapters import BottleneckAdapter, ParallelAdapter
 
 method, scale = sys.argv[1], sys.argv[2]

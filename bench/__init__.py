@@ -1,1 +1,0 @@
-"""Benchmark scripts for a GPU machine: bench/gpu_check.sh and its Python drivers."""

@@ -1,0 +1,114 @@
+"""Hydra callbacks: a sweep progress line per job, and the report when a sweep ends."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger("peftbench")
+
+# Launchers run jobs in this process or in children that inherit the environment.
+_TOTAL_ENV = "PEFTBENCH_SWEEP_TOTAL"
+
+
+def sweep_size(overrides: list[str]) -> int | None:
+    """Number of jobs a list of command-line overrides expands to (None if it can't tell).
+
+    A key given twice counts once, the later value winning (as in Hydra's basic sweeper).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        # A plain value counts too: ``seed=0`` after a preset's ``seed: 0,1,2`` is one job.
+        sizes = {
+            o.get_key_element(): len(list(o.sweep_string_iterator()))
+            if o.is_sweep_override()
+            else 1
+            for o in parsed
+        }
+        return math.prod(sizes.values())
+    except Exception:  # e.g. glob() sweeps need the config repository to expand
+        return None
+
+
+class ScrubHydraFiles(Callback):
+    """Keeps secrets out of Hydra's own files under results_dir.
+
+    Hydra saves ``.hydra/{config,hydra,overrides}.yaml`` (and a sweep's ``multirun.yaml``)
+    just before ``on_job_start``, verbatim: a token given on the command line would sit there
+    in clear. They are rewritten redacted at once. (What Hydra and the job log goes through
+    :class:`peftbench.records.redact.ScrubFilter`, set in conf/config.yaml's logging configs.)
+    """
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from peftbench.records.redact import scrub_file
+
+        hydra = config.hydra
+        folders = []
+        if hydra.output_subdir is not None:
+            folders.append(Path(hydra.runtime.output_dir) / hydra.output_subdir)
+        if hydra.mode is not None and hydra.mode.name == "MULTIRUN":
+            folders.append(Path(hydra.sweep.dir))
+        for folder in folders:
+            for path in folder.glob("*.yaml"):
+                scrub_file(path)
+
+
+class ReportAtSweepEnd(Callback):
+    """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends.
+
+    The report also goes to wandb (``peftbench.records.tracking.log_report``): one run of
+    ``job_type=report`` in the sweep's group, unless ``tracker=none``.
+    """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        if sweeper.get("n_trials"):  # Optuna: a fixed number of trials
+            total = int(sweeper.n_trials)
+        else:  # a preset's hydra.sweeper.params, then the command line (wins on a key)
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            total = sweep_size(params + list(config.hydra.overrides.task))
+        os.environ[_TOTAL_ENV] = str(total or "?")
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        if _TOTAL_ENV not in os.environ:  # a single run, not a sweep
+            return
+        summary = job_return.return_value if job_return.status.name == "COMPLETED" else None
+        status = summary["status"] if isinstance(summary, dict) else "error"
+        run_id = summary["run_id"] if isinstance(summary, dict) else "?"
+        if isinstance(summary, float):  # an Optuna trial returns its objective
+            status, run_id = "trial", f"dev objective {summary:.4f}"
+        number = int(config.hydra.job.num) + 1
+        log.info("[sweep] job %d/%s %s: %s", number, os.environ[_TOTAL_ENV], status, run_id)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from analysis.report import build_report
+
+        os.environ.pop(_TOTAL_ENV, None)
+        if os.environ.get("RANK", "0") != "0":
+            return  # a data-parallel sweep (torchrun): rank 0 writes the report
+        results_dir = Path(config.results_dir)
+        try:
+            paths = build_report(results_dir=results_dir)
+        except ValueError as error:  # e.g. no success record yet: say so, don't crash
+            log.warning("no report: %s", error)
+            return
+        print(f"\nReport written to {paths[0].parent}:")
+        for path in paths:
+            print(f"  {path}")
+        if config.get("tracker") is not None:  # the sweep's wandb group opens on the comparison
+            from peftbench.records.redact import scrub
+            from peftbench.records.tracking import log_report
+
+            log_report(  # the group the runs used: their sweep_id, redacted like their config
+                config.tracker,
+                group=scrub(str(config.sweep_id)),
+                results_dir=results_dir,
+                report=paths,
+            )

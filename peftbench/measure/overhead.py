@@ -1,0 +1,357 @@
+"""``peftbench costs overhead``: what does the harness cost compared with a bare loop?
+
+The same model, method, data and number of steps run (a) through a full peftbench run
+(Hydra config, instrumentation, tracker, record) and (b) through a minimal PyTorch + peft
+loop followed by the dev and test forward passes that the run evaluates, alternately, several
+times in one process, so both see the same machine state. Printed: the ratios (a)/(b) of the
+median step time, of the training wall time per step, and of the peak resident memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import tempfile
+import time
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftbench.config.paths import CONF_DIR
+
+
+def compose(overrides: list[str]) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def harness_run(cfg: Any) -> dict:
+    """(a) One full peftbench run; returns the step and memory figures of its record."""
+    from peftbench.runner.experiment import run
+
+    record = json.loads(Path(run(cfg)["path"]).read_text())
+    if record["status"] != "success":
+        raise RuntimeError(f"the harness run failed: {record['error']}")
+    cost = record["cost"]
+    steps = cost["step_time_s"]["n"] + cost["step_time_s"]["warmup_n"]
+    return {
+        "step_p50_s": cost["step_time_s"]["p50"],
+        "wall_per_step_s": cost["train_time_s"] / steps,
+        # the whole run's peak, as the bare loop's reading covers set-up, training and eval
+        "peak_rss_bytes": max(
+            cost["peak_mem_bytes"][phase]["rss"] for phase in ("setup", "train", "eval")
+        ),
+    }
+
+
+def bare_run(cfg: Any) -> dict:
+    """(b) The same work in a minimal loop: load, wrap, AdamW + linear schedule, no extras."""
+    from peftbench.measure.instrument import PeakMemory
+    from peftbench.methods import MethodContext, apply_method
+    from peftbench.models.backbones import load_backbone
+    from peftbench.runner.device import accelerate, pick_device, seed_everything
+    from peftbench.runner.experiment import effective_lr
+    from peftbench.runner.loaders import make_loaders
+    from peftbench.runner.train import autocast
+    from tasks import build_task
+
+    device = pick_device(cfg.device)
+    memory = PeakMemory(device)
+    memory.reset()
+    seed_everything(int(cfg.seed))
+    task = build_task(cfg.task)
+    backbone = load_backbone(cfg.model, task)
+    context = MethodContext(
+        head_modules=backbone.head_modules,
+        peft_task_type=task.peft_task_type,
+        model_type=backbone.model.config.model_type,
+    )
+    model = apply_method(backbone.model, cfg.method, context).to(device)
+    # the harness's precision (bf16 autocast on CUDA by default) and TF32: the same arithmetic
+    autocast_dtype = accelerate(model, device, cfg.train)
+    loaders, _ = make_loaders(
+        task, backbone.tokenizer, cfg.train, seed=int(cfg.seed), cache_dir=None
+    )
+    steps, warmup = int(cfg.train.max_steps), int(cfg.train.warmup_steps_excluded)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=effective_lr(cfg.method), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    model.train()
+    durations = []
+    start = time.perf_counter()
+    for batch in islice(cycle(loaders["train"]), steps):
+        step_start = time.perf_counter()
+        with autocast(device, autocast_dtype):
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        durations.append(time.perf_counter() - step_start)
+    wall = time.perf_counter() - start
+    _forward_passes(model, [loaders["dev"], loaders["test"]], device, autocast_dtype)
+    return {
+        "step_p50_s": statistics.median(durations[warmup:]),
+        "wall_per_step_s": wall / steps,
+        "peak_rss_bytes": memory.read()["rss"],
+    }
+
+
+@torch.no_grad()
+def _forward_passes(
+    model: torch.nn.Module, loaders: list, device: torch.device, dtype: torch.dtype | None = None
+) -> None:
+    """The harness evaluates dev once (at the last step) and test once: the reference does
+    the same forward passes, so the memory ratio compares the same work."""
+    from peftbench.runner.train import autocast
+
+    model.eval()
+    for loader in loaders:
+        for batch in loader:
+            with autocast(device, dtype):
+                model(**{k: v.to(device) for k, v in batch.items()})
+
+
+def overhead(overrides: list[str], *, steps: int, repeats: int) -> dict:
+    """Runs (a) and (b) alternately ``repeats`` times; returns per-run figures and ratios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(
+            [
+                *overrides,
+                f"train.max_steps={steps}",
+                f"train.eval_every_steps={steps}",
+                "instrument.inference=false",
+                "force=true",
+                f"results_dir={tmp}",
+            ]
+        )
+        runs: dict[str, list[dict]] = {"harness": [], "bare": []}
+        for i in range(repeats):
+            # ABBA order, so warm-up effects of going first or second cancel out
+            order = ("harness", "bare") if i % 2 == 0 else ("bare", "harness")
+            for kind in order:
+                runs[kind].append(harness_run(cfg) if kind == "harness" else bare_run(cfg))
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    keys = ("step_p50_s", "wall_per_step_s", "peak_rss_bytes")
+    ratios = {key: median("harness", key) / median("bare", key) for key in keys}
+    return {"runs": runs, "ratios": ratios, "steps": steps, "repeats": repeats}
+
+
+def format_overhead(result: dict) -> str:
+    lines = [f"{'':18}{'harness':>12}{'bare':>12}{'ratio':>8}"]
+    for key, ratio in result["ratios"].items():
+        harness = statistics.median(r[key] for r in result["runs"]["harness"])
+        bare = statistics.median(r[key] for r in result["runs"]["bare"])
+        scale, unit = (1 / 2**20, "MiB") if key.endswith("bytes") else (1000, "ms")
+        lines.append(
+            f"{key:18}{harness * scale:>9.1f}{unit:>3}{bare * scale:>9.1f}{unit:>3}{ratio:>8.3f}"
+        )
+    lines.append(f"({result['repeats']} interleaved repeats of {result['steps']} steps; medians)")
+    return "\n".join(lines)
+
+
+# ``peftbench costs methods``: every method's training-step cost, measured in one process.
+
+METHODS_DIR = CONF_DIR / "method"
+REFERENCES = ("full", "lora")
+
+
+def all_methods() -> list[str]:
+    return sorted(p.stem for p in METHODS_DIR.glob("*.yaml"))
+
+
+def _split_overrides(overrides: list[str], method: str) -> list[str]:
+    """The overrides for ``method``: shared ones, and ``<method>:KEY=VALUE`` ones for it only
+    (e.g. ``fisher_mask:method.calibration_batches=2``)."""
+    chosen = []
+    for item in overrides:
+        head, sep, rest = item.partition(":")
+        if sep and "=" not in head:  # a method-scoped override
+            if head == method:
+                chosen.append(rest)
+        else:
+            chosen.append(item)
+    return chosen
+
+
+def _build(cfg: Any, device: torch.device):
+    """The run's set-up, as a run builds it (:mod:`peftbench.runner.assembly`)."""
+    from peftbench.runner.assembly import assemble
+    from peftbench.runner.device import seed_everything
+    from tasks import build_task
+
+    seed_everything(int(cfg.seed))
+    loaded, adapted = assemble(cfg, build_task(cfg.task), device)
+    return adapted.model, loaded.loaders["train"], adapted.autocast_dtype
+
+
+def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
+    """Builds one method and trains it ``steps`` steps (the harness's step), measuring them.
+
+    The first step is warm-up (allocations, lazy init) and is not timed. Memory: the training
+    phase's peak (``PhasedPeakMemory``, as a record's ``cost.peak_mem_bytes.train``) and, on
+    CPU, its rise above what was resident before the method was built (the process's other
+    memory is shared by every method and would hide the differences).
+    """
+    from peftbench.launch import slots
+    from peftbench.measure.instrument import PhasedPeakMemory, count_step_flops
+    from peftbench.methods.base import step_hook
+    from peftbench.runner.experiment import effective_lr
+    from peftbench.runner.train import autocast
+
+    threads = slots.torch_threads(cfg.train.get("threads", "auto"))
+    if threads is not None:  # as a run sets them (train.threads)
+        torch.set_num_threads(threads)
+    memory = PhasedPeakMemory(device, "setup")
+    resident = memory.raw.read()["rss"] if device.type == "cpu" else None
+    start = time.perf_counter()
+    model, loader, dtype = _build(cfg, device)
+    setup_s = time.perf_counter() - start
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=effective_lr(cfg.method), weight_decay=0.01)
+    hook = step_hook(model)
+    batches = [
+        {k: v.to(device) for k, v in batch.items()} for batch in islice(cycle(loader), steps + 1)
+    ]
+    counted = count_step_flops(model, batches[0], device, dtype)
+    memory.switch("train")
+    model.train()
+    durations = []
+    for i, batch in enumerate(batches):
+        step_start = time.perf_counter()
+        with autocast(device, dtype):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if hook is not None:
+            hook(i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # step 0 is warm-up
+            durations.append(time.perf_counter() - step_start)
+    train = memory.read("train")
+    del model, optimizer, params, batches
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    on_cuda = device.type == "cuda"
+    return {
+        "step_p50_s": statistics.median(durations),
+        "flops_per_token": counted["flops_per_token"],
+        "train_peak_bytes": train["allocated"] if on_cuda else train["rss"],
+        "train_rise_bytes": None if on_cuda else train["rss"] - resident,
+        "setup_s": setup_s,
+    }
+
+
+def methods_bench(
+    overrides: list[str], *, methods: list[str] | None, steps: int, repeats: int
+) -> dict:
+    """Every method's step time, FLOPs per token and training peak, relative to full
+    fine-tuning and LoRA, measured in one process: ``repeats`` rounds, each running every
+    method in turn (round ``i`` in reverse order when ``i`` is odd), medians over rounds.
+
+    Raises:
+        ConfigError: an unknown method name.
+    """
+    from peftbench.errors import ConfigError
+    from peftbench.runner.device import pick_device
+
+    known = all_methods()
+    names = methods or known
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(unknown)}", f"valid: {', '.join(known)}")
+    names = list(dict.fromkeys([*REFERENCES, *names]))  # the references always run
+    cfgs = {
+        m: compose(
+            [
+                *_split_overrides(overrides, m),
+                f"method={m}",
+                f"train.max_steps={steps + 1}",
+                "tracker=none",
+                "data_cache=false",
+            ]
+        )
+        for m in names
+    }
+    device = pick_device(cfgs[names[0]].device)
+    runs: dict[str, list[dict]] = {m: [] for m in names}
+    errors: dict[str, str] = {}
+    for i in range(repeats):
+        for m in names if i % 2 == 0 else names[::-1]:
+            if m in errors:
+                continue
+            try:
+                runs[m].append(_bench_one(cfgs[m], device, steps))
+            except Exception as error:  # e.g. a method that refuses this model: a row says so
+                errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
+                runs.pop(m)
+    keys = ("step_p50_s", "flops_per_token", "train_peak_bytes", "train_rise_bytes")
+    medians = {
+        m: {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in keys}
+        for m, rs in runs.items()
+    }
+    return {
+        "medians": medians,
+        "errors": errors,
+        "device": str(device),
+        "steps": steps,
+        "repeats": repeats,
+    }
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "–"
+    return f"{value / reference:.2f}"
+
+
+def format_methods(result: dict) -> str:
+    """A Markdown table: absolute figures and ratios to full fine-tuning and to LoRA."""
+    medians = result["medians"]
+    memory = "train RSS rise" if result["device"] == "cpu" else "train peak (allocated)"
+    mem_key = "train_rise_bytes" if result["device"] == "cpu" else "train_peak_bytes"
+    head = (
+        "| method | step p50 (ms) | ÷ full | ÷ lora | MFLOP/token | ÷ full | ÷ lora "
+        f"| {memory} (MB) | ÷ full | ÷ lora |"
+    )
+    lines = [head, "| :-- |" + " --: |" * 9]
+    full, lora = medians.get("full"), medians.get("lora")
+    for m, row in sorted(medians.items()):
+        cells = [m]
+        for key, scale in (("step_p50_s", 1e3), ("flops_per_token", 1e-6), (mem_key, 1e-6)):
+            value = row[key]
+            cells.append(f"{value * scale:,.4g}" if value is not None else "–")
+            cells.append(_ratio(value, full and full[key]))
+            cells.append(_ratio(value, lora and lora[key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    for m, error in sorted(result["errors"].items()):
+        lines.append(f"| {m} | not run: {error} |" + " |" * 8)
+    lines.append("")
+    lines.append(
+        f"{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
+        "timed steps per method (1 warm-up step apart), medians over rounds; FLOPs counted "
+        "by torch.utils.flop_counter on one real step, per padded token; memory: "
+        + (
+            "rise of the resident-set peak during training above what the process held "
+            "before the method was built"
+            if result["device"] == "cpu"
+            else "CUDA max allocated during training"
+        )
+    )
+    return "\n".join(lines)

@@ -1,0 +1,518 @@
+"""One cell of the matrix: (task, model, method, seed) -> one JSON record.
+
+The order follows the data flow of the design guide: skip if done, seed, load, apply the
+method, train under instrumentation, test once at the dev-selected step, measure, record.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from peftbench.assets import cache_root
+from peftbench.config.checks import validate
+from peftbench.config.identity import recipe, recipe_hash
+from peftbench.config.identity import run_id as make_run_id
+from peftbench.errors import ConfigError
+from peftbench.launch import slots
+from peftbench.measure.costs import compute_cost, count_flops, inference_cost, runs_before
+from peftbench.measure.forgetting import ForgettingProbe, is_decoder, probe_length
+from peftbench.measure.instrument import (
+    EnergyMeter,
+    EvalClock,
+    PhasedPeakMemory,
+    StepTimer,
+    ensure_idle,
+)
+from peftbench.records.redact import scrub
+from peftbench.records.schema import SCHEMA_VERSION, Experiment, Metrics, Params, Primary, to_json
+from peftbench.records.store import (
+    code_info,
+    env_info,
+    find_success,
+    utc_now,
+    write_record,
+)
+from peftbench.records.tracking import make_tracker
+from peftbench.runner import assembly, data_parallel
+from peftbench.runner.checkpoint import Checkpointer, Replay, remove_checkpoint
+from peftbench.runner.device import device_kind, pick_device, seed_everything
+from peftbench.runner.interrupt import Interrupted, stop_on_signals
+from peftbench.runner.memory_guard import capped_memory
+from peftbench.runner.outcomes import failure, interruption
+
+log = logging.getLogger("peftbench")
+
+
+def _hydra_overrides() -> list[str]:
+    """The command-line overrides of this job, to re-run it exactly (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def experiment_info(cfg: Any, config: dict) -> dict:
+    """What the run is: its names, seed and recipe (the values that define its result)."""
+    budget = cfg.method.get("budget_pct")
+    values = recipe(config, device=device_kind(cfg.device))
+    info = Experiment(
+        task=cfg.task.name,
+        model=cfg.model.name,
+        method=cfg.method.name,
+        seed=int(cfg.seed),
+        task_version=int(cfg.task.version),
+        method_version=int(cfg.method.get("version") or 1),
+        budget_pct=budget,
+        lr=effective_lr(cfg.method),
+        weights=str(cfg.model.get("weights") or "pretrained"),
+        sweep_id=str(config["sweep_id"]),  # redacted, as all of config: wandb's group
+        overrides=scrub(_hydra_overrides()),
+        recipe_hash=recipe_hash(values),
+        recipe=values,
+    )
+    return to_json(info)
+
+
+def effective_lr(method: Any) -> float:
+    """The learning rate the optimizer gets: ``method.lr * method.lr_scale``.
+
+    ``lr_scale`` (default 1) is the knob of an lr grid equal for every method (each method's
+    cited lr times the same factors); a config without it trains at ``method.lr``.
+    """
+    return float(method.lr) * float(method.get("lr_scale", 1.0))
+
+
+def run(cfg: Any) -> dict:
+    """Runs one cell unless a success record exists; always leaves exactly one new record.
+
+    Returns:
+        A short summary: run_id, status, the primary metric and the record's path.
+    """
+    validate(  # before anything is loaded
+        cfg, cuda_available=torch.cuda.is_available(), cuda_devices=torch.cuda.device_count()
+    )
+    results_dir = Path(cfg.results_dir)
+    config = scrub(OmegaConf.to_container(cfg, resolve=True))  # also what wandb receives
+    experiment = experiment_info(cfg, config)
+    run_id = make_run_id(
+        experiment["task"],
+        experiment["model"],
+        experiment["method"],
+        experiment["seed"],
+        experiment["recipe_hash"],
+    )
+    done = None if cfg.force else find_success(results_dir, run_id)
+    if done is not None:
+        log.info("%s: already done, skipping (%s)", run_id, done)
+        return {"run_id": run_id, "status": "skipped", "path": str(done)}
+
+    task = _prepare(cfg)  # bad names or data stop here: no record, no model loaded
+    record: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "running",
+        "error": None,
+        "created_at": utc_now(),
+        "experiment": experiment,
+        "config": config,
+        "code": code_info(),
+    }
+    tracker = make_tracker(
+        cfg.tracker if data_parallel.is_main() else OmegaConf.create({"name": "none"}),
+        run_id=run_id,
+        config=config,
+        experiment=experiment,
+        results_dir=results_dir,
+    )
+    _attempt(cfg, task, record, tracker)
+    path = _finish(record, results_dir, tracker)
+    if record["status"] == "success" and not cfg.train.get("keep_checkpoints"):
+        remove_checkpoint(results_dir, run_id)  # the record now holds everything
+    return {
+        "run_id": run_id,
+        "status": record["status"],
+        "path": str(path) if path else None,  # None on data-parallel ranks other than 0
+        "primary": record.get("metrics", {}).get("primary"),
+        "dev": record.get("metrics", {}).get("dev"),  # at the selected step: what tuning ranks
+    }
+
+
+def _attempt(cfg: Any, task: Any, record: dict, tracker: Any) -> None:
+    """Runs the cell into ``record``: success, or the failure as data (the sweep goes on).
+
+    A stop signal writes the record as ``interrupted`` and ends the process (and its sweep).
+    """
+    run_id = record["run_id"]
+    try:
+        on_cpu = record["experiment"]["recipe"]["device"] == "cpu"
+        with stop_on_signals(), capped_memory(bool(cfg.get("memory_guard")) and on_cpu):
+            record.update(_execute(cfg, run_id, tracker, task))
+        record["status"] = "success"
+    except Exception as error:
+        record.update(failure(error, cfg))
+        log.error("%s: %s: %s", run_id, record["status"].upper(), record["error"])
+        if not data_parallel.is_main():
+            raise  # torchrun then stops rank 0, which would wait for this rank forever
+    except Interrupted as stop:  # the scheduler or the user ends the sweep: say where it was
+        record.update(interruption(stop))
+        _finish(record, Path(cfg.results_dir), tracker)
+        print(f"peftbench: {run_id}: {record['error']}", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    finally:
+        slots.release_gpu()  # the next run of this worker process may take another
+
+
+def _prepare(cfg: Any) -> Any:
+    """Checks every name the config gives and reads the data, before a record or a model.
+
+    Returns:
+        The task, with its splits read and checked.
+
+    Raises:
+        ConfigError: a task kind, reader or metric that is not registered.
+        DataError: a data file that is missing or malformed, or a split that would be empty.
+        AssetError: an offline asset (data or model) that cannot be fetched or verified.
+    """
+    from peftbench.assets import check_weights, fetch
+    from peftbench.errors import DataError
+    from tasks import TASK_KINDS, build_task
+    from tasks.metrics import METRICS
+    from tasks.readers import READERS
+    from tasks.splits import train_size_count
+
+    names = [
+        (TASK_KINDS.names(), "task kind", "task.kind", cfg.task.kind),
+        (READERS.names(), "data reader", "task.source.reader", cfg.task.source.reader),
+        *((list(METRICS), "metric", "task.metrics", m) for m in cfg.task.metrics),
+    ]
+    for valid, what, key, name in names:
+        if name not in valid:
+            raise ConfigError(f"unknown {what} {name!r} ({key})", f"valid: {', '.join(valid)}")
+    task = build_task(cfg.task, seed=int(cfg.seed))
+    task.load_metrics()  # task.metric_impl=evaluate: loaded (network) or refused, before a model
+    empty = [split for split, rows in task.splits.items() if not rows]
+    if empty:
+        total = sum(len(rows) for rows in task.splits.values())
+        raise DataError(
+            f"task {task.name!r}: split {', '.join(empty)} would be empty ({total} examples "
+            "in all); add examples or change task.split.fractions"
+        )
+    requested, n_full = cfg.task.get("train_size"), len(task.full_splits["train"])
+    if requested is not None and train_size_count(requested, n_full) > n_full:
+        raise ConfigError(
+            f"task.train_size={requested} exceeds the {n_full} examples of task "
+            f"{task.name!r}'s train split",
+            f"use task.train_size of at most {n_full}, or a fraction in (0, 1]",
+        )
+    n_train = len(task.splits["train"])
+    if int(cfg.train.batch_size) > n_train:  # would try to hold the whole set and more at once
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} exceeds the {n_train} training examples "
+            f"of task {task.name!r}",
+            f"use train.batch_size of at most {n_train} (the recipe's default is 16)",
+        )
+    if cfg.model.source.get("asset"):
+        fetch(cfg.model.source.asset)  # the archive's sha256 checked when first fetched
+        check_weights(cfg.model.source.asset)  # and the unpacked weights before every run
+    return task
+
+
+def _finish(record: dict, results_dir: Path, tracker: Any) -> Path | None:
+    if not data_parallel.is_main():
+        return None  # a data-parallel run has one record, written by rank 0
+    record["finished_at"] = utc_now()
+    path = write_record(record, results_dir)
+    tracker.finish(record)
+    if record["status"] == "success":
+        primary, cost = record["metrics"]["primary"], record["cost"]
+        log.info(
+            "%-44s %s %s=%.4f | trainable %.3f%% | train %.0fs",
+            record["run_id"],
+            primary["split"],
+            primary["name"],
+            primary["value"],
+            record["params"]["trainable_pct"],
+            cost["train_time_s"],
+        )
+    return path
+
+
+@dataclass
+class SetUp:
+    """Stage 1: the model with its method applied, on its device, and the data loaders."""
+
+    device: torch.device
+    model: torch.nn.Module
+    backbone: Any  # peftbench.models.backbones.Backbone: tokenizer, head modules, source, weights
+    loaders: dict[str, DataLoader]
+    data_facts: dict
+    budget: dict | None  # method.budget_pct: requested, reached, knob and its value
+    autocast_dtype: torch.dtype | None
+    base_params: int
+    head_params: int
+    seconds: float
+    parts_s: dict[str, float]  # load, data (tokenize or cache), forgetting, budget, method
+    memory: PhasedPeakMemory
+    fresh_process: bool
+    forgetting: ForgettingProbe | None  # its reference read on the backbone, before the method
+
+
+@dataclass
+class Fit:
+    """Stage 2: training with dev selection, and what it was measured by."""
+
+    result: Any  # peftbench.runner.train.TrainResult
+    history: list[dict]
+    timer: StepTimer
+    eval_clock: EvalClock
+    checkpoint: Checkpointer
+    log_row: Callable[[dict], None]
+    energy: EnergyMeter  # over the train() call, its evaluations booked apart
+
+
+@dataclass
+class Measures:
+    """Stage 4: parameters, artifact size, FLOPs, memory and inference speed."""
+
+    trainable: int
+    total: int
+    artifact_bytes: int
+    compute: dict
+    peak_memory: dict
+    inference: dict | None
+    forgetting: dict | None
+
+
+def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
+    """The cell's stages: set up, fit, evaluate on test once, measure, then the record."""
+    setup = _set_up(cfg, task)
+    fit = _fit(cfg, run_id, tracker, task, setup)
+    test = _evaluate_test(task, setup, fit)
+    measures = _measure(cfg, setup, fit)
+    return _record_sections(task, setup, fit, test, measures)
+
+
+def _set_up(cfg: Any, task: Any) -> SetUp:
+    from peftbench.methods.base import count_params, is_head_param
+
+    device = pick_device(cfg.device)
+    data_parallel.init(device)
+    threads = slots.torch_threads(cfg.train.get("threads", "auto"))
+    if threads is not None:  # parallel runs share the cores instead of oversubscribing them
+        torch.set_num_threads(threads)
+    seed_everything(int(cfg.seed))
+    ensure_idle(device)  # a leak from the previous job of this process would skew this one
+    fresh_process = runs_before() == 0
+    memory = PhasedPeakMemory(device, "setup")  # set-up, training and evaluation apart
+    clock = _PartClock()
+
+    cache_dir = cache_root() / "tokenized" if cfg.data_cache else None
+    loaded = assembly.load(cfg, task, device, cache_dir=cache_dir, on_part=clock.part)
+    backbone = loaded.backbone
+    base_params = count_params(backbone.model)
+    head_params = count_params(backbone.model, lambda n, _: is_head_param(n, backbone.head_modules))
+    probe = _forgetting_reference(cfg, task, backbone, device)
+    clock.part("forgetting_s")  # the probe's reference read, before the method
+    adapted = assembly.adapt(loaded, cfg, device, on_part=clock.part)
+    memory.switch("train")
+    return SetUp(
+        device, adapted.model, backbone, loaded.loaders, loaded.data_facts, adapted.budget,
+        adapted.autocast_dtype, base_params, head_params, clock.total(), clock.parts, memory,
+        fresh_process, probe,
+    )  # fmt: skip
+
+
+def _forgetting_reference(
+    cfg: Any, task: Any, backbone: Any, device: torch.device
+) -> ForgettingProbe | None:
+    """The probe read on the backbone as loaded, before a method touches it (set-up time)."""
+    if not cfg.instrument.get("forgetting", True):
+        return None
+    probe = ForgettingProbe(
+        backbone.tokenizer,
+        task.head,
+        device,
+        is_decoder(backbone.model),
+        max_tokens=probe_length(backbone.model, int(task.cfg.max_length)),
+    )
+    probe.take_reference(backbone.model.to(device))
+    return probe
+
+
+class _PartClock:
+    """Seconds of each named part of the set-up, one after another."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def part(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts[name], self.mark = now - self.mark, now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
+    from peftbench.methods.base import step_hook
+    from peftbench.runner.train import train
+
+    history: list[dict] = []
+    timer = StepTimer(int(cfg.train.warmup_steps_excluded), setup.device)
+    energy = EnergyMeter(setup.device)
+    # evaluations book their memory to the eval phase, their energy apart from training's
+    eval_clock = EvalClock(setup.memory, energy)
+
+    def log_row(row: dict) -> None:
+        if "train/loss" in row:  # the loop logs the loss; instrumentation adds its readings
+            row = {
+                **row,
+                "train/step_time_s": timer.durations[-1],
+                "train/peak_rss_bytes": setup.memory.read("train")["rss"],
+            }
+        history.append(row)
+        tracker.log(row)
+
+    checkpoint = Checkpointer.for_run(
+        cfg, run_id, {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
+    )
+    with energy.measure():  # the counter read at start and end (RAPL: polled in between)
+        result = train(
+            data_parallel.wrap(setup.model, setup.device),  # gradients averaged across ranks
+            train_loader=setup.loaders["train"],
+            dev_loader=setup.loaders["dev"],
+            task=task,
+            cfg=cfg.train,
+            lr=effective_lr(cfg.method),
+            device=setup.device,
+            timer=timer,
+            eval_clock=eval_clock,
+            log=log_row,
+            description=run_id,
+            step_hook=step_hook(setup.model),
+            autocast_dtype=setup.autocast_dtype,
+            # one process's state; a data-parallel run's ranks would each need theirs
+            checkpoint=checkpoint if data_parallel.world_size() == 1 else None,
+        )
+    return Fit(result, history, timer, eval_clock, checkpoint, log_row, energy)
+
+
+def _evaluate_test(task: Any, setup: SetUp, fit: Fit) -> dict:
+    """Stage 3: the test split, once, at the dev-selected step."""
+    from peftbench.runner.train import evaluate
+
+    with fit.eval_clock.measure():
+        test = evaluate(
+            setup.model, setup.loaders["test"], task, setup.device, setup.autocast_dtype
+        )
+    fit.log_row({"step": fit.result.steps, **{f"test/{k}": v for k, v in test.items()}})
+    return test
+
+
+def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
+    from peftbench.methods import save_trainable
+    from peftbench.methods.base import count_params, count_trainable
+
+    model, device = setup.model, setup.device
+    # After training, so the counted step can change nothing the run measures or learns
+    # (and a fault at step k stays at step k); its memory is neither phase's.
+    with setup.memory.phase("flop_count"):
+        counted = count_flops(model, setup.loaders["train"], device, setup.autocast_dtype)
+    trainable, total = count_params(model, lambda _, p: p.requires_grad), count_params(model)
+    if setup.budget is not None:  # what the sized method really trains, head excluded
+        reached = count_trainable(model, setup.backbone.head_modules)[0]
+        setup.budget["reached_pct"] = 100.0 * reached / setup.budget["base"]
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
+    # per phase, before the inference measurements; the top level is training's peak
+    peak_memory = {**setup.memory.summary(), "fresh_process": setup.fresh_process}
+    compute = compute_cost(model, fit.timer, trainable, device, cfg.instrument, counted)
+    forgetting = None
+    if setup.forgetting is not None:  # before inference: merging rewrites the model
+        with setup.memory.phase("forgetting"):
+            forgetting = setup.forgetting.result(model)
+    inference = (
+        inference_cost(model, setup.loaders["test"], device, cfg.method)
+        if cfg.instrument.inference and data_parallel.is_main()  # rank 0 records; others skip
+        else None
+    )
+    return Measures(trainable, total, artifact_bytes, compute, peak_memory, inference, forgetting)
+
+
+def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Measures) -> dict:
+    """Stage 5: the record's sections from the stages' results (record.py writes it)."""
+    return {
+        "env": {**env_info(setup.device), "distributed": data_parallel.info()},
+        "data": {
+            "source": str(task.cfg.source.get("file") or task.cfg.source),
+            "asset": task.cfg.source.get("asset"),
+            "synthetic": bool(getattr(task, "synthetic", False)),  # generated ids, no corpus
+            "fingerprint": task.fingerprint,
+            "n": {split: len(rows) for split, rows in task.splits.items()},
+            **task.train_size_facts(),  # task.train_size: asked for, and the whole train split
+            **setup.data_facts,
+        },
+        "model_source": {"source": setup.backbone.source, "weights": setup.backbone.weights},
+        "params": to_json(
+            Params(
+                base=setup.base_params,
+                total=measures.total,
+                trainable=measures.trainable,
+                trainable_pct=100.0 * measures.trainable / setup.base_params,
+                head=setup.head_params,
+                head_modules=setup.backbone.head_modules,
+                artifact_bytes=measures.artifact_bytes,
+                budget=setup.budget,
+            )
+        ),
+        "cost": _cost_section(setup, fit, measures),
+        # the probe text before vs after training (peftbench/measure/forgetting.py, README)
+        "forgetting": measures.forgetting,
+        "metrics": to_json(
+            Metrics(
+                primary=Primary(
+                    task.primary_metric, "test", test[task.primary_metric], task.higher_is_better
+                ),
+                dev=fit.result.best_dev,
+                test=test,
+                selected_step=fit.result.best_step,
+                implementation=task.metric_implementation,
+            )
+        ),
+        "history": fit.history,
+    }
+
+
+def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:
+    return {
+        "setup_time_s": setup.seconds,
+        # load, data (tokenize or cache), the forgetting probe's reference, budget search,
+        # method (with its calibration)
+        "setup_parts_s": setup.parts_s,
+        "train_time_s": fit.result.train_s,  # evaluation and checkpoint saving excluded
+        "eval_time_s": fit.eval_clock.seconds,
+        # peak memory covers the resumed process only; times and counts the whole run
+        "checkpoint": {
+            "every_steps": fit.checkpoint.every,
+            "resumed_from_step": fit.checkpoint.resumed_from,
+        },
+        **fit.timer.summary(),
+        **measures.compute,
+        "peak_mem_bytes": measures.peak_memory,
+        "inference": measures.inference,
+        # training's energy (evaluations apart), per padded token as FLOPs count them
+        "energy": fit.energy.summary(fit.timer.padded_tokens_all),
+    }

@@ -1,0 +1,263 @@
+"""The training loop: plain PyTorch, AdamW, warm-up + linear decay, best-dev selection.
+
+Instrumentation is passed in (a step timer and an evaluation clock) and wraps the step and
+evaluation blocks from outside; nothing here measures or records by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from peftbench.measure.instrument import Clock, StepTimer
+from peftbench.methods.base import select_from_step
+from peftbench.runner import data_parallel
+from peftbench.runner.checkpoint import Checkpointer, LoopState
+from peftbench.runner.interrupt import Interrupted, defer_stop
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int
+    best_dev: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    train_s: float = 0.0  # loop wall time without evaluation and checkpoint saving
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in ``dtype`` (e.g. bf16 on GPUs); a no-op context when None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    task: Any,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
+    """Runs the model over a split and returns the task's metrics."""
+    model = data_parallel.unwrap(model)  # no gradient sync to do; DDP would hide generate()
+    was_training = model.training
+    model.eval()
+    preds, refs = [], []
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device, autocast_dtype):
+            preds += task.predict_batch(model, batch)  # a forward pass, or generation
+        refs += task.references(batch)
+    model.train(was_training)
+    preds, refs = data_parallel.gather(preds), data_parallel.gather(refs)  # each rank's share
+    return task.compute_metrics(preds, refs)
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear from 0 to 1 over warm-up, then linear down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in state:
+            param.data.copy_(state[name])
+
+
+def _is_better(new: float, best: float | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return new > best if higher_is_better else new < best
+
+
+def _no_decay(module: nn.Module, module_name: str, param_name: str) -> bool:
+    """Whether weight decay must spare this tensor: biases, norm weights, prompt embeddings.
+
+    Decay pulls a tensor toward zero; that regularises weight matrices but would shrink
+    BitFit's pretrained biases, the LayerNorm gains and the soft prompts/prefixes (peft's
+    ``prompt_encoder`` embeddings) toward values that mean nothing. Excluding biases and
+    LayerNorm weights is the BERT / transformers Trainer recipe (Devlin et al. 2019).
+    """
+    if param_name == "bias" or param_name.endswith("_bias"):
+        return True
+    if isinstance(module, nn.LayerNorm | nn.GroupNorm) or type(module).__name__.endswith("Norm"):
+        return True  # LayerNorm, and the RMSNorm / T5LayerNorm classes of other families
+    return "prompt_encoder" in module_name.split(".") and isinstance(module, nn.Embedding)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: the trainable tensors with and without weight decay."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (no_decay if _no_decay(module, module_name, param_name) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def total_steps(cfg: Any, batches_per_epoch: int) -> int:
+    return int(cfg.max_steps) if cfg.get("max_steps") else int(cfg.epochs) * batches_per_epoch
+
+
+def train(
+    model: nn.Module,
+    *,
+    train_loader: DataLoader,
+    dev_loader: DataLoader,
+    task: Any,
+    cfg: Any,
+    lr: float,
+    device: torch.device,
+    timer: StepTimer,
+    eval_clock: Clock,
+    log: Callable[[dict], None],
+    description: str = "train",
+    step_hook: Callable[[int], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    checkpoint: Checkpointer | None = None,
+) -> TrainResult:
+    """Trains the model's trainable parameters and leaves it at the best dev checkpoint.
+
+    Args:
+        model: the backbone with a method applied; only ``requires_grad`` parameters train.
+        train_loader: shuffled training batches.
+        dev_loader: the selection split, evaluated every ``cfg.eval_every_steps`` and at the end.
+        task: the task (metrics, primary metric and its direction).
+        cfg: the ``train`` config group.
+        lr: the method's learning rate.
+        device: where the model lives.
+        timer: wraps every optimisation step.
+        eval_clock: wraps every evaluation, so training time can exclude it.
+        log: receives one dict per logged step (history row; also sent to the tracker).
+        description: progress-bar label.
+        step_hook: the method's per-step hook (``peftbench.methods.step_hook``), called with
+            the 0-based step after each optimiser step, while the gradients are still there.
+        autocast_dtype: mixed-precision dtype of forward passes (bf16 on GPUs), or None.
+        checkpoint: resumes from a checkpoint of this run if there is one, and saves one
+            every ``cfg.checkpoint_every_steps`` steps.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(model, float(cfg.weight_decay)), lr=lr)
+    steps = total_steps(cfg, len(train_loader))
+    warmup = math.ceil(float(cfg.warmup_ratio) * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, steps))
+    eval_every = int(cfg.eval_every_steps) or len(train_loader)
+    select_from = select_from_step(data_parallel.unwrap(model))  # AdaLoRA: once its budget is final
+
+    sampler = train_loader.batch_sampler
+    state = checkpoint and checkpoint.restore(model, optimizer, scheduler, sampler)
+    state = state or LoopState()  # state.step: the step running now (1-based) once drawn
+    start = time.perf_counter() - state.elapsed_s
+    saving = checkpoint or Clock()  # both count seconds: spent saving, none without
+
+    def train_s() -> float:
+        return time.perf_counter() - start - eval_clock.seconds - saving.seconds
+
+    model.train()
+    # Off when stderr is not a terminal (CI logs stay readable).
+    bar = tqdm(
+        total=steps, initial=state.step, desc=description, leave=False, dynamic_ncols=True,
+        disable=None,
+    )  # fmt: skip
+    stop = defer_stop()  # a stop signal now waits for the step under way (and its eval)
+    try:
+        while state.step < steps:
+            for batch in train_loader:
+                stop.check()  # between steps: steps 1..state.step are complete
+                batch = to_device(batch, device)
+                state.step += 1
+                step = state.step
+                with timer.step(batch):
+                    with autocast(device, autocast_dtype):
+                        loss = model(**batch).loss
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, float(cfg.max_grad_norm))
+                    optimizer.step()
+                    if step_hook is not None:  # e.g. AdaLoRA: reads gradients, so before zeroing
+                        step_hook(step - 1)  # 0-based, as peft's examples count
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_value = data_parallel.mean(loss.item())  # the global batch's loss
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                bar.update()
+                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                if step % int(cfg.log_every_steps) == 0:
+                    log(
+                        {
+                            "step": step,
+                            "train/loss": loss_value,
+                            "train/lr": scheduler.get_last_lr()[0],
+                            "elapsed_s": time.perf_counter() - start,
+                            "train_s": train_s(),
+                        }
+                    )
+                if step % eval_every == 0 or step == steps:
+                    with eval_clock.measure():
+                        dev = evaluate(model, dev_loader, task, device, autocast_dtype)
+                    log(
+                        {
+                            "step": step,
+                            **{f"dev/{k}": v for k, v in dev.items()},
+                            "elapsed_s": time.perf_counter() - start,
+                            "train_s": train_s(),
+                        }
+                    )
+                    value = dev[task.primary_metric]
+                    if step >= select_from and _is_better(
+                        value, state.best_value, task.higher_is_better
+                    ):
+                        state.best_value, state.best_state = value, _snapshot(model)
+                        state.best_step, state.best_dev = step, dev
+                if step >= steps:
+                    break
+                if checkpoint is not None and checkpoint.due(step):
+                    elapsed = time.perf_counter() - start
+                    checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+        stop.check()  # a signal during the last step: its checkpoint still resumes
+    except Interrupted as interrupted:
+        interrupted.step = state.step
+        if checkpoint is not None and checkpoint.every > 0 and state.step > 0:
+            elapsed = time.perf_counter() - start
+            checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+            interrupted.checkpoint = checkpoint.path
+        raise
+    except Exception as error:
+        # A failed run's record names the step (diverged at 5, out of memory at 1).
+        error.step = state.step  # type: ignore[attr-defined]
+        raise
+    finally:
+        stop.release()
+    bar.close()
+    if state.best_state is not None:
+        _restore(model, state.best_state)
+    return TrainResult(steps, state.best_step, state.best_dev, train_s=train_s())

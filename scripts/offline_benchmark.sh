@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 18's offline benchmark in resumable stages (docs/benchmarks/README.md is the protocol):
+#
+#   scripts/offline_benchmark.sh DIR [STAGE...]     e.g. DIR=docs/benchmarks/offline-2026-12-02
+#
+#   grid[:TASK]   stage 1: 21 methods x 4 lr scales (0.3,1,3,10) x seed 0
+#                 on each task (or one task), one task at a time, into DIR/grid
+#   select        choose each cell's scale on dev -> DIR/selection.{md,json} (trains nothing)
+#   final[:TASK]  seeds 1,2 of each chosen recipe (or one task's), into DIR/final
+#   report        DIR/report (the benchmark: chosen recipes, 3 seeds) and DIR/grid/report
+#                 (the whole search)
+#
+# No stage means all of them, in order. Every stage is resumable: a run whose record says
+# success is skipped (run identity), so after a kill or a reboot the same command goes on.
+# Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
+# Environment: N_JOBS (runs at once; default 2 = this machine's cores, on a GPU machine the
+# number of GPUs), COMMIT=1 (git-commit DIR's records after each chunk), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR=${1:?usage: scripts/offline_benchmark.sh DIR [grid[:TASK]|select|final[:TASK]|report ...]}
+shift
+STAGES=("$@")
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select final report)
+TASKS=(wnut16 polarity hedge)   # wnut16 first: the shortest, and its recipe is the one to check
+PYTHON=${PYTHON:-python}
+PARALLEL=(hydra/launcher=processes "hydra.launcher.n_jobs=${N_JOBS:-2}" train.threads=auto)
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+
+commit() {  # $1: what finished
+  if [ "${COMMIT:-0}" = 1 ]; then
+    git add "$DIR" && git commit -q -m "offline benchmark: $1 (records)" || true
+  else
+    echo "[bench] $1 done; commit it with: git add $DIR && git commit -m 'offline benchmark: $1'"
+  fi
+}
+
+for stage in "${STAGES[@]}"; do
+  name=${stage%%:*}
+  only=${stage#*:}
+  [ "$only" = "$stage" ] && only=""
+  case $name in
+    grid)
+      for task in "${TASKS[@]}"; do
+        [ -z "$only" ] || [ "$only" = "$task" ] || continue
+        echo "[bench] grid: $task"
+        "$PYTHON" -m peftbench.cli benchmark grid --results "$DIR" --tasks "$task" "${PARALLEL[@]}"
+        commit "grid $task"
+      done ;;
+    select)
+      "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --dry-run
+      commit "selection" ;;
+    final)
+      for task in "${TASKS[@]}"; do
+        [ -z "$only" ] || [ "$only" = "$task" ] || continue
+        echo "[bench] final: $task"
+        "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --tasks "$task" \
+          "${PARALLEL[@]}"
+        commit "final $task"
+      done ;;
+    report)
+      "$PYTHON" -m peftbench.cli report --results "$DIR/final" --out "$DIR/report"
+      "$PYTHON" -m peftbench.cli report --results "$DIR/grid" --out "$DIR/grid/report"
+      commit "report" ;;
+    *)
+      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, final, report)" >&2
+      exit 2 ;;
+  esac
+done
