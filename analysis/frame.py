@@ -26,7 +26,7 @@ COLUMNS = [
     "run_id", "status", "error", "created_at",
     "task", "task_version", "model", "method", "method_label", "seed", "sweep_id", "weights",
     "budget_pct",
-    "primary_name", "primary_split", "primary_value", "higher_is_better",
+    "primary_name", "primary_split", "primary_value", "higher_is_better", "dev_value",
     "total_params", "trainable", "trainable_pct", "artifact_bytes",
     "peak_alloc_bytes", "peak_rss_bytes", "peak_mem_bytes",
     "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
@@ -37,7 +37,8 @@ COLUMNS = [
 ]  # fmt: skip
 
 # Config keys (dotted prefixes) that cannot change a result, for records written before
-# the recipe was recorded. For new records ``peftbench/config/identity.py`` is the source of truth:
+# the recipe was recorded. For new records ``peftbench/config/identity.py`` is the source of
+# truth:
 # they carry ``experiment.recipe`` and ``experiment.recipe_hash``, and this list is not used.
 LEGACY_NOT_IN_RECIPE = (
     "seed", "results_dir", "sweep_id", "force", "tracker", "data_cache", "device",
@@ -174,6 +175,8 @@ def _flatten(record: Record, path: Path) -> dict[str, Any]:
         "primary_name": primary and primary.name,
         "primary_split": primary and primary.split,
         "primary_value": primary and primary.value,
+        # the same metric on dev at the selected step: what selection and tuning rank
+        "dev_value": _get(record.metrics and record.metrics.dev, primary.name) if primary else None,
         "higher_is_better": primary and primary.higher_is_better,
         "total_params": params and params.total,
         "trainable": params and params.trainable,

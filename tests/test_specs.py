@@ -101,7 +101,6 @@ def test_an_undeclared_kind_is_refused_before_anything_loads():
         ("encoder", "classification", True),
         ("encoder", "token_classification", True),
         ("encoder", "translation", False),
-        ("encoder", "summarization", False),
         ("encoder_decoder", "translation", True),
         ("encoder_decoder", "token_classification", False),
         ("decoder", "token_classification", True),

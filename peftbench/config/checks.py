@@ -349,6 +349,10 @@ def _check_kind(cfg: Mapping) -> None:
         )
 
 
+#: Task kinds whose output an encoder-decoder writes as text with its LM head (no task head).
+_TEXT_OUTPUT_KINDS = ("translation",)
+
+
 def _check_warm_start(cfg: Mapping) -> None:
     """A warm-started encoder-decoder (two BERT stacks) generates, and edits weights only.
 
@@ -359,7 +363,7 @@ def _check_warm_start(cfg: Mapping) -> None:
     if not lookup(cfg, "model.warm_start"):
         return
     model, kind = lookup(cfg, "model.name"), lookup(cfg, "task.kind")
-    if kind not in ("translation", "summarization"):
+    if kind not in _TEXT_OUTPUT_KINDS:
         raise ConfigError(
             f"model {model!r} is a warm-started encoder-decoder for generation, but task "
             f"{lookup(cfg, 'task.name')!r} is {kind}",
@@ -376,8 +380,6 @@ def _check_warm_start(cfg: Mapping) -> None:
         )
 
 
-#: Task kinds whose output an encoder-decoder writes as text with its LM head (no task head).
-_TEXT_OUTPUT_KINDS = ("translation", "summarization")
 _TEXT_TO_TEXT_KINDS = ("classification", "regression")
 
 

@@ -32,7 +32,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "encoder": Family(refuses=("translation", "summarization")),
+    "encoder": Family(refuses=("translation",)),
     # text-to-text writes one label per input, not one per token
     "encoder_decoder": Family(refuses=("token_classification",)),
     "decoder": Family(),

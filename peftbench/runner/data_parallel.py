@@ -17,6 +17,7 @@ Outside torchrun every helper is a no-op, so the single-process path is unchange
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -46,6 +47,7 @@ def init(device: torch.device) -> None:
     """Joins the process group torchrun describes (once per process; no-op when alone)."""
     if world_size() > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(shutdown)  # torch warns about (and may leak) a group left open
 
 
 def local_device() -> torch.device | None:
@@ -136,5 +138,6 @@ def info() -> dict | None:
 
 
 def shutdown() -> None:
+    """Leaves the process group (registered at exit by :func:`init`)."""
     if active():
         dist.destroy_process_group()

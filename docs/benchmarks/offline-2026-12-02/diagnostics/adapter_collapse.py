@@ -5,21 +5,19 @@ after STEPS training steps) and prints, every 25 steps: the spread of the classi
 input over tokens (0 = every token gets the same vector, i.e. a constant predictor), the
 share of the adapters' ReLU units that no token activates, and the norms of the adapters'
 up-projection bias and of their branch output relative to their input.
-  python adapter_collapse.py adapter 3 [steps]
+  python adapter_collapse.py adapter 3 [steps] [KEY=VALUE ...]
 """
-import sys
-from pathlib import Path
 
-import peftbench.experiment as ex
+import sys
+
 import torch
 from hydra import compose, initialize_config_dir
 
+import peftbench.runner.experiment as ex
+from peftbench.config.paths import CONF_DIR
 from peftbench.methods.adapters import BottleneckAdapter, ParallelAdapter
 
-method, scale = sys.argv[1], sys.argv[2]
-STEPS = int(sys.argv[3]) if len(sys.argv) > 3 else 300
-ROOT = Path(ex.__file__).resolve().parent.parent
-stats = {"step": 0}
+stats = {"step": 0, "limit": 300}
 
 
 class Stop(Exception):
@@ -54,35 +52,56 @@ def instrument(model, head_modules):
         if stats["step"] % 25 == 0 or stats["step"] == 1:
             spread = (h.std(0).mean() / h.abs().mean()).item()
             bias = sum(a.up.bias.norm().item() for a in adapters) / max(1, len(adapters))
-            norms = [p for n, p in model.named_parameters() if p.requires_grad and "norm" in n.lower()]
-            gamma = torch.stack([p.abs().mean() for p in norms if p.dim() == 1]).mean().item() if norms else float("nan")
+            norms = [
+                p for n, p in model.named_parameters() if p.requires_grad and "norm" in n.lower()
+            ]
+            gamma = (
+                torch.stack([p.abs().mean() for p in norms if p.dim() == 1]).mean().item()
+                if norms
+                else float("nan")
+            )
             d = seen["dead"][-len(adapters) * 2 :] or [float("nan")]
             r = seen["ratio"][-len(adapters) * 2 :] or [float("nan")]
-            print(f"step {stats['step']:4d}  token-spread {spread:.3f}  dead-relu {sum(d)/len(d):.2f}"
-                  f"  |up.bias| {bias:.2f}  |branch|/|x| {sum(r)/len(r):.2f}  mean|LN param| {gamma:.3f}", flush=True)
-        if stats["step"] >= STEPS:
+            print(
+                f"step {stats['step']:4d}  token-spread {spread:.3f}"
+                f"  dead-relu {sum(d) / len(d):.2f}  |up.bias| {bias:.2f}"
+                f"  |branch|/|x| {sum(r) / len(r):.2f}  mean|LN param| {gamma:.3f}",
+                flush=True,
+            )
+        if stats["step"] >= stats["limit"]:
             raise Stop
 
     head.register_forward_pre_hook(on_head)
 
 
-original = ex._set_up
+def main(method, scale, steps=300, overrides=()):
+    """Runs the cell with the tracing hooks, stopping after ``steps`` training steps."""
+    stats.update(step=0, limit=steps)
+    original = ex._set_up
+
+    def set_up(cfg, task):
+        setup = original(cfg, task)
+        instrument(setup.model, setup.backbone.head_modules)
+        return setup
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "task=wnut16", f"method={method}", f"method.lr_scale={scale}", "seed=0",
+                "tracker=none", "results_dir=/work/diag/results", "force=true",
+                "train.threads=2", *overrides,
+            ],
+        )  # fmt: skip
+    print(method, "lr", cfg.method.lr, "x", scale)
+    ex._set_up = set_up
+    try:
+        ex.run(cfg)
+    except Stop:
+        pass
+    finally:
+        ex._set_up = original
 
 
-def set_up(cfg, task):
-    setup = original(cfg, task)
-    instrument(setup.model, setup.backbone.head_modules)
-    return setup
-
-
-ex._set_up = set_up
-with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-    cfg = compose("config", overrides=[
-        "task=wnut16", f"method={method}", f"method.lr_scale={scale}", "seed=0",
-        "tracker=none", "results_dir=/work/diag/results", "force=true", "train.threads=2",
-    ])
-print(method, "lr", cfg.method.lr, "x", scale)
-try:
-    ex.run(cfg)
-except Stop:
-    pass
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 300, sys.argv[4:])

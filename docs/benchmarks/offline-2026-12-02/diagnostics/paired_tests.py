@@ -7,14 +7,16 @@ questions (scipy.stats.ttest_rel over the shared seeds, raw p: one comparison ea
 seed-0 selection-bias check and the dev-test gap. Reads records only; trains nothing.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-FINAL = Path(__file__).resolve().parents[1] / "final" / "records"
+from analysis.frame import load_records
+from analysis.stats import paired_test
+
+FINAL = Path(__file__).resolve().parents[1] / "final"
 QUESTIONS = [  # (a, b): is a above b?  Grouped by the write-up's pre-registered questions.
     (
         "1 Delta Tuning",
@@ -38,31 +40,32 @@ QUESTIONS = [  # (a, b): is a above b?  Grouped by the write-up's pre-registered
 ]
 
 
-def load(task):
+def load(task, results=FINAL):
+    """method -> seed -> test and dev primary metric, selected step and training seconds."""
     runs = {}
-    for path in FINAL.glob(f"{task}--*__success.json"):
-        rec = json.loads(path.read_text())
-        exp, m = rec["experiment"], rec["metrics"]
-        name = m["primary"]["name"]
-        runs.setdefault(exp["method"], {})[exp["seed"]] = {
-            "test": m["test"][name],
-            "dev": m["dev"][name],
-            "step": m["selected_step"],
-            "train_s": rec["cost"]["train_time_s"],
+    df = load_records(results)
+    df = df[(df.task == task) & (df.status == "success")]
+    for row in df.itertuples():
+        runs.setdefault(row.method, {})[row.seed] = {
+            "test": row.primary_value,
+            "dev": row.dev_value,
+            "train_s": row.train_time_s,
         }
     return runs
 
 
 def paired(runs, a, b):
+    """Mean and sd of a - b over the shared seeds, and the paired t-test's p (analysis.stats)."""
+    test = paired_test(
+        {s: r["test"] for s, r in runs[a].items()}, {s: r["test"] for s, r in runs[b].items()}
+    )
     seeds = sorted(set(runs[a]) & set(runs[b]))
-    x = np.array([runs[a][s]["test"] for s in seeds])
-    y = np.array([runs[b][s]["test"] for s in seeds])
-    d = x - y
-    return d.mean(), d.std(ddof=1), stats.ttest_rel(x, y).pvalue, len(seeds)
+    d = np.array([runs[a][s]["test"] - runs[b][s]["test"] for s in seeds])
+    return d.mean(), d.std(ddof=1), test.p, test.n
 
 
-def main(task):
-    runs = load(task)
+def main(task, results=FINAL):
+    runs = load(task, results)
     print(f"## {task}: test x100, mean ± sd (seeds)  dev mean  train s")
     order = sorted(runs, key=lambda k: -np.mean([r["test"] for r in runs[k].values()]))
     for k in order:
