@@ -189,7 +189,7 @@ def _flatten(record: Record, path: Path) -> dict[str, Any]:
         "eval_time_s": _get(cost, "eval_time_s"),
         "tokens_per_s": _get(cost, "tokens_per_s"),
         "samples_per_s": _get(cost, "samples_per_s"),
-        # the probe text before vs after training (README "Forgetting"); none before it existed
+        # the probe text before vs after training (docs/MEASUREMENT.md); none before it existed
         "forgetting": _get(record.forgetting, "value"),
         "forgetting_measure": _get(record.forgetting, "measure"),
         "energy_j": _get(cost, "energy", "joules"),

@@ -36,7 +36,7 @@ COST_AXES = {
     "score_vs_params": CostAxis("trainable_pct", "% trainable parameters", log=True),
     "score_vs_time": CostAxis("train_time_s", "train time (s)", log=False),
     "score_vs_memory": CostAxis("peak_mem_bytes", "peak memory (MB)", log=False, divisor=1e6),
-    # record.forgetting.value: one measure per panel (a task has one head); README "Forgetting"
+    # record.forgetting.value: one measure per panel (a task has one head); docs/MEASUREMENT.md
     "score_vs_forgetting": CostAxis(
         "forgetting", "forgetting (1 - linear CKA, or LM-loss delta in nats)", log=False
     ),

@@ -423,7 +423,7 @@ def _caption(table: ComparisonTable, prefix: str, style: _Style) -> str:
     )
 
 
-#: What a forgetting value is, by the record's ``forgetting.measure`` (README "Forgetting").
+#: What a forgetting value is, by the record's ``forgetting.measure`` (docs/MEASUREMENT.md).
 _FORGETTING_MEANING = {
     "linear_cka_drift": "1 - linear CKA of the backbone's pooled features on 64 general "
     "verses, before vs after training (0 = unchanged)",

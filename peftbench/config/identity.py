@@ -7,7 +7,7 @@ Two runs with one id were trained the same way, so skip-if-done, checkpoint resu
 report's seed aggregation may treat them as one; a run that differs in any value that can
 move its score (a learning rate, a rank, a step count, a data file...) gets another id.
 
-This is the one place the in/out lists live (README "Run identity" quotes them); adding a
+This is the one place the in/out lists live (docs/IDENTITY.md quotes them); adding a
 config key puts it *in* the recipe unless it is listed here.
 """
 

@@ -3,7 +3,7 @@
 A parallel launcher (joblib, submitit) starts several runs at once on one machine. Each run's
 torch would use every core by default, so two runs on two cores would fight over four
 threads; and every run would pick ``cuda:0``. ``train.threads=auto`` and ``device=auto`` fix
-both from what the launcher config says (README "Scaling out").
+both from what the launcher config says (docs/SCALING.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ side only; the reader parses with :meth:`Record.from_json`, which reads schema 1
 
 The measurement sections (``cost``, ``forgetting``, ``data``, ``env``, ``history``) stay
 mappings: their keys come from the instruments that measure them (``measure/instrument.py``,
-``peftbench/measure/forgetting.py``), are documented there and in the README, and grow with them.
+``measure/forgetting.py``), are documented there and in docs/RECORDS.md, and grow with them.
 Pure stdlib: the light pre-check and the reports import it without torch.
 """
 

@@ -22,7 +22,7 @@ def pick_device(name: str) -> torch.device:
     if rank_device is not None:
         return rank_device
     count = torch.cuda.device_count()
-    if count > 1:  # parallel runs on a multi-GPU node: one GPU each (README "Scaling out")
+    if count > 1:  # parallel runs on a multi-GPU node: one GPU each (docs/SCALING.md)
         return torch.device(f"cuda:{slots.claim_gpu(count, slots.job_number() % count)}")
     return torch.device("cuda")
 

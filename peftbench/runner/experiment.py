@@ -479,7 +479,7 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
             )
         ),
         "cost": _cost_section(setup, fit, measures),
-        # the probe text before vs after training (peftbench/measure/forgetting.py, README)
+        # the probe text before vs after training (measure/forgetting.py, docs/MEASUREMENT.md)
         "forgetting": measures.forgetting,
         "metrics": to_json(
             Metrics(
