@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import provenance
+import analysis.provenance as provenance
 from analysis.comparisons import (
     plot_average_rank,
     plot_budget_matched,

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 import torch
 
+import tasks.metrics as metric_lib
 from peftbench.registry import Registry
-from tasks import metrics as metric_lib
 from tasks.splits import SPLITS, grouped_split, nested_subset, stratified_split, train_size_count
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")

@@ -18,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from peftbench.methods import MethodContext, apply_method
 from peftbench.models.backbones import WARM_START_HEADS, load_backbone
 from peftbench.runner import experiment
+from peftbench.runner.assembly import assemble
 from tasks import build_task
 from tasks.metrics import METRICS
 from tasks.translation import IGNORE_INDEX
@@ -308,14 +308,8 @@ METHODS = {"t5": ["lora", "prefix", "adapter"], "llama": ["lora", "prefix", "ada
 def test_a_method_trains_and_generates(family, method, tiny_models, tiny_db, tmp_path):
     cfg = tiny_cfg(family, tiny_models, tiny_db, tmp_path, f"method={method}")
     task = build_task(cfg.task)
-    backbone = load_backbone(cfg.model, task)
-    context = MethodContext(
-        head_modules=backbone.head_modules,
-        peft_task_type=task.peft_task_type,
-        model_type=backbone.model.config.model_type,
-        total_steps=2,
-    )
-    model = apply_method(backbone.model, cfg.method, context)
+    loaded, adapted = assemble(cfg, task, torch.device("cpu"))
+    backbone, model = loaded.backbone, adapted.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if family == "warm_start":  # the new cross-attention trains, LoRA stays out of it
         assert any("crossattention" in n for n in trainable)
