@@ -7,7 +7,8 @@
     peftbench report [--results DIR] [--out DIR] [--task T..] [--method M..] [--where K=V] ...
     peftbench reproduce RUN_ID [--results DIR]   re-run a recorded cell, compare its metrics
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
-    peftbench costs overhead|methods [KEY=VALUE..]   costs of the harness / of every method
+    peftbench costs overhead|methods|peak [...]   costs of the harness, of every method;
+                                          this machine's measured matmul peak
     peftbench benchmark grid --results DIR [--tasks T,..] [--dry-run] [KEY=VALUE..]
                                           every method at every scale of the lr grid, seed 0
     peftbench benchmark select --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
@@ -282,6 +283,18 @@ def _add_costs_command(commands: argparse._SubParsersAction) -> None:
         help="config overrides for every method, or METHOD:KEY=VALUE for one",
     )  # fmt: skip
     methods.set_defaults(handler=_cmd_costs_methods)
+    peak = sub.add_parser(
+        "peak",
+        help="this machine's measured matmul peak per dtype and thread count (cached; the "
+        "MFU denominator on CPU)",
+    )
+    peak.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    peak.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default: 1 and all)"
+    )
+    peak.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    peak.add_argument("--remeasure", action="store_true", help="measure again (on an idle machine)")
+    peak.set_defaults(handler=_cmd_costs_peak)
 
 
 def _cmd_costs_overhead(args: argparse.Namespace) -> int:
@@ -309,6 +322,34 @@ def _cmd_costs_methods(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise _UserError(str(exc)) from None
     print(format_methods(result))
+    return 0
+
+
+def _cmd_costs_peak(args: argparse.Namespace) -> int:
+    import torch  # lazy: torch
+
+    from peftbench.measure.peak import DTYPES, format_peaks, peak
+
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown or not dtypes:
+        raise _UserError(f"unknown dtype {', '.join(unknown) or '(none)'}; valid: fp32, bf16, fp16")
+    try:
+        threads = sorted({int(t) for t in args.threads.split(",")} if args.threads else
+                         {1, torch.get_num_threads()})  # fmt: skip
+    except ValueError:
+        raise _UserError(f"--threads must be whole numbers, got {args.threads!r}") from None
+    if min(threads) < 1:
+        raise _UserError("--threads must be at least 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    results = [
+        peak(d, t, device, cache_dir=assets.cache_root(), remeasure=args.remeasure)
+        for d in dtypes
+        for t in threads
+    ]
+    print(format_peaks(results))
     return 0
 
 

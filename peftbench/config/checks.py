@@ -142,6 +142,7 @@ SCHEMA: dict[str, Rule] = {
     "data_cache": _BOOL,
     "memory_guard": _BOOL,
     "instrument.inference": _BOOL,
+    "instrument.measured_peak": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
     "method.name": _NON_EMPTY_STR,
     "method.kind": _NON_EMPTY_STR,

@@ -29,19 +29,28 @@ def compute_cost(
     device: torch.device,
     cfg: Any,
     counted: dict,
+    dtype: torch.dtype | None = None,
 ) -> dict:
-    """FLOPs of the run as counted on one real step and, on a GPU with a known peak, MFU.
+    """FLOPs of the run as counted on one real step, and MFU.
 
     ``counted`` is ``instrument.count_step_flops`` on the first training batch:
     FLOPs per *padded* token (``input_ids.numel()``; for an encoder-decoder the decoder's work
     is included, spread over the source tokens). The MFU numerator multiplies it by the same
     padded token count of the measured steps, so numerator and count agree.
+
+    The denominator: on a GPU the datasheet peak (``cfg.peak_tflops`` or the table), with the
+    measured one beside it as ``mfu_measured``; on a CPU, which has no trustworthy datasheet
+    figure, this machine's measured peak for the run's dtype and thread count
+    (:mod:`peftbench.measure.peak`; ``instrument.measured_peak=false`` skips it).
     """
     per_token = counted["flops_per_token"]
     seconds = timer.measured_seconds
     achieved = per_token * timer.padded_tokens / seconds if seconds else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    peak = peak_tflops(name, cfg.get("peak_tflops")) if device.type == "cuda" else None
+    datasheet = peak_tflops(name, cfg.get("peak_tflops")) if device.type == "cuda" else None
+    measured = _measured_peak(device, dtype) if cfg.get("measured_peak", True) else None
+    measured_tflops = measured["tflops"] if measured else None
+    peak = datasheet if device.type == "cuda" else measured_tflops
     return {
         "flops_per_token": per_token,  # measured (FlopCounterMode), per padded token
         # 4N + 2N_trainable, N without embedding tables: the old formula, for comparison
@@ -49,8 +58,29 @@ def compute_cost(
         "flops": round(per_token * timer.padded_tokens_all),
         "flops_counted": counted,  # the counted step: flops, tokens, by_op, seconds
         "achieved_tflops": achieved / 1e12 if achieved is not None else None,
-        "mfu": achieved / (peak * 1e12) if peak and achieved is not None else None,
+        "mfu": _ratio(achieved, peak),
+        "mfu_measured": _ratio(achieved, measured_tflops),
+        "peak": {
+            "datasheet_tflops": datasheet,
+            "measured": measured,  # tflops, dtype, threads, device, when, load at the time
+            "mfu_uses": "datasheet" if device.type == "cuda" else "measured",
+        },
     }
+
+
+def _ratio(achieved: float | None, peak_tflops: float | None) -> float | None:
+    return achieved / (peak_tflops * 1e12) if peak_tflops and achieved is not None else None
+
+
+def _measured_peak(device: torch.device, dtype: torch.dtype | None) -> dict | None:
+    """The cached peak of this machine for the run's dtype and threads (measured once)."""
+    from peftbench.assets import cache_root
+    from peftbench.measure.peak import dtype_name, peak
+
+    if dtype_name(dtype) not in ("fp32", "bf16", "fp16"):
+        return None
+    threads = torch.get_num_threads()
+    return peak(dtype_name(dtype), threads, device, cache_dir=cache_root())
 
 
 _RUNS_IN_PROCESS = 0  # runs started by this process so far (Hydra's basic launcher: a sweep)

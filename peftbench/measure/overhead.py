@@ -227,7 +227,7 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
     counted = count_step_flops(model, batches[0], device, dtype)
     memory.switch("train")
     model.train()
-    durations = []
+    durations, tokens = [], 0
     for i, batch in enumerate(batches):
         step_start = time.perf_counter()
         with autocast(device, dtype):
@@ -243,6 +243,7 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
             torch.cuda.synchronize(device)
         if i:  # step 0 is warm-up
             durations.append(time.perf_counter() - step_start)
+            tokens += batch["input_ids"].numel()  # padded, as the FLOP count is per token
     train = memory.read("train")
     del model, optimizer, params, batches
     gc.collect()
@@ -252,6 +253,9 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
     return {
         "step_p50_s": statistics.median(durations),
         "flops_per_token": counted["flops_per_token"],
+        "achieved_flops_per_s": counted["flops_per_token"] * tokens / sum(durations),
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
         "train_peak_bytes": train["allocated"] if on_cuda else train["rss"],
         "train_rise_bytes": None if on_cuda else train["rss"] - resident,
         "setup_s": setup_s,
@@ -301,11 +305,17 @@ def methods_bench(
             except Exception as error:  # e.g. a method that refuses this model: a row says so
                 errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
                 runs.pop(m)
-    keys = ("step_p50_s", "flops_per_token", "train_peak_bytes", "train_rise_bytes")
+    keys = ("step_p50_s", "flops_per_token", "achieved_flops_per_s", "train_peak_bytes",
+            "train_rise_bytes")  # fmt: skip
     medians = {
         m: {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in keys}
         for m, rs in runs.items()
     }
+    for m, rs in runs.items():  # MFU against this machine's measured peak (measure/peak.py)
+        ceiling = _measured_peak(device, rs[0]["dtype"], rs[0]["threads"])
+        achieved = medians[m]["achieved_flops_per_s"]
+        medians[m]["mfu"] = achieved / (ceiling["tflops"] * 1e12) if ceiling else None
+        medians[m]["peak_dtype"] = ceiling and ceiling["dtype"]
     return {
         "medians": medians,
         "errors": errors,
@@ -313,6 +323,13 @@ def methods_bench(
         "steps": steps,
         "repeats": repeats,
     }
+
+
+def _measured_peak(device: torch.device, dtype: torch.dtype | None, threads: int) -> dict:
+    from peftbench.assets import cache_root
+    from peftbench.measure.peak import dtype_name, peak
+
+    return peak(dtype_name(dtype), threads, device, cache_dir=cache_root())
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
@@ -328,9 +345,9 @@ def format_methods(result: dict) -> str:
     mem_key = "train_rise_bytes" if result["device"] == "cpu" else "train_peak_bytes"
     head = (
         "| method | step p50 (ms) | ÷ full | ÷ lora | MFLOP/token | ÷ full | ÷ lora "
-        f"| {memory} (MB) | ÷ full | ÷ lora |"
+        f"| {memory} (MB) | ÷ full | ÷ lora | GFLOP/s | MFU |"
     )
-    lines = [head, "| :-- |" + " --: |" * 9]
+    lines = [head, "| :-- |" + " --: |" * 11]
     full, lora = medians.get("full"), medians.get("lora")
     for m, row in sorted(medians.items()):
         cells = [m]
@@ -339,9 +356,12 @@ def format_methods(result: dict) -> str:
             cells.append(f"{value * scale:,.4g}" if value is not None else "–")
             cells.append(_ratio(value, full and full[key]))
             cells.append(_ratio(value, lora and lora[key]))
+        achieved, mfu = row.get("achieved_flops_per_s"), row.get("mfu")
+        cells.append(f"{achieved / 1e9:,.1f}" if achieved else "–")
+        cells.append(f"{mfu:.1%}" if mfu is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
     for m, error in sorted(result["errors"].items()):
-        lines.append(f"| {m} | not run: {error} |" + " |" * 8)
+        lines.append(f"| {m} | not run: {error} |" + " |" * 10)
     lines.append("")
     lines.append(
         f"{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
@@ -353,5 +373,8 @@ def format_methods(result: dict) -> str:
             if result["device"] == "cpu"
             else "CUDA max allocated during training"
         )
+        + "; GFLOP/s: the counted FLOPs of the timed steps over their time; MFU: that over "
+        "this machine's measured matmul peak for the run's dtype and threads (peftbench "
+        "costs peak)"
     )
     return "\n".join(lines)

@@ -439,7 +439,9 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
         artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
     # per phase, before the inference measurements; the top level is training's peak
     peak_memory = {**setup.memory.summary(), "fresh_process": setup.fresh_process}
-    compute = compute_cost(model, fit.timer, trainable, device, cfg.instrument, counted)
+    compute = compute_cost(
+        model, fit.timer, trainable, device, cfg.instrument, counted, setup.autocast_dtype
+    )
     forgetting = None
     if setup.forgetting is not None:  # before inference: merging rewrites the model
         with setup.memory.phase("forgetting"):
