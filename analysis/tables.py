@@ -22,7 +22,12 @@ from analysis.stats import (
     CI_BCA,
     CI_T,
     COST_COLUMNS,
+    EXACT_MAX_BLOCKS,
     MEASURE_COLUMNS,
+    N_PERMUTATIONS,
+    NULL_ASYMPTOTIC,
+    NULL_EXACT,
+    NULL_PERMUTATION,
     RankTest,
     complete_blocks,
     holm,
@@ -515,8 +520,18 @@ def rank_test_note(test: RankTest | None, style: _Style | None = None) -> str:
         )
     return (
         f"Across tasks: {omnibus}; Nemenyi post-hoc, critical difference of average ranks "
-        f"CD = {test.cd:.2f} at {e('95%')} (diagram: {e('critical_difference.png')}). "
+        f"CD = {test.cd:.2f} at {e('95%')} (diagram: {e('critical_difference.png')}); "
+        f"{_NULL_NOTE[test.null]}. "
     )
+
+
+#: Where the p and CD of the test across tasks come from, by ``RankTest.null``.
+_NULL_NOTE = {
+    NULL_EXACT: "p and CD exact, from every arrangement of the ranks",
+    NULL_PERMUTATION: f"p and CD from {N_PERMUTATIONS:,} random rank permutations "
+    f"(up to {EXACT_MAX_BLOCKS} tasks; the asymptotic values are conservative there)",
+    NULL_ASYMPTOTIC: "p and CD asymptotic (chi-square, studentized range)",
+}
 
 
 def _arrow(task: TaskInfo, style: _Style) -> str:
