@@ -265,16 +265,24 @@ class RankNull:
     spread: np.ndarray
 
     def friedman_p(self, statistic: float) -> float:
-        return float(np.mean(self.friedman >= statistic - 1e-9))
+        return self._tail(self.friedman, statistic)
 
     def spread_p(self, spread: float) -> float:
-        return float(np.mean(self.spread >= spread - 1e-9))
+        return self._tail(self.spread, spread)
 
     def critical_spread(self, alpha: float = ALPHA) -> float:
         """The smallest rank-sum spread c with P(spread >= c) <= alpha."""
         values = np.unique(self.spread)
-        tail = np.array([np.mean(self.spread >= v - 1e-9) for v in values])
+        tail = np.array([self._tail(self.spread, v) for v in values])
         return float(values[np.argmax(tail <= alpha)]) if (tail <= alpha).any() else math.inf
+
+    def _tail(self, null: np.ndarray, observed: float) -> float:
+        """P(null >= observed); sampled: (1 + hits) / (1 + draws), never 0 (the observed
+        arrangement is one of the possible ones; Phipson & Smyth, SAGMB 9, 2010)."""
+        hits = int(np.sum(null >= observed - 1e-9))
+        if self.kind == NULL_EXACT:
+            return hits / null.size
+        return (1 + hits) / (1 + null.size)
 
 
 def rank_null(k: int, n: int, *, seed: int = BOOTSTRAP_SEED) -> RankNull:

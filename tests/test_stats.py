@@ -252,8 +252,10 @@ def test_one_seed_table_says_it_has_no_uncertainty_estimate() -> None:
 
 
 def test_a_column_of_six_seeds_is_decided_by_wilcoxon() -> None:
-    rows = [("x", "a", s, 0.90) for s in range(6)]
-    rows += [("x", "b", s, 0.90 - 0.01 * (s + 1)) for s in range(6)]
+    # Both methods rise with the seed (a shared seed effect, so the test pairs by seed);
+    # b is below a by 0.01 .. 0.06: every signed rank positive, exact p = 2 / 2^6.
+    rows = [("x", "a", s, 0.80 + 0.02 * s) for s in range(6)]
+    rows += [("x", "b", s, 0.80 + 0.02 * s - 0.01 * (s + 1)) for s in range(6)]
     (table,) = build_tables(aggregate(_runs(rows)))
     assert table.tests["x"].loc["b", "p"] == pytest.approx(2 / 64)
     assert "Wilcoxon signed-rank (n = 6)" in to_markdown([table])
