@@ -184,6 +184,11 @@ def load_predictions(
         same = all(f["example_id"].equals(first["example_id"]) for f in frames.values())
         if not same or first.empty:
             continue
+        if not all(f["gold"].equals(first["gold"]) for f in frames.values()):
+            raise PredictionsError(
+                f"{'/'.join(key)}: the seeds' predictions give different gold labels for one "
+                "example_id; the task changed between runs -- rerun them at one task version"
+            )
         out[key] = MethodPredictions(
             example_ids=tuple(first["example_id"]),
             gold=first["gold"].tolist(),
@@ -736,10 +741,17 @@ def column_tests(
 
     predictions = predictions or {}
     effect = effect or seed_effect(seed_values)
-    shared = {m: predictions[m] for m in [reference, *others] if m in predictions}
+    ref = predictions.get(reference)
+    shared = {
+        m: predictions[m]
+        for m in [reference, *others]
+        if ref is not None and m in predictions and predictions[m].example_ids == ref.example_ids
+    }  # methods scored on other examples are compared by their seed scores
     boot = None
-    if reference in shared and len(shared) > 1:
+    if len(shared) > 1:
         boot = TaskBootstrap.build(task, metric, shared, n_resamples=n_resamples)
+    if boot is not None:
+        _check_recomputed(boot, shared, seed_values)
     rows = []
     for method in others:
         if boot is not None and method in shared:
@@ -770,6 +782,38 @@ def column_tests(
     )  # fmt: skip
     frame.insert(5, "p_holm", holm(frame["p"].to_numpy(dtype=float)) if rows else [])
     return frame
+
+
+#: Largest difference tolerated between a record's score and its predictions' rescoring.
+RESCORE_TOLERANCE = 1e-6
+
+
+class RescoreWarning(UserWarning):
+    """Predictions rescored by ``analysis.paired`` do not give the record's primary value."""
+
+
+def _check_recomputed(
+    boot: TaskBootstrap,
+    predictions: Mapping[str, MethodPredictions],
+    seed_values: Mapping[str, Mapping[int, float]],
+) -> None:
+    """Warns when the predictions do not reproduce the recorded scores (then the example-level
+    difference and the table's mean difference disagree, and a reader should know)."""
+    import warnings
+
+    for method, preds in predictions.items():
+        observed, _ = boot.scores(method, preds)
+        recorded = seed_values.get(method, {})
+        gaps = [abs(o - recorded[s]) for s, o in zip(preds.seeds, observed, strict=True)
+                if s in recorded]  # fmt: skip
+        if gaps and max(gaps) > RESCORE_TOLERANCE * max(1.0, abs(float(np.mean(observed)))):
+            warnings.warn(
+                f"{boot.task}/{method}: its predictions rescore to values up to {max(gaps):.3g} "
+                f"away from the records' {boot.metric.name}; the example-level comparison "
+                "uses the predictions",
+                RescoreWarning,
+                stacklevel=3,
+            )
 
 
 def _seed_level(

@@ -287,3 +287,51 @@ def test_report_columns_exist_with_predictions_and_not_without(tmp_path: Path) -
     (plain,) = build_tables(aggregate(quality_runs(load_records(without))))
     header = to_csv([plain]).splitlines()[0].split(",")
     assert "polarity/p_vs_best" in header and "polarity/diff_vs_best" not in header
+
+
+def test_a_method_without_predictions_falls_back_to_its_seed_scores(tmp_path: Path) -> None:
+    _sweep(tmp_path, with_predictions=True)
+    for seed in range(3):  # prompt's records lose their predictions section
+        record = tmp_path / f"polarity--m--prompt--s{seed}.json"
+        value = json.loads(record.read_text())
+        record.write_text(json.dumps({k: v for k, v in value.items() if k != "predictions"}))
+    runs = quality_runs(load_records(tmp_path))
+    predictions = paired.load_predictions(runs)
+    assert ("polarity", "m", "prompt") not in predictions
+    (table,) = build_tables(aggregate(runs), predictions=predictions)
+    tests = table.tests["polarity"]
+    effect = table.seed_effects["polarity"]
+    seed_test = "paired t" if effect.shared else "Welch t"
+    assert tests.loc["bitfit", "test"] == paired.TEST_BOOTSTRAP
+    assert tests.loc["prompt", "test"] == seed_test
+    assert f"{seed_test} (n = 3)" in to_markdown([table])
+
+
+def test_report_with_reference_and_power(tmp_path: Path) -> None:
+    from peftbench import cli
+
+    results = _sweep(tmp_path / "results", with_predictions=True)
+    out = tmp_path / "report"
+    assert cli.main(["report", "--results", str(results), "--out", str(out),
+                     "--reference", "bitfit", "--detect", "5"]) == 0  # fmt: skip
+    markdown = (out / "comparison.md").read_text()
+    assert "Differences from the best" in markdown and "Differences from bitfit" in markdown
+    assert "Power (80% at 95%" in markdown and "what a 5-point difference needs" in markdown
+    header = (out / "comparison.csv").read_text().splitlines()[0].split(",")
+    assert "reference" in header and "polarity/diff_vs_ref" in header
+
+
+def test_bad_reference_and_altered_predictions_end_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from peftbench import cli
+
+    results = _sweep(tmp_path / "results", with_predictions=True)
+    argv = ["report", "--results", str(results), "--out", str(tmp_path / "r")]
+    assert cli.main([*argv, "--reference", "bitfti"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bitfti" in err and "did you mean 'bitfit'" in err and "\n" not in err
+    (results / "polarity--m--lora--s1.predictions.parquet").write_bytes(b"changed")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sha256" in err and "\n" not in err
