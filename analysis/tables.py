@@ -600,31 +600,30 @@ def _power_note(table: ComparisonTable, style: _Style) -> str:
         power = table.power.get(task.name)
         if power is None:
             continue
-        mdd = _number(power.mdd, task.scale, style)
         size = f"{power.n_seeds} seeds"
+        need = _needed(power.seeds_needed, "seeds per method")
         if power.n_examples:
             size += f" {style.times} {power.n_examples:,} test examples"
-        need = _needed(power.seeds_needed, "seeds", f"{power.n_examples:,} examples")
-        if power.n_examples:
-            need += "; " + _needed(power.examples_needed, "test examples", f"{power.n_seeds} seeds")
-        parts.append(f"{style.escape(task.name)}: {size} detect {mdd}; {need}")
+            need += f" at {power.n_examples:,} examples, or "
+            need += _needed(power.examples_needed, "test examples") + f" at {power.n_seeds} seeds"
+        parts.append(
+            f"{style.escape(task.name)}: {size} detect {_number(power.mdd, task.scale, style)}"
+            f"; {table.detect:g} needs {need}"
+        )
     if not parts:
         return ""
     seed_only = any(p is not None and not p.n_examples for p in table.power.values())
     caveat = " (without predictions: seed variance only; test sampling is not counted)"
     return (
         f" Power ({style.escape('80%')} at {style.escape('95%')}, from the observed "
-        f"variances, median over the comparisons with the best): the smallest difference "
-        f"from the best detected, and what a {table.detect:g}-point difference needs "
-        "(per method): "
-        f"{'; '.join(parts)}{caveat if seed_only else ''}."
+        "variances, median over the comparisons with the best): the smallest difference from "
+        f"the best that the present design detects, and what a chosen one needs: "
+        f"{'. '.join(parts)}{caveat if seed_only else ''}."
     )
 
 
-def _needed(value: float, unit: str, at: str) -> str:
-    if math.isinf(value):
-        return f"no number of {unit} suffices at {at}"
-    return f"{value:,.0f} {unit}" + (f" at {at}" if not at.startswith("0 ") else "")
+def _needed(value: float, unit: str) -> str:
+    return f"no number of {unit}" if math.isinf(value) else f"{value:,.0f} {unit}"
 
 
 def rank_test_note(test: RankTest | None, style: _Style | None = None) -> str:
