@@ -298,20 +298,16 @@ def _entity(name: str) -> Decomposition:
     strict = name.endswith("_strict")
     kind = name.removeprefix("entity_").removesuffix("_strict")
 
-    def entities(tags: list[str]) -> set:
-        if strict:
-            from seqeval.scheme import IOB2, Entities
-
-            return {e.to_tuple()[1:] for e in Entities([tags], IOB2).entities[0]}
-        from seqeval.metrics.sequence_labeling import get_entities
-
-        return set(get_entities(tags))
+    gold_cache: dict[tuple, list[set]] = {}  # every run of a task shares one gold list
 
     def stats_(gold: Sequence, pred: Sequence) -> np.ndarray:
-        rows = []
-        for g, p in zip(gold, pred, strict=True):
-            true, guess = entities(_tags(g)), entities(_tags(p))
-            rows.append((len(true & guess), len(guess), len(true)))
+        key = tuple(gold)
+        if key not in gold_cache:
+            gold_cache.clear()
+            gold_cache[key] = _sentence_entities([_tags(g) for g in gold], strict=strict)
+        true = gold_cache[key]
+        guess = _sentence_entities([_tags(p) for p in pred], strict=strict)
+        rows = [(len(t & g), len(g), len(t)) for t, g in zip(true, guess, strict=True)]
         return np.asarray(rows, dtype=float).reshape(-1, 3)
 
     def score(s: np.ndarray) -> np.ndarray:
@@ -324,6 +320,28 @@ def _entity(name: str) -> Decomposition:
         return _safe_div(2 * precision * recall, precision + recall)
 
     return Decomposition(name, stats_, score)
+
+
+def _sentence_entities(sentences: list[list[str]], *, strict: bool) -> list[set]:
+    """Each sentence's entities as seqeval finds them, from one call over the corpus.
+
+    Default mode: seqeval's ``get_entities`` joins the sentences with an ``O`` after each
+    (``seqeval/metrics/sequence_labeling.py``), so an entity's start tells its sentence.
+    """
+    if strict:
+        from seqeval.scheme import IOB2, Entities
+
+        found = Entities(sentences, IOB2).entities
+        return [{e.to_tuple()[1:] for e in sentence} for sentence in found]
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    out: list[set] = [set() for _ in sentences]
+    starts = np.cumsum([0] + [len(s) + 1 for s in sentences])
+    found = get_entities([list(s) for s in sentences])
+    where = np.searchsorted(starts, [begin for _, begin, _ in found], side="right") - 1
+    for (kind, begin, end), i in zip(found, where.tolist(), strict=True):
+        out[i].add((kind, begin - int(starts[i]), end - int(starts[i])))
+    return out
 
 
 def _tags(value: object) -> list[str]:
@@ -444,7 +462,7 @@ class TaskBootstrap:
         if dec is None:
             return None
         counts = example_counts(len(first.example_ids), n_resamples, _rng(task, "examples"))
-        return cls(task, dec, first.example_ids, counts)
+        return cls(task, dec, first.example_ids, counts.astype(float))  # float: BLAS matmul
 
     @property
     def n_resamples(self) -> int:
@@ -453,12 +471,12 @@ class TaskBootstrap:
     def scores(self, method: str, predictions: MethodPredictions) -> tuple[np.ndarray, np.ndarray]:
         """(observed (S,), resampled (B, S)): the metric of each seed on all / drawn examples."""
         if method not in self._scores:
-            observed, resampled = [], []
-            for seed in predictions.seeds:
-                x = self.metric.stats(predictions.gold, predictions.preds[seed])
-                observed.append(self.metric.score(x.sum(axis=0, keepdims=True))[0])
-                resampled.append(self.metric.score(self.counts @ x))
-            self._scores[method] = (np.asarray(observed), np.stack(resampled, axis=1))
+            gold, preds = predictions.gold, predictions.preds
+            xs = [self.metric.stats(gold, preds[seed]) for seed in predictions.seeds]
+            sums = np.split(self.counts @ np.hstack(xs), len(xs), axis=1)  # one pass over counts
+            observed = [self.metric.score(x.sum(axis=0, keepdims=True))[0] for x in xs]
+            resampled = np.stack([self.metric.score(s) for s in sums], axis=1)
+            self._scores[method] = (np.asarray(observed), resampled)
         return self._scores[method]
 
 
@@ -712,6 +730,7 @@ def column_tests(
     predictions: Mapping[str, MethodPredictions] | None = None,
     effect: SeedEffect | None = None,
     n_resamples: int = N_RESAMPLES,
+    boot: TaskBootstrap | None = None,
 ) -> pd.DataFrame:
     """Every method of ``others`` against ``reference`` on one task, Holm-corrected.
 
@@ -732,6 +751,8 @@ def column_tests(
         predictions: Per method label, its test predictions (absent: none).
         effect: The task's :func:`seed_effect` (computed when None).
         n_resamples: Bootstrap resamples.
+        boot: The task's resamples and scores, shared by the columns of one task
+            (:func:`task_bootstrap`); built here when None or of other examples.
 
     Returns:
         One row per method of ``others``, columns :data:`TEST_COLUMNS`; ``diff`` is
@@ -747,8 +768,9 @@ def column_tests(
         for m in [reference, *others]
         if ref is not None and m in predictions and predictions[m].example_ids == ref.example_ids
     }  # methods scored on other examples are compared by their seed scores
-    boot = None
-    if len(shared) > 1:
+    if len(shared) < 2:
+        boot = None
+    elif boot is None or boot.example_ids != ref.example_ids:
         boot = TaskBootstrap.build(task, metric, shared, n_resamples=n_resamples)
     if boot is not None:
         _check_recomputed(boot, shared, seed_values)
@@ -814,6 +836,22 @@ def _check_recomputed(
                 RescoreWarning,
                 stacklevel=3,
             )
+
+
+def task_bootstrap(
+    task: str,
+    metric: str,
+    predictions: Mapping[str, MethodPredictions],
+    *,
+    n_resamples: int = N_RESAMPLES,
+) -> TaskBootstrap | None:
+    """The resamples of a task's most common test set, for all of its columns' comparisons."""
+    if not predictions:
+        return None
+    sets = pd.Series([p.example_ids for p in predictions.values()]).value_counts()
+    ids = sets.index[0]
+    common = {m: p for m, p in predictions.items() if p.example_ids == ids}
+    return TaskBootstrap.build(task, metric, common, n_resamples=n_resamples)
 
 
 def _seed_level(

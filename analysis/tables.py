@@ -29,6 +29,7 @@ from analysis.paired import (
     column_power,
     column_tests,
     seed_effect,
+    task_bootstrap,
 )
 from analysis.stats import (
     ALPHA,
@@ -211,8 +212,9 @@ def _build_one(
         seeds = indexed["seed_values"].xs(task.name, level="task").to_dict()
         preds = {m: p for (t, mo, m), p in predictions.items() if t == task.name and mo == model}
         effects[task.name] = effect = seed_effect(seeds)
+        boot = task_bootstrap(task.name, task.metric, preds, n_resamples=n_resamples)
         options = {"task": task.name, "metric": task.metric, "predictions": preds,
-                   "effect": effect, "n_resamples": n_resamples}  # fmt: skip
+                   "effect": effect, "n_resamples": n_resamples, "boot": boot}  # fmt: skip
         tests[task.name] = tested = tests_vs_best(seeds, best[task.name], **options)
         tied[task.name] = frozenset(tested.index[tested["p_holm"] >= ALPHA])
         powers[task.name] = column_power(tested, detect / task.scale)
