@@ -205,6 +205,7 @@ def _build_one(
     means = cells["mean"].unstack("task")
     best, tied, ranks, tests = {}, {}, {}, {}
     effects, powers, ref_tests = {}, {}, {}
+    used_resamples = n_resamples
     for task in tasks:
         column = means[task.name].dropna()
         ranks[task.name] = column.rank(ascending=not task.higher_is_better, method="average")
@@ -212,9 +213,13 @@ def _build_one(
         seeds = indexed["seed_values"].xs(task.name, level="task").to_dict()
         preds = {m: p for (t, mo, m), p in predictions.items() if t == task.name and mo == model}
         effects[task.name] = effect = seed_effect(seeds)
-        boot = task_bootstrap(task.name, task.metric, preds, n_resamples=n_resamples)
+        # enough resamples that the smallest bootstrap p, 2 / (B + 1), survives Holm's
+        # factor (the number of comparisons) below ALPHA
+        resamples = max(n_resamples, math.ceil(2.5 * len(seeds) / ALPHA))
+        used_resamples = max(used_resamples, resamples)
+        boot = task_bootstrap(task.name, task.metric, preds, n_resamples=resamples)
         options = {"task": task.name, "metric": task.metric, "predictions": preds,
-                   "effect": effect, "n_resamples": n_resamples, "boot": boot}  # fmt: skip
+                   "effect": effect, "n_resamples": resamples, "boot": boot}  # fmt: skip
         tests[task.name] = tested = tests_vs_best(seeds, best[task.name], **options)
         tied[task.name] = frozenset(tested.index[tested["p_holm"] >= ALPHA])
         powers[task.name] = column_power(tested, detect / task.scale)
@@ -253,7 +258,7 @@ def _build_one(
         seed_effects=effects,
         power=powers,
         detect=detect,
-        n_resamples=n_resamples,
+        n_resamples=used_resamples,
         reference=reference,
         ref_tests=ref_tests,
     )

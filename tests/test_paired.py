@@ -335,3 +335,20 @@ def test_bad_reference_and_altered_predictions_end_in_one_line(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "sha256" in err and "\n" not in err
+
+
+def test_many_methods_get_enough_resamples_to_survive_holm(tmp_path: Path) -> None:
+    # 60 methods: with 2,000 resamples the smallest p, 2 / 2001, times Holm's 59 is 0.059,
+    # and a method worse on every example would look tied. B = 2.5 * 60 / 0.05 = 3,000:
+    # 2 / 3001 * 59 = 0.039.
+    gold = ["1"] * 40
+    _write_run(tmp_path, "best", 0, gold, ["1"] * 40)
+    _write_run(tmp_path, "best", 1, gold, ["1"] * 40)
+    for m in range(59):
+        for seed in range(2):
+            _write_run(tmp_path, f"m{m:02d}", seed, gold, ["1"] * 20 + ["0"] * 20)
+    runs = quality_runs(load_records(tmp_path))
+    (table,) = build_tables(aggregate(runs), predictions=paired.load_predictions(runs))
+    assert table.n_resamples == 3000
+    assert table.tied["polarity"] == set()
+    assert table.tests["polarity"]["p_holm"].max() == pytest.approx(2 / 3001 * 59)
