@@ -368,10 +368,43 @@ def _sacrebleu(name: str) -> Decomposition:
         return np.asarray(segments, dtype=float)
 
     def score(sums: np.ndarray) -> np.ndarray:
+        if name == "bleu" and scorer.max_ngram_order == 4 and scorer.smooth_method == "exp":
+            return _bleu(sums)
         rows = np.rint(sums).astype(np.int64).tolist()
         return np.array([scorer._compute_score_from_stats(row).score for row in rows])
 
     return Decomposition(name, stats_, score)
+
+
+def _bleu(sums: np.ndarray) -> np.ndarray:
+    """sacreBLEU's ``BLEU.compute_bleu`` (exp smoothing, 4-grams, no effective order) for
+    every row at once: a Python call per resample costs seconds per method.
+
+    Rows are [hyp length, ref length, correct 1-4, total 1-4]. As there: brevity penalty
+    exp(1 - r / c) when c < r; a zero count of matches at order n, with n-grams guessed,
+    gives 100 / (2^k total) with k the zero orders so far; orders from the first without
+    guesses on count as log 0 = -9999999999; no match at all scores 0.
+    """
+    sys_len, ref_len = sums[:, 0], sums[:, 1]
+    correct, total = sums[:, 2:6], sums[:, 6:10]
+    short = sys_len < ref_len
+    bp = np.ones(len(sums))
+    bp[short] = np.where(
+        sys_len[short] > 0, np.exp(1 - ref_len[short] / np.maximum(sys_len[short], 1)), 0.0
+    )
+    precisions = np.zeros_like(correct, dtype=float)
+    smooth = np.ones(len(sums))
+    alive = np.ones(len(sums), dtype=bool)
+    for n in range(4):
+        alive &= total[:, n] > 0
+        missed = alive & (correct[:, n] == 0)
+        smooth = np.where(missed, smooth * 2, smooth)
+        safe = np.where(alive, total[:, n], 1.0)
+        value = np.where(missed, 100.0 / (smooth * safe), 100.0 * correct[:, n] / safe)
+        precisions[:, n] = np.where(alive, value, 0.0)
+    logs = np.where(precisions > 0, np.log(np.where(precisions > 0, precisions, 1.0)), -9999999999)
+    score = bp * np.exp(logs.sum(axis=1) / 4)
+    return np.where(correct.any(axis=1), score, 0.0)
 
 
 def decomposition(metric: str, labels: Sequence = ()) -> Decomposition | None:

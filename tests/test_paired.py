@@ -131,6 +131,9 @@ def test_decompositions_equal_the_task_metrics_on_resamples() -> None:
     refs = [" ".join(words[i] for i in rng.integers(0, 8, 7)) for _ in range(30)]
     hyps = [" ".join(w for w in r.split() if rng.random() < 0.8) for r in refs]
     _check("bleu", refs, hyps)
+    _check("bleu", refs, [h.split(" ")[0] for h in hyps])  # 1-word guesses: no 2-grams
+    _check("bleu", refs, [" ".join(reversed(r.split(" "))) for r in refs])  # missed orders
+    _check("bleu", refs, ["zzz"] * len(refs))  # no match at all
     _check("chrf", refs, hyps)
     assert decomposition("spearman") is None  # ranks of a resample: no sum decomposition
 
