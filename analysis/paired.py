@@ -110,8 +110,7 @@ def read_predictions(
     section = record.get("predictions") if isinstance(record, Mapping) else None
     if not isinstance(section, Mapping) or not section.get("file"):
         return None
-    path = Path(section["file"])
-    path = path if path.is_absolute() else record_path.parent / path.name
+    path = record_path.parent / str(section["file"])  # the contract: beside the record
     try:
         data = path.read_bytes()
     except OSError:
@@ -153,13 +152,14 @@ class MethodPredictions:
 
 
 def load_predictions(
-    runs: pd.DataFrame, *, split: str = SPLIT
+    runs: pd.DataFrame, *, split: str | None = None
 ) -> dict[tuple[str, str, str], MethodPredictions]:
     """The predictions of every (task, model, method_label) whose seeded runs all have them.
 
     Args:
         runs: Quality runs (``frame.quality_runs``) with ``path`` and ``seed`` columns.
-        split: The split compared (the primary split of the tasks: test).
+        split: The split compared; default: the runs' primary split (test for finals, dev
+            for sealed tuning runs, whose files hold dev rows only).
 
     Returns:
         Per group, its :class:`MethodPredictions`. A group with a run that has no
@@ -172,9 +172,10 @@ def load_predictions(
     out = {}
     for key, group in runs.groupby(["task", "model", "method_label"], sort=True):
         seeded = group[group["seed"].notna()]
+        on = split or _primary_split(group)
         frames = {}
         for seed, path in zip(seeded["seed"].astype(int), seeded["path"], strict=True):
-            frame = read_predictions(path, split=split) if isinstance(path, str) else None
+            frame = read_predictions(path, split=on) if isinstance(path, str) else None
             if frame is None:
                 break
             frames[seed] = frame
@@ -195,6 +196,11 @@ def load_predictions(
             preds={seed: f["pred"].tolist() for seed, f in frames.items()},
         )
     return out
+
+
+def _primary_split(group: pd.DataFrame) -> str:
+    splits = group["primary_split"].dropna() if "primary_split" in group else []
+    return str(splits.iloc[0]) if len(splits) else SPLIT
 
 
 # ------------------------------------------------------------------ metric decompositions

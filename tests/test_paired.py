@@ -228,7 +228,12 @@ def test_rank_test_uses_the_permutation_null_up_to_ten_tasks() -> None:
 
 
 def _write_run(
-    folder: Path, method: str, seed: int, gold: list[str], pred: list[str] | None
+    folder: Path,
+    method: str,
+    seed: int,
+    gold: list[str],
+    pred: list[str] | None,
+    split: str = "test",
 ) -> None:
     stem = f"polarity--m--{method}--s{seed}"
     value = float(np.mean(np.asarray(gold) == np.asarray(pred))) if pred else 0.8
@@ -237,7 +242,7 @@ def _write_run(
         "created_at": "2026-12-01T10:00:00+00:00",
         "experiment": {"task": "polarity", "model": "m", "method": method, "seed": seed,
                        "weights": "pretrained", "budget_pct": None, "task_version": 1},
-        "metrics": {"primary": {"name": "accuracy", "split": "test", "value": value,
+        "metrics": {"primary": {"name": "accuracy", "split": split, "value": value,
                                 "higher_is_better": True}},
     }  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,11 +250,12 @@ def _write_run(
         file = folder / f"{stem}.predictions.parquet"
         n = len(gold)
         pd.DataFrame({
-            "split": ["test"] * n, "example_id": [f"x{i:03d}" for i in range(n)],
+            "split": [split] * n, "example_id": [f"x{i:03d}" for i in range(n)],
             "gold": gold, "pred": pred, "prob": [None] * n,
         }).to_parquet(file)  # fmt: skip
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        record["predictions"] = {"file": file.name, "sha256": digest, "n": {"dev": 0, "test": n}}
+        counts = {"dev": 0, "test": 0} | {split: n}
+        record["predictions"] = {"file": file.name, "sha256": digest, "n": counts}
     (folder / f"{stem}.json").write_text(json.dumps(record))
 
 
@@ -355,3 +361,17 @@ def test_many_methods_get_enough_resamples_to_survive_holm(tmp_path: Path) -> No
     assert table.n_resamples == 3000
     assert table.tied["polarity"] == set()
     assert table.tests["polarity"]["p_holm"].max() == pytest.approx(2 / 3001 * 59)
+
+
+def test_sealed_tuning_runs_are_compared_on_their_dev_predictions(tmp_path: Path) -> None:
+    # grid runs evaluate dev only: primary split dev, a predictions file of dev rows
+    gold = ["1", "0"] * 30
+    for method, wrong in (("lora", 3), ("bitfit", 20)):
+        for seed in range(2):
+            pred = [str(1 - int(g)) if i < wrong + seed else g for i, g in enumerate(gold)]
+            _write_run(tmp_path, method, seed, gold, pred, split="dev")
+    runs = quality_runs(load_records(tmp_path))
+    predictions = paired.load_predictions(runs)
+    assert len(predictions[("polarity", "m", "lora")].example_ids) == 60
+    (table,) = build_tables(aggregate(runs), predictions=predictions)
+    assert table.tests["polarity"].loc["bitfit", "test"] == paired.TEST_BOOTSTRAP
