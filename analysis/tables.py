@@ -449,7 +449,8 @@ def _mark(text: str, method: str, table: ComparisonTable, column: str, style: _S
 
 
 def _number(value: float | None, scale: float, style: _Style) -> str:
-    return _fmt(None if value is None else value * scale, "{:.1f}", style)
+    # + 0.0 after rounding: a difference of -1e-17 (float noise) shows as 0.0, not -0.0
+    return _fmt(None if value is None else round(value * scale, 1) + 0.0, "{:.1f}", style)
 
 
 def _fmt(value: float | None, pattern: str, style: _Style) -> str:
@@ -706,7 +707,7 @@ def to_markdown(tables: list[ComparisonTable]) -> str:
         lines += [_pipe_row(row) for row in _rows(table, _MARKDOWN)]
         caption = _caption(table, f"**Table {number}.** ", _MARKDOWN)
         parts.append(f"{caption}\n\n" + "\n".join(lines) + f"\n\n{_legend(table, _MARKDOWN)}\n")
-        if _example_level(table):
+        if _example_level(table, best_only=True):
             parts.append(_differences_markdown(table, table.tests, "the best"))
         if table.reference is not None and table.ref_tests:
             parts.append(_differences_markdown(table, table.ref_tests, table.reference))
@@ -837,9 +838,9 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     return out[first + [c for c in out.columns if c not in first]].to_csv(index=False)
 
 
-def _example_level(table: ComparisonTable) -> bool:
-    """Whether any comparison of the table used per-example predictions."""
-    frames = [*table.tests.values(), *table.ref_tests.values()]
+def _example_level(table: ComparisonTable, *, best_only: bool = False) -> bool:
+    """Whether any comparison of the table (against the best only) used predictions."""
+    frames = [*table.tests.values(), *([] if best_only else table.ref_tests.values())]
     return any((f["test"] == TEST_BOOTSTRAP).any() for f in frames if "test" in f)
 
 

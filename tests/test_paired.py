@@ -375,3 +375,18 @@ def test_sealed_tuning_runs_are_compared_on_their_dev_predictions(tmp_path: Path
     assert len(predictions[("polarity", "m", "lora")].example_ids) == 60
     (table,) = build_tables(aggregate(runs), predictions=predictions)
     assert table.tests["polarity"].loc["bitfit", "test"] == paired.TEST_BOOTSTRAP
+
+
+def test_a_column_without_example_level_tests_shows_no_empty_differences(tmp_path: Path) -> None:
+    # both methods predict alike: they tie for best, nothing is tested against the best,
+    # but --reference still compares them example by example
+    gold = ["1", "0"] * 10
+    for method in ("lora", "bitfit"):
+        for seed in range(2):
+            _write_run(tmp_path, method, seed, gold, list(gold))
+    runs = quality_runs(load_records(tmp_path))
+    predictions = paired.load_predictions(runs)
+    (table,) = build_tables(aggregate(runs), predictions=predictions, reference="lora")
+    markdown = to_markdown([table])
+    assert "Differences from the best" not in markdown
+    assert "Differences from lora" in markdown and "0.0 [0.0, 0.0] p=1 (boot)" in markdown
