@@ -756,6 +756,7 @@ def _needed(variance_unit: float, room: float) -> float:
 TEST_COLUMNS = (
     "reference", "test", "n", "statistic", "p", "p_holm", "diff", "ci_low", "ci_high",
     "n_examples", "mcnemar_test", "mcnemar_p", "seed_var_unit", "example_var_unit",
+    "seed_ci_low", "seed_ci_high",
 )  # fmt: skip
 
 
@@ -795,7 +796,9 @@ def column_tests(
 
     Returns:
         One row per method of ``others``, columns :data:`TEST_COLUMNS`; ``diff`` is
-        method - reference in raw units.
+        method - reference in raw units; ``seed_ci_low`` / ``seed_ci_high`` the interval
+        of the seed-level test (the same as ci_low / ci_high where that decided), to show
+        how much the examples narrow it.
     """
     from analysis.stats import holm, paired_test  # stats imports frame; keep this module light
 
@@ -815,6 +818,11 @@ def column_tests(
         _check_recomputed(boot, shared, seed_values)
     rows = []
     for method in others:
+        seed_row = _seed_level(
+            seed_values[reference], seed_values[method], paired=effect.shared,
+            paired_test=paired_test,
+        )  # fmt: skip
+        seed_ci = seed_row[5:7]  # the seed-level interval, for width comparisons
         if boot is not None and method in shared:
             c = compare(
                 boot, (reference, shared[reference]), (method, shared[method]),
@@ -823,20 +831,10 @@ def column_tests(
             rows.append([
                 reference, c.test, c.n_seeds, math.nan, c.p, c.diff, c.ci_low, c.ci_high,
                 c.n_examples, c.mcnemar_test, c.mcnemar_p,
-                c.seed_var_unit, c.example_var * c.n_examples,
+                c.seed_var_unit, c.example_var * c.n_examples, *seed_ci,
             ])  # fmt: skip
             continue
-        rows.append(
-            [
-                reference,
-                *_seed_level(
-                    seed_values[reference],
-                    seed_values[method],
-                    paired=effect.shared,
-                    paired_test=paired_test,
-                ),
-            ]
-        )
+        rows.append([reference, *seed_row, *seed_ci])
     frame = pd.DataFrame(
         rows, index=pd.Index(list(others), name="method_label"),
         columns=[c for c in TEST_COLUMNS if c != "p_holm"],

@@ -735,7 +735,31 @@ def _differences_markdown(table: ComparisonTable, tests: dict, against: str | No
     return (
         f"Differences from {_MARKDOWN.escape(str(against))} (method {chr(8722)} it, display "
         "units, 95% interval; Holm-adjusted p; boot: the paired bootstrap over seeds "
-        f"{_MARKDOWN.times} test examples):\n\n" + "\n".join(lines) + "\n"
+        f"{_MARKDOWN.times} test examples):\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + _width_note(tasks, tests)
+    )
+
+
+def _width_note(tasks: list[TaskInfo], tests: dict) -> str:
+    """Median width of the example-level intervals next to the seed-level ones per task."""
+    parts = []
+    for task in tasks:
+        frame = tests[task.name]
+        boot = frame[frame["test"] == TEST_BOOTSTRAP]
+        if boot.empty:
+            continue
+        example = ((boot["ci_high"] - boot["ci_low"]) * task.scale).median()
+        seeds = ((boot["seed_ci_high"] - boot["seed_ci_low"]) * task.scale).median()
+        name = _MARKDOWN.escape(task.name)
+        parts.append(f"{name} {example:.1f} (seed scores alone: {seeds:.1f})")
+    if not parts:
+        return ""
+    return (
+        "\nMedian width of the bootstrap intervals over seeds and test examples, next to the "
+        "seed-level test's interval of the same differences (which treats the test set as "
+        f"fixed): {'; '.join(parts)}.\n"
     )
 
 

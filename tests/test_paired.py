@@ -291,6 +291,8 @@ def test_report_columns_exist_with_predictions_and_not_without(tmp_path: Path) -
     assert set(tests["test"]) == {paired.TEST_BOOTSTRAP}
     assert (tests["ci_low"] < tests["diff"]).all() and (tests["diff"] < tests["ci_high"]).all()
     assert "paired bootstrap" in to_markdown([table])
+    assert "Median width of the bootstrap intervals" in to_markdown([table])
+    assert tests["seed_ci_low"].notna().all()  # the seed-level interval, for the widths
 
     without = _sweep(tmp_path / "without", with_predictions=False)
     (plain,) = build_tables(aggregate(quality_runs(load_records(without))))
