@@ -17,13 +17,13 @@ recipes on one task:
   Owen shows the scheme is mildly conservative (the seed x example interaction is counted
   in both factors). Seeds are drawn *independently* for the two methods unless the task's
   runs show a seed effect shared across methods (:func:`seed_effect`): a seed number
-  fixes data order and head initialisation, but the offline benchmark's two-way ANOVA found
-  no shared effect (issue 33), and pairing without one adds no precision. With S seeds a
-  plain bootstrap of the seed mean has variance (S-1)/S of the unbiased s^2/S (2/3 at three
-  seeds); the seed weights are rescaled by sqrt(S/(S-1)) so that it is unbiased (the
-  rescaling bootstrap of Rao & Wu, JASA 83, 1988). Even so, three seeds pin the seed
-  variance down poorly; the interval is a percentile interval and does not have Student's
-  t_2 tails.
+  fixes data order and head initialisation, but the offline benchmark's two-way ANOVA gave
+  p = 0.17-0.98 for a shared effect (issue 33), and pairing without one adds no precision.
+  With S seeds a plain bootstrap of the seed mean has variance (S-1)/S of the unbiased
+  s^2/S (2/3 at three seeds); the seed weights are rescaled by sqrt(S/(S-1)) so that it
+  is unbiased (the rescaling bootstrap of Rao & Wu, JASA 83, 1988). Even so, three seeds
+  pin the seed variance down poorly; the interval is a percentile interval and does not
+  have Student's t_2 tails.
 - **Corpus-level metrics are recomputed on every resample**, never averaged per example:
   each metric is split into per-example sufficient statistics (entity counts for seqeval's
   entity F1, sacreBLEU's own n-gram statistics for BLEU and chrF, a confusion matrix for
@@ -38,8 +38,8 @@ recipes on one task:
   detect with 80% power at the 95% level, from the observed seed and example variances,
   and how many seeds or test examples a chosen difference would need.
 
-Without predictions, :func:`seed_level_test` compares seed scores: paired over seeds only
-when :func:`seed_effect` finds a shared seed effect, else Welch's t.
+Without predictions, :func:`column_tests` compares seed scores: paired over seeds only when
+:func:`seed_effect` finds a shared seed effect, else Welch's t.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 SPLIT = "test"
 PREDICTION_COLUMNS = ("split", "example_id", "gold", "pred", "prob")
-# statsmodels' and most textbooks' rule: the chi-square approximation is used from 25 on.
+# The usual rule of thumb: the exact binomial below 25 discordant pairs, the chi-square
+# approximation from there on (statsmodels' ``mcnemar`` leaves the choice to the caller).
 MCNEMAR_EXACT_BELOW = 25
 # A shared seed effect justifies pairing by seed when the two-way ANOVA finds it at this
 # level: a preliminary test that decides a model term ("sometimes pool"), not a claim of an
