@@ -100,7 +100,8 @@ def plot_critical_difference(
         name = "χ²" if test.test == "Friedman" else "wins"
         ax.set_title(
             f"{table.model}: {test.test} over {test.n_blocks} tasks, {test.k} methods, "
-            f"{name} = {test.statistic:.3g}, p = {test.p:.3g}; Nemenyi CD = {test.cd:.2f}",
+            f"{name} = {test.statistic:.3g}, p = {test.p:.3g}; "
+            f"Nemenyi CD = {test.cd:.2f} ({test.null})",
             fontsize=9, pad=18,
         )  # fmt: skip
     return save_figure(fig, out_dir / CD_STEM)

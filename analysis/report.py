@@ -18,9 +18,18 @@ from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_t
 from analysis.frame import SUCCESS, SYNTHETIC, load_records, quality_runs, select
 from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
+from analysis.paired import load_predictions
 from analysis.plots import plot_all, plot_score_vs_train_size
 from analysis.stats import aggregate
-from analysis.tables import ComparisonTable, build_tables, to_csv, to_html, to_latex, to_markdown
+from analysis.tables import (
+    DETECT,
+    ComparisonTable,
+    build_tables,
+    to_csv,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 from peftbench.records.redact import scrub
 
 FAILURES_FILE = "failures.md"
@@ -58,6 +67,8 @@ def build_report(
     out_dir: Path | None = None,
     filters: dict[str, Any] | None = None,
     target_fraction: float = TARGET_FRACTION,
+    reference: str | None = None,
+    detect: float = DETECT,
 ) -> list[Path]:
     """Builds the comparison report from the run records under ``results_dir``.
 
@@ -78,12 +89,17 @@ def build_report(
         filters: Keyword arguments of ``records.select`` (task, model, method, sweep,
             where).
         target_fraction: Time to target: the share of full fine-tuning's best dev score.
+        reference: A method label every method is also compared against (CSV columns
+            ``<task>/*_vs_ref``, a differences table in ``comparison.md``).
+        detect: The difference (displayed units) the power statement plans for.
 
     Returns:
         The paths written.
 
     Raises:
-        ValueError: If no successful run on real weights is left after filtering.
+        ValueError: If no successful run on real weights is left after filtering, the
+            reference is not a method, or a predictions file was altered
+            (``paired.PredictionsError``).
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
@@ -92,7 +108,10 @@ def build_report(
     if runs.empty:
         raise ValueError(_nothing_to_report(results_dir, records, filters))
     agg = aggregate(runs)
-    tables = build_tables(agg)
+    # Runs that stored per-example predictions are compared example by example (issue 33)
+    tables = build_tables(
+        agg, predictions=load_predictions(runs), reference=reference, detect=detect
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = provenance.repro_rows(runs)
     plots = [

@@ -2,9 +2,11 @@
 
 :func:`build_tables` computes everything a table shows (scores, best, ties, ranks, costs)
 once; the writers only format it, so Markdown, CSV and LaTeX cannot disagree. A tie with
-the best method (†) is a paired test over the seeds both share, Holm-corrected over the
-comparisons of its column (``stats.paired_test``, ``stats.holm``), never overlapping
-intervals.
+the best method (†) is a test of the difference, Holm-corrected over the comparisons of its
+column, never overlapping intervals: where both methods stored per-example predictions, the
+two-level bootstrap over seeds and test examples of ``analysis.paired``; else a test of the
+seed scores, paired by seed only where the task's runs show a shared seed effect
+(``paired.seed_effect``), Welch's t otherwise.
 """
 
 from __future__ import annotations
@@ -12,27 +14,53 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis.paired import (
+    N_RESAMPLES,
+    TEST_BOOTSTRAP,
+    TEST_WELCH,
+    MethodPredictions,
+    Power,
+    SeedEffect,
+    column_power,
+    column_tests,
+    seed_effect,
+    task_bootstrap,
+)
 from analysis.stats import (
     ALPHA,
     CI_BCA,
     CI_T,
     COST_COLUMNS,
+    EXACT_MAX_BLOCKS,
     MEASURE_COLUMNS,
+    N_PERMUTATIONS,
+    NULL_ASYMPTOTIC,
+    NULL_EXACT,
+    NULL_PERMUTATION,
     RankTest,
     complete_blocks,
-    holm,
-    paired_test,
     rank_test,
 )
 
 SCORE_FIELDS = ("mean", "std", "n", "ci_low", "ci_high", "ci_method")
 # Per task in the CSV, after SCORE_FIELDS: the paired test against the column's best method.
 TEST_FIELDS = ("test_vs_best", "n_vs_best", "p_vs_best", "p_holm_vs_best")
+# ... and, where a column was compared on per-example predictions, the difference from the
+# best (method - best, raw units) with its 95% interval, and McNemar's p for accuracy.
+DIFF_FIELDS = ("diff_vs_best", "diff_ci_low", "diff_ci_high")
+MCNEMAR_FIELDS = ("mcnemar_vs_best", "mcnemar_p")
+# With --reference METHOD: the same against that method (the ``reference`` column names it).
+REF_FIELDS = (
+    "test_vs_ref", "n_vs_ref", "p_vs_ref", "p_holm_vs_ref",
+    "diff_vs_ref", "diff_ci_low_vs_ref", "diff_ci_high_vs_ref",
+)  # fmt: skip
+#: The difference a power statement plans for, in displayed units (1 point of accuracy x100).
+DETECT = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,14 @@ class ComparisonTable:
     # Friedman (sign test for 2 methods) + Nemenyi over the tasks that the most methods
     # share; None when no 2 methods share 2 tasks.
     rank_test: RankTest | None
+    # per task: the two-way ANOVA that decides whether seed-level tests pair by seed
+    seed_effects: dict[str, SeedEffect] = field(default_factory=dict)
+    # per task: what the seeds x test examples detect against the best (None: untested)
+    power: dict[str, Power | None] = field(default_factory=dict)
+    detect: float = DETECT  # the planned difference, displayed units
+    n_resamples: int = N_RESAMPLES
+    reference: str | None = None  # --reference METHOD
+    ref_tests: dict[str, pd.DataFrame] = field(default_factory=dict)  # as ``tests``
 
     @property
     def avg_comparable(self) -> bool:
@@ -77,17 +113,46 @@ def _comparable(tasks: list[TaskInfo]) -> bool:
     return len({(t.scale, t.higher_is_better) for t in tasks}) == 1
 
 
-def build_tables(agg: pd.DataFrame) -> list[ComparisonTable]:
+def build_tables(
+    agg: pd.DataFrame,
+    *,
+    predictions: Mapping[tuple[str, str, str], MethodPredictions] | None = None,
+    reference: str | None = None,
+    n_resamples: int = N_RESAMPLES,
+    detect: float = DETECT,
+) -> list[ComparisonTable]:
     """Builds one comparison table per model from seed aggregates.
 
     Args:
         agg: Output of ``stats.aggregate`` (quality runs only).
+        predictions: ``paired.load_predictions`` of the runs: per (task, model,
+            method_label), the test predictions of its seeds. Comparisons where both
+            methods have them are example-level.
+        reference: A method label to compare every method against (``--reference``).
+        n_resamples: Bootstrap resamples of the example-level comparisons.
+        detect: The difference the power statement plans for, in displayed units.
 
     Returns:
         Tables sorted by model name; methods and tasks are sorted by name for stable output.
+
+    Raises:
+        ValueError: ``reference`` names no method of any table.
     """
+    if reference is not None and reference not in set(agg["method_label"]):
+        from peftbench.errors import closest
+
+        hint = closest(reference, sorted(set(agg["method_label"])))
+        raise ValueError(
+            f"--reference {reference!r} is not a method of the report"
+            + (f"; did you mean {hint!r}?" if hint else "; see the methods with --method")
+        )
     tasks = task_infos(agg)
-    return [_build_one(model, group, tasks) for model, group in agg.groupby("model", sort=True)]
+    options = {"predictions": predictions or {}, "reference": reference,
+               "n_resamples": n_resamples, "detect": detect}  # fmt: skip
+    return [
+        _build_one(model, group, tasks, **options)
+        for model, group in agg.groupby("model", sort=True)
+    ]
 
 
 def task_infos(agg: pd.DataFrame) -> dict[str, TaskInfo]:
@@ -124,20 +189,43 @@ def _display_scale(metric: str, group: pd.DataFrame) -> float:
     return 100.0 if in_unit_range else 1.0
 
 
-def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> ComparisonTable:
+def _build_one(
+    model: str,
+    agg: pd.DataFrame,
+    infos: dict[str, TaskInfo],
+    *,
+    predictions: Mapping[tuple[str, str, str], MethodPredictions],
+    reference: str | None,
+    n_resamples: int,
+    detect: float,
+) -> ComparisonTable:
     tasks = [infos[t] for t in sorted(agg["task"].unique())]
     indexed = agg.set_index(["method_label", "task"])
     cells = indexed[list(SCORE_FIELDS)]
     means = cells["mean"].unstack("task")
     best, tied, ranks, tests = {}, {}, {}, {}
+    effects, powers, ref_tests = {}, {}, {}
+    used_resamples = n_resamples
     for task in tasks:
         column = means[task.name].dropna()
         ranks[task.name] = column.rank(ascending=not task.higher_is_better, method="average")
         best[task.name] = frozenset(column[ranks[task.name] == ranks[task.name].min()].index)
-        seeds = indexed["seed_values"].xs(task.name, level="task")
-        tests[task.name] = tests_vs_best(seeds, best[task.name])
-        tested = tests[task.name]
+        seeds = indexed["seed_values"].xs(task.name, level="task").to_dict()
+        preds = {m: p for (t, mo, m), p in predictions.items() if t == task.name and mo == model}
+        effects[task.name] = effect = seed_effect(seeds)
+        # enough resamples that the smallest bootstrap p, 2 / (B + 1), survives Holm's
+        # factor (the number of comparisons) below ALPHA
+        resamples = max(n_resamples, math.ceil(2.5 * len(seeds) / ALPHA))
+        used_resamples = max(used_resamples, resamples)
+        boot = task_bootstrap(task.name, task.metric, preds, n_resamples=resamples)
+        options = {"task": task.name, "metric": task.metric, "predictions": preds,
+                   "effect": effect, "n_resamples": resamples, "boot": boot}  # fmt: skip
+        tests[task.name] = tested = tests_vs_best(seeds, best[task.name], **options)
         tied[task.name] = frozenset(tested.index[tested["p_holm"] >= ALPHA])
+        powers[task.name] = column_power(tested, detect / task.scale)
+        if reference is not None and reference in seeds:
+            others = [m for m in seeds if m != reference]
+            ref_tests[task.name] = column_tests(seeds, reference, others, **options)
     ranks = pd.DataFrame(ranks)
     avg_rank = ranks.mean(axis=1)
     oriented = pd.DataFrame(
@@ -167,6 +255,12 @@ def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> Com
         tests=tests,
         ci_methods=frozenset(agg["ci_method"]) & {CI_T, CI_BCA},
         rank_test=None if blocks.empty else rank_test(blocks),
+        seed_effects=effects,
+        power=powers,
+        detect=detect,
+        n_resamples=used_resamples,
+        reference=reference,
+        ref_tests=ref_tests,
     )
 
 
@@ -190,37 +284,31 @@ def _costs(agg: pd.DataFrame) -> pd.DataFrame:
     return cost
 
 
-def tests_vs_best(seed_values: pd.Series, best: frozenset[str]) -> pd.DataFrame:
-    """Paired test of every method against the best one of a column, Holm-corrected.
+def tests_vs_best(
+    seed_values: Mapping[str, Mapping[int, float]] | pd.Series,
+    best: frozenset[str],
+    **options: object,
+) -> pd.DataFrame:
+    """Every method against the best one of a column, Holm-corrected (``paired.column_tests``).
 
     The reference is the best method (the first by name when several share the best mean;
-    the others are bold as well). Each other method is tested on the seeds it shares with
-    the reference; those with fewer than two shared seeds are not tested (p NaN) and are
-    left out of Holm's family.
+    the others are bold as well and not tested).
 
     Args:
         seed_values: Per method label, its dict seed -> score on this task.
         best: The best methods of the column.
+        **options: ``paired.column_tests``' keywords (task, metric, predictions, effect,
+            n_resamples).
 
     Returns:
-        One row per non-best method: reference, test, n, statistic, p, p_holm.
+        One row per non-best method, columns ``paired.TEST_COLUMNS``.
     """
-    columns = ["reference", "test", "n", "statistic", "p", "p_holm"]
+    seed_values = dict(seed_values)
     if not best:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=["reference", "test", "n", "statistic", "p", "p_holm"])
     reference = sorted(best)[0]
-    rows = {
-        method: paired_test(seed_values[reference], values)
-        for method, values in seed_values.items()
-        if method not in best
-    }
-    frame = pd.DataFrame(
-        [[reference, r.test, r.n, r.statistic, r.p] for r in rows.values()],
-        index=pd.Index(list(rows), name="method_label"),
-        columns=columns[:-1],
-    )
-    frame["p_holm"] = holm(frame["p"].to_numpy(dtype=float)) if rows else []
-    return frame
+    others = [m for m in seed_values if m not in best]
+    return column_tests(seed_values, reference, others, **options)
 
 
 def _argbest(values: pd.Series, *, higher_is_better: bool) -> frozenset[str]:
@@ -361,7 +449,8 @@ def _mark(text: str, method: str, table: ComparisonTable, column: str, style: _S
 
 
 def _number(value: float | None, scale: float, style: _Style) -> str:
-    return _fmt(None if value is None else value * scale, "{:.1f}", style)
+    # + 0.0 after rounding: a difference of -1e-17 (float noise) shows as 0.0, not -0.0
+    return _fmt(None if value is None else round(value * scale, 1) + 0.0, "{:.1f}", style)
 
 
 def _fmt(value: float | None, pattern: str, style: _Style) -> str:
@@ -463,7 +552,7 @@ def _seed_note(table: ComparisonTable, style: _Style) -> str:
 
 
 def _test_note(table: ComparisonTable, style: _Style) -> str:
-    """Which paired tests decided the † marks, over how many seeds."""
+    """Which tests decided the † marks, over how many seeds (and examples), and why."""
     frames = [f for f in table.tests.values() if not f.empty]
     tested = pd.concat(frames) if frames else pd.DataFrame(columns=["test", "n"])
     tested = tested[tested["test"] != ""]
@@ -473,7 +562,7 @@ def _test_note(table: ComparisonTable, style: _Style) -> str:
             "method shares 2 or more seeds with the best one, so none was tested."
         )
     tests = " or ".join(
-        f"{name} (n = {_span(group['n'])})" for name, group in tested.groupby("test", sort=True)
+        _test_name(name, group, table, style) for name, group in tested.groupby("test", sort=True)
     )
     untested = (
         " Not tested (no mark): fewer than 2 seeds shared with the best."
@@ -482,10 +571,67 @@ def _test_note(table: ComparisonTable, style: _Style) -> str:
     )
     return (
         f"{style.dagger}: not distinguishable from the best at {style.escape('95%')}: two-sided "
-        f"{tests} over the seeds shared with the best method, Holm-corrected over the "
-        f"comparisons in the column (adjusted p {style.geq} 0.05)."
-        f"{untested}"
+        f"{tests}, Holm-corrected over the comparisons in the column (adjusted p "
+        f"{style.geq} 0.05).{_pairing_note(table, tested, style)}{untested}"
     )
+
+
+def _test_name(name: str, group: pd.DataFrame, table: ComparisonTable, style: _Style) -> str:
+    e = style.escape
+    if name == TEST_BOOTSTRAP:
+        return (
+            f"paired bootstrap over seeds {style.times} test examples (n = {_span(group['n'])} "
+            f"seeds, {_span(group['n_examples'])} examples, {table.n_resamples:,} resamples; "
+            "the same examples for both methods, the corpus metric recomputed per resample; "
+            f"Owen's pigeonhole scheme for crossed factors) on stored predictions"
+        )
+    over = "over seeds" if name == TEST_WELCH else "over the seeds shared with the best method"
+    return f"{e(name)} (n = {_span(group['n'])}) {over}"
+
+
+def _pairing_note(table: ComparisonTable, tested: pd.DataFrame, style: _Style) -> str:
+    """Why seeds were or were not paired: the two-way ANOVA's seed effect per task."""
+    effects = {t: e for t, e in table.seed_effects.items() if not math.isnan(e.p)}
+    if not effects:
+        return ""
+    shown = ", ".join(f"{style.escape(t)} p = {e.p:.2g}" for t, e in sorted(effects.items()))
+    return (
+        f" Seeds paired only where a two-way ANOVA (method {style.times} seed) finds a seed "
+        f"effect shared by the methods (p < 0.25): {shown}."
+    )
+
+
+def _power_note(table: ComparisonTable, style: _Style) -> str:
+    """What the present seeds x test examples can detect against the best, per task."""
+    parts = []
+    for task in table.tasks:
+        power = table.power.get(task.name)
+        if power is None:
+            continue
+        size = f"{power.n_seeds} seeds"
+        need = _needed(power.seeds_needed, "seeds per method")
+        if power.n_examples:
+            size += f" {style.times} {power.n_examples:,} test examples"
+            need += f" at {power.n_examples:,} examples, or "
+            need += _needed(power.examples_needed, "test examples") + f" at {power.n_seeds} seeds"
+        parts.append(
+            f"{style.escape(task.name)}: {size} detect {_number(power.mdd, task.scale, style)}"
+            f"; {table.detect:g} needs {need}"
+        )
+    if not parts:
+        return ""
+    seed_only = any(p is not None and not p.n_examples for p in table.power.values())
+    caveat = " (without predictions: seed variance only; test sampling is not counted)"
+    return (
+        f" Power ({style.escape('80%')} at {style.escape('95%')}, from the observed "
+        "variances, median over the comparisons with the best): the smallest difference from "
+        f"the best that the present design detects, and what a chosen one needs: "
+        f"{'. '.join(parts)}{caveat if seed_only else ''}."
+    )
+
+
+def _needed(value: float, unit: str) -> str:
+    return f"no number of {unit}" if math.isinf(value) else f"{value:,.0f} {unit}"
 
 
 def rank_test_note(test: RankTest | None, style: _Style | None = None) -> str:
@@ -515,8 +661,18 @@ def rank_test_note(test: RankTest | None, style: _Style | None = None) -> str:
         )
     return (
         f"Across tasks: {omnibus}; Nemenyi post-hoc, critical difference of average ranks "
-        f"CD = {test.cd:.2f} at {e('95%')} (diagram: {e('critical_difference.png')}). "
+        f"CD = {test.cd:.2f} at {e('95%')} (diagram: {e('critical_difference.png')}); "
+        f"{_NULL_NOTE[test.null]}. "
     )
+
+
+#: Where the p and CD of the test across tasks come from, by ``RankTest.null``.
+_NULL_NOTE = {
+    NULL_EXACT: "p and CD exact, from every arrangement of the ranks",
+    NULL_PERMUTATION: f"p and CD from {N_PERMUTATIONS:,} random rank permutations "
+    f"(up to {EXACT_MAX_BLOCKS} tasks; the asymptotic values are conservative there)",
+    NULL_ASYMPTOTIC: "p and CD asymptotic (chi-square, studentized range)",
+}
 
 
 def _arrow(task: TaskInfo, style: _Style) -> str:
@@ -528,7 +684,8 @@ def _legend(table: ComparisonTable, style: _Style) -> str:
     if table.cells.index.get_level_values("method_label").value_counts().min() < len(table.tasks):
         avg_note += " Avg. and Avg. rank are marked best only among methods run on every task."
     return (
-        f"{style.bold('Bold')}: best mean per column. {_test_note(table, style)} "
+        f"{style.bold('Bold')}: best mean per column. {_test_note(table, style)}"
+        f"{_power_note(table, style)} "
         f"{rank_test_note(table.rank_test, style)}{style.missing}: not run. Peak mem: "
         f"accelerator allocated peak, or process RSS on CPU; 1 MB = 1,000,000 bytes.{avg_note}"
     )
@@ -550,7 +707,60 @@ def to_markdown(tables: list[ComparisonTable]) -> str:
         lines += [_pipe_row(row) for row in _rows(table, _MARKDOWN)]
         caption = _caption(table, f"**Table {number}.** ", _MARKDOWN)
         parts.append(f"{caption}\n\n" + "\n".join(lines) + f"\n\n{_legend(table, _MARKDOWN)}\n")
+        if _example_level(table, best_only=True):
+            parts.append(_differences_markdown(table, table.tests, "the best"))
+        if table.reference is not None and table.ref_tests:
+            parts.append(_differences_markdown(table, table.ref_tests, table.reference))
     return "\n".join(parts)
+
+
+def _differences_markdown(table: ComparisonTable, tests: dict, against: str | None) -> str:
+    """Method - reference per task with its 95% interval and test (the CSV's diff columns)."""
+    tasks = [t for t in table.tasks if t.name in tests and not tests[t.name].empty]
+    lines = [_pipe_row(["Method", *(_MARKDOWN.escape(t.name) for t in tasks)]),
+             _pipe_row([":--"] + ["--:"] * len(tasks))]  # fmt: skip
+    for method in table.methods:
+        cells = []
+        for task in tasks:
+            frame = tests[task.name]
+            row = frame.loc[method] if method in frame.index else None
+            if row is None or row["test"] == "":
+                cells.append(_MARKDOWN.missing)
+                continue
+            diff, low, high = (_number(row[k], task.scale, _MARKDOWN) for k in
+                               ("diff", "ci_low", "ci_high"))  # fmt: skip
+            short = "boot" if row["test"] == TEST_BOOTSTRAP else row["test"]
+            cells.append(f"{diff} [{low}, {high}] p={row['p_holm']:.2g} ({short})")
+        lines.append(_pipe_row([_MARKDOWN.escape(method), *cells]))
+    return (
+        f"Differences from {_MARKDOWN.escape(str(against))} (method {chr(8722)} it, display "
+        "units, 95% interval; Holm-adjusted p; boot: the paired bootstrap over seeds "
+        f"{_MARKDOWN.times} test examples):\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + _width_note(tasks, tests)
+    )
+
+
+def _width_note(tasks: list[TaskInfo], tests: dict) -> str:
+    """Median width of the example-level intervals next to the seed-level ones per task."""
+    parts = []
+    for task in tasks:
+        frame = tests[task.name]
+        boot = frame[frame["test"] == TEST_BOOTSTRAP]
+        if boot.empty:
+            continue
+        example = ((boot["ci_high"] - boot["ci_low"]) * task.scale).median()
+        seeds = ((boot["seed_ci_high"] - boot["seed_ci_low"]) * task.scale).median()
+        name = _MARKDOWN.escape(task.name)
+        parts.append(f"{name} {example:.1f} (seed scores alone: {seeds:.1f})")
+    if not parts:
+        return ""
+    return (
+        "\nMedian width of the bootstrap intervals over seeds and test examples, next to the "
+        "seed-level test's interval of the same differences (which treats the test set as "
+        f"fixed): {'; '.join(parts)}.\n"
+    )
 
 
 def _pipe_row(cells: list[str]) -> str:
@@ -616,11 +826,16 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     Scores are raw (not x100). Columns: model, method, then per task ``<task>/mean``,
     ``/std``, ``/n``, ``/ci_low``, ``/ci_high`` (95% interval of the mean, empty for one
     seed), ``/ci_method`` (t or bca), ``/test_vs_best``, ``/n_vs_best``, ``/p_vs_best`` and
-    ``/p_holm_vs_best`` (the paired test against the column's best method; empty for the
-    best and the untested), then avg, avg_rank, the cost columns, ``forgetting`` (mean over
-    the tasks of the record's ``forgetting.value``: 1 - linear CKA or the LM-loss delta,
-    named by ``forgetting_measure``; empty where a method's tasks mix the two), ``energy_j``
-    and ``energy_j_per_token`` (training energy, empty where no counter was readable).
+    ``/p_holm_vs_best`` (the test against the column's best method, named in
+    ``test_vs_best``; empty for the best and the untested); where a table compared some
+    methods on per-example predictions, also ``/diff_vs_best``, ``/diff_ci_low`` and
+    ``/diff_ci_high`` (method - best, raw units, with its 95% interval) and, for accuracy,
+    ``/mcnemar_vs_best`` and ``/mcnemar_p``; with ``--reference``, a ``reference`` column
+    and per task the same against it (:data:`REF_FIELDS`). Then avg, avg_rank, the cost
+    columns, ``forgetting`` (mean over the tasks of the record's ``forgetting.value``: 1 -
+    linear CKA or the LM-loss delta, named by ``forgetting_measure``; empty where a
+    method's tasks mix the two), ``energy_j`` and ``energy_j_per_token`` (training energy,
+    empty where no counter was readable).
 
     Args:
         tables: Output of :func:`build_tables`.
@@ -632,30 +847,67 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     for table in tables:
         wide = table.cells.join(_test_columns(table)).unstack("task")
         wide.columns = [f"{task}/{field}" for field, task in wide.columns]
-        fields = SCORE_FIELDS + TEST_FIELDS
+        fields = SCORE_FIELDS + TEST_FIELDS + _extra_fields(table)
         task_columns = [f"{t.name}/{f}" for t in table.tasks for f in fields]
         frame = wide[task_columns].assign(avg=table.avg, avg_rank=table.avg_rank)
         frame = frame.join(table.cost).loc[table.methods]
-        frames.append(frame.rename_axis("method").reset_index().assign(model=table.model))
+        frame = frame.rename_axis("method").reset_index().assign(model=table.model)
+        if table.reference is not None:
+            frame.insert(0, "reference", table.reference)
+        frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
-    counts = [c for c in out.columns if c.endswith(("/n", "/n_vs_best"))]
+    counts = [c for c in out.columns if c.endswith(("/n", "/n_vs_best", "/n_vs_ref"))]
     out[counts] = out[counts].astype("Int64")  # unstacking made them float; seeds are counts
-    first = ["model", "method"]
+    first = ["model", "method"] + (["reference"] if "reference" in out else [])
     return out[first + [c for c in out.columns if c not in first]].to_csv(index=False)
 
 
+def _example_level(table: ComparisonTable, *, best_only: bool = False) -> bool:
+    """Whether any comparison of the table (against the best only) used predictions."""
+    frames = [*table.tests.values(), *([] if best_only else table.ref_tests.values())]
+    return any((f["test"] == TEST_BOOTSTRAP).any() for f in frames if "test" in f)
+
+
+def _extra_fields(table: ComparisonTable) -> tuple[str, ...]:
+    fields: tuple[str, ...] = ()
+    if _example_level(table):
+        fields += DIFF_FIELDS
+        mcnemar = [f["mcnemar_test"] for f in table.tests.values() if "mcnemar_test" in f]
+        if any((m != "").any() for m in mcnemar):
+            fields += MCNEMAR_FIELDS
+    if table.reference is not None:
+        fields += REF_FIELDS
+    return fields
+
+
 def _test_columns(table: ComparisonTable) -> pd.DataFrame:
-    """TEST_FIELDS per (method_label, task), aligned with ``table.cells``."""
+    """The per-task test fields per (method_label, task), aligned with ``table.cells``."""
     rows = []
     for method, task in table.cells.index:
-        tested = table.tests.get(task)
-        row = tested.loc[method] if tested is not None and method in tested.index else None
-        has_test = row is not None and row["test"] != ""
-        rows.append({
-            "method_label": method, "task": task,
-            "test_vs_best": row["test"] if has_test else "",
-            "n_vs_best": row["n"] if has_test else pd.NA,
-            "p_vs_best": row["p"] if has_test else math.nan,
-            "p_holm_vs_best": row["p_holm"] if has_test else math.nan,
-        })  # fmt: skip
+        row = {"method_label": method, "task": task}
+        row |= _test_fields(table.tests.get(task), method, "best")
+        if table.reference is not None:
+            row |= _test_fields(table.ref_tests.get(task), method, "ref")
+        rows.append(row)
     return pd.DataFrame(rows).set_index(["method_label", "task"])
+
+
+def _test_fields(tests: pd.DataFrame | None, method: str, against: str) -> dict[str, object]:
+    row = tests.loc[method] if tests is not None and method in tests.index else None
+    has = row is not None and row["test"] != ""
+    value = lambda key: row[key] if has and key in row else math.nan  # noqa: E731
+    fields = {
+        f"test_vs_{against}": row["test"] if has else "",
+        f"n_vs_{against}": row["n"] if has else pd.NA,
+        f"p_vs_{against}": value("p"),
+        f"p_holm_vs_{against}": value("p_holm"),
+    }
+    if against == "best":
+        fields |= {"diff_vs_best": value("diff"), "diff_ci_low": value("ci_low"),
+                   "diff_ci_high": value("ci_high"),
+                   "mcnemar_vs_best": row["mcnemar_test"] if has and "mcnemar_test" in row else "",
+                   "mcnemar_p": value("mcnemar_p")}  # fmt: skip
+    else:
+        fields |= {"diff_vs_ref": value("diff"), "diff_ci_low_vs_ref": value("ci_low"),
+                   "diff_ci_high_vs_ref": value("ci_high")}  # fmt: skip
+    return fields

@@ -246,6 +246,14 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
         "--target-fraction", type=float, default=0.95, metavar="F",
         help="time to target: share of full fine-tuning's best dev score (default 0.95)",
     )  # fmt: skip
+    report.add_argument(
+        "--reference", metavar="METHOD", default=None,
+        help="also compare every method against this one (CSV <task>/*_vs_ref columns)",
+    )  # fmt: skip
+    report.add_argument(
+        "--detect", type=float, default=1.0, metavar="D",
+        help="power: the difference, in displayed points, to plan seeds/examples for (default 1)",
+    )  # fmt: skip
     report.set_defaults(handler=_cmd_report)
 
 
@@ -415,6 +423,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     }
     if not 0 < args.target_fraction <= 1:
         raise _UserError(f"--target-fraction must be in (0, 1], got {args.target_fraction}")
+    if not args.detect > 0:
+        raise _UserError(f"--detect must be a positive difference, got {args.detect}")
     from analysis.frame import parse_where  # lazy: pulls pandas
     from analysis.report import build_report  # lazy: pulls pandas and matplotlib
 
@@ -430,6 +440,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             out_dir=args.out,
             filters=filters,
             target_fraction=args.target_fraction,
+            reference=args.reference,
+            detect=args.detect,
         )
     except ValueError as exc:  # build_report's "nothing to report" (and bad records)
         raise _UserError(str(exc)) from None

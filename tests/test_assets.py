@@ -425,9 +425,11 @@ def test_cli_report_passes_filters(tmp_path, monkeypatch, capsys):
     pytest.importorskip("analysis.report")
     seen = {}
 
-    def _build_report(results_dir, out_dir=None, filters=None, target_fraction=None):
+    def _build_report(
+        results_dir, out_dir=None, filters=None, target_fraction=None, reference=None, detect=None
+    ):
         seen.update(results_dir=results_dir, out_dir=out_dir, filters=filters)
-        seen.update(target_fraction=target_fraction)
+        seen.update(target_fraction=target_fraction, reference=reference, detect=detect)
         return [tmp_path / "comparison.md"]
 
     monkeypatch.setattr("analysis.report.build_report", _build_report)
@@ -438,6 +440,8 @@ def test_cli_report_passes_filters(tmp_path, monkeypatch, capsys):
         "out_dir": None,
         "filters": {"task": ["polarity"], "method": ["lora", "ia3"]},
         "target_fraction": 0.95,  # the default share of full fine-tuning's best dev score
+        "reference": None,  # no --reference: the best of each column only
+        "detect": 1.0,  # power plans for a 1-point difference by default
     }
     assert capsys.readouterr().out == f"{tmp_path / 'comparison.md'}\n"
 

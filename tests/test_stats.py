@@ -137,8 +137,9 @@ def test_friedman_and_nemenyi_by_hand() -> None:
     # Ranks per task (1 = best): t1 a b c, t2 a c b, t3 b a c, t4 a b c.
     # Rank sums R: a 5, b 8, c 11 (N = 4 tasks, k = 3 methods).
     # chi2 = 12 / (N k (k + 1)) * sum R^2 - 3 N (k + 1) = 12 / 48 * 210 - 48 = 4.5
-    # p = exp(-4.5 / 2) (chi2 with 2 df) = 0.105399.
-    test = rank_test(SCORES)
+    # p = exp(-4.5 / 2) (chi2 with 2 df) = 0.105399 (asymptotic; 4 tasks get the exact
+    # permutation null by default, tested in test_paired.py).
+    test = rank_test(SCORES, null="asymptotic")
     assert (test.test, test.k, test.n_blocks) == ("Friedman", 3, 4)
     assert test.statistic == pytest.approx(4.5)
     assert test.p == pytest.approx(math.exp(-2.25))
@@ -251,8 +252,10 @@ def test_one_seed_table_says_it_has_no_uncertainty_estimate() -> None:
 
 
 def test_a_column_of_six_seeds_is_decided_by_wilcoxon() -> None:
-    rows = [("x", "a", s, 0.90) for s in range(6)]
-    rows += [("x", "b", s, 0.90 - 0.01 * (s + 1)) for s in range(6)]
+    # Both methods rise with the seed (a shared seed effect, so the test pairs by seed);
+    # b is below a by 0.01 .. 0.06: every signed rank positive, exact p = 2 / 2^6.
+    rows = [("x", "a", s, 0.80 + 0.02 * s) for s in range(6)]
+    rows += [("x", "b", s, 0.80 + 0.02 * s - 0.01 * (s + 1)) for s in range(6)]
     (table,) = build_tables(aggregate(_runs(rows)))
     assert table.tests["x"].loc["b", "p"] == pytest.approx(2 / 64)
     assert "Wilcoxon signed-rank (n = 6)" in to_markdown([table])
@@ -266,9 +269,12 @@ def test_table_names_the_friedman_test_when_methods_share_tasks() -> None:
     ]
     (table,) = build_tables(aggregate(_runs(rows)))
     assert table.rank_test.statistic == pytest.approx(4.5)
-    assert "Friedman test over the 4 tasks that 3 methods all share, χ²(2) = 4.5, p = 0.105" in (
+    # exact null of 3 methods on 4 tasks (6^3 arrangements): P(chi2_r >= 4.5) = 0.125 (27/216)
+    assert table.rank_test.null == "exact"
+    assert "Friedman test over the 4 tasks that 3 methods all share, χ²(2) = 4.5, p = 0.125" in (
         to_markdown([table])
     )
+    assert "p and CD exact, from every arrangement of the ranks" in to_markdown([table])
     assert r"$\chi^2$(2) = 4.5" in to_latex([table])
 
 
