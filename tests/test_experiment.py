@@ -56,7 +56,7 @@ def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
     forward = params["total"] - 32 * (31 + 64 + 2)  # less the word, position, type embeddings
     assert cost["flops_per_token_analytic"] == 4 * forward + 2 * params["trainable"]
     assert cost["flops_per_token"] > 0  # counted on one step: tests/test_costs.py
-    assert cost["flops"] > 0 and cost["mfu"] is None  # no MFU without a GPU peak
+    assert cost["flops"] > 0 and 0 < cost["mfu"] < 1  # against the measured CPU peak
     inference = cost["inference"]
     assert inference["unmerged"]["samples_per_s"] > 0
     assert inference["merged"]["n_batches"] == 1  # LoRA merges; 8 test examples = 1 batch
