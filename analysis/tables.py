@@ -31,6 +31,8 @@ from analysis.stats import (
 )
 
 SCORE_FIELDS = ("mean", "std", "n", "ci_low", "ci_high", "ci_method")
+# Per task in the CSV, after TEST_FIELDS: runs collapsed to a constant prediction, the median.
+COLLAPSE_FIELDS = ("n_collapsed", "median")
 # Per task in the CSV, after SCORE_FIELDS: the paired test against the column's best method.
 TEST_FIELDS = ("test_vs_best", "n_vs_best", "p_vs_best", "p_holm_vs_best")
 
@@ -127,7 +129,7 @@ def _display_scale(metric: str, group: pd.DataFrame) -> float:
 def _build_one(model: str, agg: pd.DataFrame, infos: dict[str, TaskInfo]) -> ComparisonTable:
     tasks = [infos[t] for t in sorted(agg["task"].unique())]
     indexed = agg.set_index(["method_label", "task"])
-    cells = indexed[list(SCORE_FIELDS)]
+    cells = indexed[[*SCORE_FIELDS, *(f for f in COLLAPSE_FIELDS if f in indexed)]]
     means = cells["mean"].unstack("task")
     best, tied, ranks, tests = {}, {}, {}, {}
     for task in tasks:
@@ -353,6 +355,10 @@ def _score_cell(table: ComparisonTable, method: str, task: TaskInfo, style: _Sty
     text += style.dagger if method in table.tied.get(task.name, ()) else ""
     if cell["n"] == 1 and table.cells["n"].max() > 1:  # in a 1-seed table the caption says it
         text += " (1 seed)"
+    collapsed = int(cell.get("n_collapsed", 0) or 0)
+    if collapsed:  # the mean counts the collapsed seeds (issue 33): the median beside it
+        median = _number(cell["median"], task.scale, style)
+        text += f" (median {median}; {collapsed} of {int(cell['n'])} collapsed)"
     return text
 
 
@@ -527,6 +533,12 @@ def _legend(table: ComparisonTable, style: _Style) -> str:
     avg_note = "" if table.avg_comparable else " Avg. omitted: tasks differ in scale or direction."
     if table.cells.index.get_level_values("method_label").value_counts().min() < len(table.tasks):
         avg_note += " Avg. and Avg. rank are marked best only among methods run on every task."
+    if "n_collapsed" in table.cells and table.cells["n_collapsed"].fillna(0).gt(0).any():
+        avg_note += (
+            " Collapsed: runs whose dev predictions were one class throughout or never beat a "
+            "constant prediction; the mean counts them, the median is shown beside it "
+            "(collapsed.md lists them)."
+        )
     return (
         f"{style.bold('Bold')}: best mean per column. {_test_note(table, style)} "
         f"{rank_test_note(table.rank_test, style)}{style.missing}: not run. Peak mem: "
@@ -632,13 +644,14 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     for table in tables:
         wide = table.cells.join(_test_columns(table)).unstack("task")
         wide.columns = [f"{task}/{field}" for field, task in wide.columns]
-        fields = SCORE_FIELDS + TEST_FIELDS
+        collapse = tuple(f for f in COLLAPSE_FIELDS if f in table.cells)
+        fields = SCORE_FIELDS + TEST_FIELDS + collapse
         task_columns = [f"{t.name}/{f}" for t in table.tasks for f in fields]
         frame = wide[task_columns].assign(avg=table.avg, avg_rank=table.avg_rank)
         frame = frame.join(table.cost).loc[table.methods]
         frames.append(frame.rename_axis("method").reset_index().assign(model=table.model))
     out = pd.concat(frames, ignore_index=True)
-    counts = [c for c in out.columns if c.endswith(("/n", "/n_vs_best"))]
+    counts = [c for c in out.columns if c.endswith(("/n", "/n_vs_best", "/n_collapsed"))]
     out[counts] = out[counts].astype("Int64")  # unstacking made them float; seeds are counts
     first = ["model", "method"]
     return out[first + [c for c in out.columns if c not in first]].to_csv(index=False)
