@@ -12,6 +12,7 @@ import pytest
 
 from peftbench.records.predictions import PredictionsError, example_id, example_ids
 from peftbench.records.store import load_predictions
+from tests.conftest import ASSETS, save_tiny_bert
 
 #: full fine-tuning of the tiny BERT for 40 steps learns the tiny corpus (dev 1.0 here)
 LEARNS = ("method=full", "method.lr=1e-3", "train.max_steps=40", "train.eval_every_steps=10")
@@ -161,3 +162,34 @@ def test_collapse_rules_for_every_kind():
     assert collapse_reason(Ner, evaluations, best) is None
     # a kind without a constant baseline (translation) is judged by rule 1 only
     assert collapse_reason(Ner, [{"step": 1, "distinct": 4, "value": 0.0}], None) is None
+
+
+@pytest.fixture(scope="module")
+def wordpiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/test_tasks.py's tiny BERT whose vocabulary splits words into sub-words."""
+    folder = tmp_path_factory.mktemp("wordpiece-bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text((ASSETS / "tiny_vocab.txt").read_text().rstrip("\n") + "\n##s\n##ing\n")
+    return save_tiny_bert(folder, vocab, max_positions=128)
+
+
+def test_ner_and_regression_runs_write_their_kind_of_predictions(wordpiece_dir, tmp_path):
+    from peftbench.runner import experiment
+    from tests.test_tasks import _compose, _regression_overrides, _tiny_cfg
+
+    cfg = _tiny_cfg("wnut16", wordpiece_dir, tmp_path, "method=lora")
+    path = Path(experiment.run(cfg)["path"])
+    record = json.loads(path.read_text())
+    frame = load_predictions(path, record)
+    assert record["predictions"]["n"] == {"dev": 6, "test": 6}
+    assert frame["example_id"].is_unique  # the fixture repeats sentences: repeats numbered
+    assert frame["prob"].isna().all() and frame["gold"].str.split(" ").map(len).eq(5).all()
+    assert frame["pred"].str.split(" ").map(len).eq(5).all()  # one tag per word
+    assert record["quality"]["baseline"]["dev"]["metric"] == "entity_f1"
+
+    cfg = _compose(wordpiece_dir, tmp_path / "sts", "method=lora", *_regression_overrides())
+    path = Path(experiment.run(cfg)["path"])
+    record = json.loads(path.read_text())
+    frame = load_predictions(path, record)
+    assert str(frame["gold"].dtype) == str(frame["pred"].dtype) == "float64"
+    assert frame["prob"].isna().all() and len(frame) == sum(record["predictions"]["n"].values())
