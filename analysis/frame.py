@@ -33,7 +33,7 @@ COLUMNS = [
     "forgetting", "forgetting_measure", "energy_j", "energy_j_per_token",
     "git_sha", "git_dirty", "device", "path",
     "recipe_hash", "recipe", "config",
-    "train_size", "n_train", "metric_impl",
+    "train_size", "n_train", "metric_impl", "collapsed", "collapse_reason",
 ]  # fmt: skip
 
 # Config keys (dotted prefixes) that cannot change a result, for records written before
@@ -206,6 +206,9 @@ def _flatten(record: Record, path: Path) -> dict[str, Any]:
         "n_train": _get(record.data, "n", "train"),
         # who scored the primary metric: "builtin", or the evaluate metric and its revision
         "metric_impl": implementation.get(primary.name) if primary else None,
+        # a success that learnt no more than a constant prediction (None: not assessed)
+        "collapsed": _get(record.quality, "collapsed"),
+        "collapse_reason": _get(record.quality, "reason"),
     }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 import analysis.provenance as provenance
+from analysis.collapse import COLLAPSED_FILE, collapsed_markdown
 from analysis.comparisons import (
     plot_average_rank,
     plot_budget_matched,
@@ -137,6 +138,11 @@ def build_report(
         (out_dir / FAILURES_FILE).unlink(missing_ok=True)
     else:
         written.append(_write(out_dir / FAILURES_FILE, failures_markdown(failures, records)))
+    collapsed = collapsed_markdown(runs)  # successes that learnt no more than a constant
+    if collapsed is None:
+        (out_dir / COLLAPSED_FILE).unlink(missing_ok=True)
+    else:
+        written.append(_write(out_dir / COLLAPSED_FILE, collapsed))
     return written
 
 

@@ -452,6 +452,9 @@ def aggregate(runs: pd.DataFrame, *, value: str = "primary_value") -> pd.DataFra
             "metric": first["primary_name"], "split": first["primary_split"],
             "higher_is_better": bool(first["higher_is_better"]),
             **asdict(summary),
+            # a collapsed seed (constant prediction) drags the mean: the median beside it
+            "median": float(np.median(group[value].to_numpy(dtype=float))),
+            "n_collapsed": _count_true(group, "collapsed"),
             "seed_values": dict(zip(seeded["seed"], seeded[value].astype(float), strict=True)),
             **{c: group[c].astype(float).mean() for c in COST_COLUMNS},
             **{c: _seed_mean(group, c) for c in MEASURE_COLUMNS},
@@ -459,6 +462,10 @@ def aggregate(runs: pd.DataFrame, *, value: str = "primary_value") -> pd.DataFra
             "forgetting_measure": _first(group, "forgetting_measure"),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _count_true(group: pd.DataFrame, column: str) -> int:
+    return int(group[column].eq(True).sum()) if column in group else 0
 
 
 def _seed_mean(group: pd.DataFrame, column: str) -> float:

@@ -48,6 +48,8 @@ from analysis.stats import (
 )
 
 SCORE_FIELDS = ("mean", "std", "n", "ci_low", "ci_high", "ci_method")
+# Per task in the CSV, after TEST_FIELDS: runs collapsed to a constant prediction, the median.
+COLLAPSE_FIELDS = ("n_collapsed", "median")
 # Per task in the CSV, after SCORE_FIELDS: the paired test against the column's best method.
 TEST_FIELDS = ("test_vs_best", "n_vs_best", "p_vs_best", "p_holm_vs_best")
 # ... and, where a column was compared on per-example predictions, the difference from the
@@ -201,7 +203,7 @@ def _build_one(
 ) -> ComparisonTable:
     tasks = [infos[t] for t in sorted(agg["task"].unique())]
     indexed = agg.set_index(["method_label", "task"])
-    cells = indexed[list(SCORE_FIELDS)]
+    cells = indexed[[*SCORE_FIELDS, *(f for f in COLLAPSE_FIELDS if f in indexed)]]
     means = cells["mean"].unstack("task")
     best, tied, ranks, tests = {}, {}, {}, {}
     effects, powers, ref_tests = {}, {}, {}
@@ -441,6 +443,10 @@ def _score_cell(table: ComparisonTable, method: str, task: TaskInfo, style: _Sty
     text += style.dagger if method in table.tied.get(task.name, ()) else ""
     if cell["n"] == 1 and table.cells["n"].max() > 1:  # in a 1-seed table the caption says it
         text += " (1 seed)"
+    collapsed = int(cell.get("n_collapsed", 0) or 0)
+    if collapsed:  # the mean counts the collapsed seeds (issue 33): the median beside it
+        median = _number(cell["median"], task.scale, style)
+        text += f" (median {median}; {collapsed} of {int(cell['n'])} collapsed)"
     return text
 
 
@@ -683,6 +689,12 @@ def _legend(table: ComparisonTable, style: _Style) -> str:
     avg_note = "" if table.avg_comparable else " Avg. omitted: tasks differ in scale or direction."
     if table.cells.index.get_level_values("method_label").value_counts().min() < len(table.tasks):
         avg_note += " Avg. and Avg. rank are marked best only among methods run on every task."
+    if "n_collapsed" in table.cells and table.cells["n_collapsed"].fillna(0).gt(0).any():
+        avg_note += (
+            " Collapsed: runs whose dev predictions were one class throughout or never beat a "
+            "constant prediction; the mean counts them, the median is shown beside it "
+            "(collapsed.md lists them)."
+        )
     return (
         f"{style.bold('Bold')}: best mean per column. {_test_note(table, style)}"
         f"{_power_note(table, style)} "
@@ -847,7 +859,8 @@ def to_csv(tables: list[ComparisonTable]) -> str:
     for table in tables:
         wide = table.cells.join(_test_columns(table)).unstack("task")
         wide.columns = [f"{task}/{field}" for field, task in wide.columns]
-        fields = SCORE_FIELDS + TEST_FIELDS + _extra_fields(table)
+        collapse = tuple(f for f in COLLAPSE_FIELDS if f in table.cells)
+        fields = SCORE_FIELDS + TEST_FIELDS + collapse + _extra_fields(table)
         task_columns = [f"{t.name}/{f}" for t in table.tasks for f in fields]
         frame = wide[task_columns].assign(avg=table.avg, avg_rank=table.avg_rank)
         frame = frame.join(table.cost).loc[table.methods]
@@ -856,7 +869,9 @@ def to_csv(tables: list[ComparisonTable]) -> str:
             frame.insert(0, "reference", table.reference)
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
-    counts = [c for c in out.columns if c.endswith(("/n", "/n_vs_best", "/n_vs_ref"))]
+    counts = [
+        c for c in out.columns if c.endswith(("/n", "/n_vs_best", "/n_collapsed", "/n_vs_ref"))
+    ]
     out[counts] = out[counts].astype("Int64")  # unstacking made them float; seeds are counts
     first = ["model", "method"] + (["reference"] if "reference" in out else [])
     return out[first + [c for c in out.columns if c not in first]].to_csv(index=False)

@@ -9,10 +9,14 @@
     peftbench tune --methods M,.. [--trials N] [--seeds S] [KEY=VALUE..]   search, then seeds
     peftbench costs overhead|methods|peak [...]   costs of the harness, of every method;
                                           this machine's measured matmul peak
-    peftbench benchmark grid --results DIR [--tasks T,..] [--dry-run] [KEY=VALUE..]
-                                          every method at every scale of the lr grid, seed 0
+    peftbench benchmark grid --results DIR [--tasks T,..] [--methods M,..] [--dry-run] [KEY=VALUE..]
+                                          every method at every scale of the lr grid, on the
+                                          selection seed, dev only (test sealed)
     peftbench benchmark select --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
                                           lr scale per cell on dev, then the final seeds
+    peftbench benchmark extend --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
+                                          one scale beyond the edge where a choice lies at
+                                          it, then select again
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -99,10 +103,13 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     sub = group.add_subparsers(title="benchmark stages", metavar="STAGE")
     group.set_defaults(handler=lambda _args: _print_help(group))
     grid = sub.add_parser(
-        "grid", help="stage 1: every method at each scale of the lr grid, seed 0, in <results>/grid"
-    )
+        "grid", help="stage 1: every method at each scale of the lr grid, on the selection seed, "
+        "dev only (test sealed), in <results>/grid",
+    )  # fmt: skip
     grid.add_argument("--results", type=Path, required=True, help="the benchmark folder")
     grid.add_argument("--tasks", default=None, help="these tasks only (a,b); default: all three")
+    grid.add_argument("--methods", default=None, help="these methods only (a,b); default: all")
+    _selection_seeds_argument(grid)
     grid.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     grid.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
@@ -111,14 +118,15 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     grid.set_defaults(handler=_cmd_benchmark_grid)
     select = sub.add_parser(
         "select",
-        help="pick each cell's lr scale on dev (seed 0), write selection.md/json, run the "
-        "remaining seeds of each choice",
+        help="pick each cell's lr scale on dev (the selection seed), write selection.md/json, "
+        "run the final seeds of each choice (test once)",
     )
     select.add_argument(
         "--results", type=Path, required=True,
         help="the benchmark folder, e.g. docs/benchmarks/offline-2026-12-02 (grid/ in it)",
     )  # fmt: skip
-    select.add_argument("--seeds", default="0,1,2", help="seeds of the final runs (0: the grid's)")
+    select.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
+    _selection_seeds_argument(select)
     select.add_argument("--tasks", default=None, help="run the finals of these tasks only (a,b)")
     select.add_argument("--grid", type=Path, default=None, help="default: <results>/grid")
     select.add_argument("--final", type=Path, default=None, help="default: <results>/final")
@@ -129,6 +137,56 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         help="added to every final command, e.g. hydra/launcher=processes train.threads=auto",
     )  # fmt: skip
     select.set_defaults(handler=_cmd_benchmark_select)
+    extend = sub.add_parser(
+        "extend",
+        help="add one lr scale beyond the grid's edge (x30 above x10, x0.1 below x0.3) to every "
+        "cell chosen at the edge, train it, then select again",
+    )
+    extend.add_argument("--results", type=Path, required=True, help="the benchmark folder")
+    extend.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
+    extend.add_argument("--tasks", default=None, help="these tasks only (a,b)")
+    extend.add_argument("--methods", default=None, help="these methods only (a,b)")
+    _selection_seeds_argument(extend)
+    extend.add_argument("--dry-run", action="store_true", help="print the commands only")
+    extend.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="added to every grid and final command, e.g. hydra/launcher=processes",
+    )  # fmt: skip
+    extend.set_defaults(handler=_cmd_benchmark_extend)
+
+
+def _selection_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    from peftbench.launch.protocol import SELECTION_SEED
+
+    parser.add_argument(
+        "--selection-seeds", default=str(SELECTION_SEED),
+        help=f"the grid's seeds, none of them a final seed (default {SELECTION_SEED}); with "
+        "two or more the selection ranks the mean dev over them",
+    )  # fmt: skip
+
+
+def _seeds(text: str, flag: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise _UserError(f"{flag} must be integers like 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise _UserError(f"{flag} is empty; give e.g. {flag} 0,1,2")
+    return seeds
+
+
+def _cmd_benchmark_extend(args: argparse.Namespace) -> int:
+    from peftbench.launch.protocol import extend_flow  # lazy: pandas, hydra
+
+    return extend_flow(
+        args.results,
+        seeds=_seeds(args.seeds, "--seeds"),
+        overrides=list(args.overrides),
+        tasks=args.tasks.split(",") if args.tasks else None,
+        methods=args.methods.split(",") if args.methods else None,
+        selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
+        dry_run=args.dry_run,
+    )
 
 
 def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
@@ -136,22 +194,19 @@ def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
 
     tasks = args.tasks.split(",") if args.tasks else None
     return grid_flow(
-        args.results, tasks=tasks, overrides=list(args.overrides), dry_run=args.dry_run
-    )
+        args.results, tasks=tasks, overrides=list(args.overrides), dry_run=args.dry_run,
+        methods=args.methods.split(",") if args.methods else None,
+        selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
+    )  # fmt: skip
 
 
 def _cmd_benchmark_select(args: argparse.Namespace) -> int:
     from peftbench.launch.protocol import select_flow  # lazy: pandas, hydra
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise _UserError(f"--seeds must be integers like 0,1,2, got {args.seeds!r}") from None
-    if not seeds:
-        raise _UserError("--seeds is empty; give e.g. --seeds 0,1,2")
     return select_flow(
         args.results,
-        seeds=seeds,
+        seeds=_seeds(args.seeds, "--seeds"),
+        selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
         overrides=list(args.overrides),
         tasks=args.tasks.split(",") if args.tasks else None,
         grid_dir=args.grid,

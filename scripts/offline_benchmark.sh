@@ -3,10 +3,11 @@
 #
 #   scripts/offline_benchmark.sh DIR [STAGE...]     e.g. DIR=docs/benchmarks/offline-2026-12-02
 #
-#   grid[:TASK]   stage 1: 21 methods x 4 lr scales (0.3,1,3,10) x seed 0
-#                 on each task (or one task), one task at a time, into DIR/grid
+#   grid[:TASK]   stage 1: 21 methods x 4 lr scales (0.3,1,3,10) x selection seed 100,
+#                 dev only (test sealed), on each task (or one task), one task at a time,
+#                 into DIR/grid
 #   select        choose each cell's scale on dev -> DIR/selection.{md,json} (trains nothing)
-#   final[:TASK]  seeds 1,2 of each chosen recipe (or one task's), into DIR/final
+#   final[:TASK]  seeds 0,1,2 of each chosen recipe (or one task's), into DIR/final
 #   report        DIR/report (the benchmark: chosen recipes, 3 seeds) and DIR/grid/report
 #                 (the whole search)
 #

@@ -198,6 +198,14 @@ class Task:
         """
         return self.predict(model(**batch), batch)
 
+    def predict_scored(self, model: Any, batch: dict) -> tuple[list, list[float] | None]:
+        """Predictions with the predicted class's probability (None: the kind has no class).
+
+        What a record's predictions file keeps (peftbench/records/predictions.py);
+        classification kinds override it.
+        """
+        return self.predict_batch(model, batch), None
+
     def references(self, batch: dict) -> list:
         raise NotImplementedError
 

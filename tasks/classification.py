@@ -96,13 +96,26 @@ class ClassificationTask(Task):
         return outputs.logits.argmax(dim=-1).tolist()
 
     def predict_batch(self, model: Any, batch: dict) -> list:
-        """A head's argmax, or (text-to-text) the label word the decoder scores highest.
+        """A head's argmax, or (text-to-text) the label word the decoder scores highest."""
+        return self.predict_scored(model, batch)[0]
+
+    def predict_scored(self, model: Any, batch: dict) -> tuple[list, list[float]]:
+        """The predicted class and its probability: the head's softmax, or (text-to-text)
+        the softmax over the label words' scores.
 
         Rank classification: each label word is scored by the sum of its tokens'
         log-probabilities given the input, one teacher-forced decoder pass per class.
         """
         if not self.text_to_text:
-            return super().predict_batch(model, batch)
+            logits = model(**batch).logits.float()
+        else:
+            logits = self._label_scores(model, batch)
+        probs = logits.softmax(dim=-1)
+        best = probs.max(dim=-1)
+        return best.indices.tolist(), best.values.tolist()
+
+    def _label_scores(self, model: Any, batch: dict) -> torch.Tensor:
+        """Per example and label word, the sum of the word's token log-probabilities."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         scores = []
         for target in self._label_targets(self.tokenizer):
@@ -112,7 +125,7 @@ class ClassificationTask(Task):
             logits = model(**inputs, labels=labels).logits.float()
             token_scores = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1))
             scores.append(token_scores.squeeze(-1).sum(-1))
-        return torch.stack(scores, dim=-1).argmax(dim=-1).tolist()
+        return torch.stack(scores, dim=-1)
 
     def _label_targets(self, tokenizer: Any) -> list[list[int]]:
         """Each label word's token ids; two words the tokenizer cannot tell apart are refused."""
@@ -177,9 +190,12 @@ class RegressionTask(ClassificationTask):
     def predict(self, outputs: Any, batch: dict) -> list[float]:
         return outputs.logits.squeeze(-1).float().tolist()
 
+    def predict_scored(self, model: Any, batch: dict) -> tuple[list[float], None]:
+        return self.predict_batch(model, batch), None  # a score has no class probability
+
     def predict_batch(self, model: Any, batch: dict) -> list[float]:
         if not self.text_to_text:
-            return super().predict_batch(model, batch)  # the head's output
+            return self.predict(model(**batch), batch)  # the head's output
         out = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

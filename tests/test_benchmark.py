@@ -72,7 +72,8 @@ def test_the_benchmark_preset_composes_with_21_methods_3_task_kinds_and_one_grid
     assert kinds == {"classification", "token_classification"}
     assert len(tasks) == 3  # sentiment, hedge cues, NER: three kinds of problem
     assert protocol.preset_scales() == [0.3, 1.0, 3.0, 10.0]
-    assert str(params.seed) == "0"
+    assert str(params.seed) == str(protocol.SELECTION_SEED) == "100"  # no final seed
+    assert preset.train.evaluate_test is False  # the grid sees dev only
     # every job of one task at one scale composes and validates (the 21 methods)
     argv = ["-m", "+experiment=offline-benchmark", "task=wnut16", "method.lr_scale=3"]
     check_command_line([*argv, "results_dir=/tmp/bench/grid"], conf_dir=ROOT / "conf")
@@ -87,7 +88,8 @@ def _record(grid: Path, method: str, scale: float, dev: float | None, test: floa
     """A minimal grid record: dev and test at the selected step, or a failure (dev None)."""
     status = extra.pop("status", "success" if dev is not None else "diverged")
     task = extra.pop("task", "polarity")
-    run_id = f"{task}--tiny--{method}--s0--h{int(scale * 10):03d}"
+    seed = extra.pop("seed", protocol.SELECTION_SEED)
+    run_id = f"{task}--tiny--{method}--s{seed}--h{int(scale * 10):03d}"
     recipe = {"method.name": method, "method.lr": 1e-3, "method.lr_scale": scale}
     record = {
         "schema_version": 2,
@@ -99,12 +101,12 @@ def _record(grid: Path, method: str, scale: float, dev: float | None, test: floa
             "task": task,
             "model": "tiny",
             "method": method,
-            "seed": 0,
+            "seed": seed,
             "weights": "pretrained",
             "lr": 1e-3 * scale,
             "recipe_hash": f"h{int(scale * 10):03d}",
             "recipe": recipe,
-            "overrides": [f"method={method}", f"method.lr_scale={scale:g}", "seed=0"],
+            "overrides": [f"method={method}", f"method.lr_scale={scale:g}", f"seed={seed}"],
         },
         "metrics": {
             "primary": {
@@ -124,6 +126,7 @@ def _record(grid: Path, method: str, scale: float, dev: float | None, test: floa
     folder = records_dir(grid)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}__20261202T100000000000Z__{status}.json"
+    assert not path.exists()
     path.write_text(json.dumps(record))
     return path
 
@@ -186,7 +189,7 @@ def test_runs_off_the_grid_are_kept_as_data_but_are_not_points_of_the_search(tmp
     assert lora.chosen.lr_scale == 3.0 and not protocol.at_grid_edge(lora)  # not x30's 0.9
     markdown = protocol.to_markdown([adalora, lora], [])
     assert "## wnut16 (dev accuracy; lr x 0.3, 1, 3, 10)" in markdown
-    assert "- `wnut16--tiny--adalora--s0--h300` (x30, dev 0.1000)" in markdown  # listed, kept
+    assert "- `wnut16--tiny--adalora--s100--h300` (x30, dev 0.1000)" in markdown  # listed, kept
     # every task's grid stage runs the preset's scales, and names a task it does not know
     for task in ("wnut16", "polarity", "hedge"):
         assert "method.lr_scale=0.3,1,3,10" in protocol.grid_command(task, tmp_path)
@@ -233,11 +236,12 @@ def test_select_dry_run_writes_the_selection_and_copies_nothing(tmp_path, capsys
     assert lora["chosen"]["lr_scale"] == 1.0
     assert [p["dev"] for p in lora["grid"]] == [0.5, 0.9, 0.7, 0.6]
     [line] = selection["commands"]
-    assert "method=lora" in line and "seed=1" in line and "method.lr_scale=1" in line
-    assert "seed=0" not in line and "adapter" not in line
+    assert "method=lora" in line and "seed=0,1" in line and "method.lr_scale=1" in line
+    assert "train.evaluate_test=true" in line  # the finals evaluate test once
+    assert "seed=100" not in line and "adapter" not in line
     markdown = (results / "selection.md").read_text()
     assert "| lora | tiny | 0.5000 | **0.9000** | 0.7000 | 0.6000 | x1 |" in markdown
-    assert "Failed at every scale" in markdown and "adapter--s0" in markdown
+    assert "Failed at every scale" in markdown and "adapter--s100" in markdown
     assert not (results / "final").exists()  # a dry run copies and trains nothing
 
 
@@ -263,35 +267,121 @@ def _success(folder: Path) -> list[dict]:
 
 
 @pytest.mark.slow  # a subprocess path; CI runs it with `pytest -m slow`
-def test_grid_then_select_trains_the_remaining_seeds_of_the_dev_best_scale(
+def test_grid_then_select_trains_every_final_seed_of_the_dev_best_scale(
     tiny_bert_dir, tmp_path, capsys
 ):
     results = tmp_path / "bench"
     grid = tiny_overrides(tiny_bert_dir, results / "grid", "method=lora")
     scales = protocol.preset_scales()  # select chooses only once every grid point has a record
     sweep = "method.lr_scale=" + ",".join(f"{s:g}" for s in scales)
-    _run_py("run.py", "-m", sweep, "seed=0", *grid)
+    _run_py("run.py", "-m", sweep, "seed=100", "train.evaluate_test=false", *grid)
     runs = _success(results / "grid")
+    assert all(r["metrics"]["test"] is None for r in runs)  # the grid saw no test
     assert sorted(r["experiment"]["recipe"]["method.lr_scale"] for r in runs) == scales
     best = max(runs, key=lambda r: (r["metrics"]["dev"]["accuracy"], -abs(_log_scale(r))))
 
     command = ["-m", "peftbench.cli", "benchmark", "select", "--results", str(results)]
     dry = _run_py(*command, "--dry-run")
     scale = f"method.lr_scale={best['experiment']['recipe']['method.lr_scale']:g}"
-    [line] = [ln for ln in dry.splitlines() if ln.startswith("[select] python run.py -m")]
-    assert scale in line and "seed=1,2" in line and f"results_dir={results / 'final'}" in line
+    [line] = [ln for ln in dry.splitlines() if ln.startswith("[select] peftbench run -m")]
+    assert scale in line and "seed=0,1,2" in line and f"results_dir={results / 'final'}" in line
 
     # a final recipe that is not the grid's (here another step count) is refused, by key
     assert main([*command[2:], "train.max_steps=3"]) == 2
     assert "differs in: train.max_steps" in capsys.readouterr().err
     assert not (results / "final").exists()
 
-    _run_py(*command)  # copies seed 0 of the choice, trains seeds 1 and 2
+    _run_py(*command)  # trains seeds 0, 1 and 2, each tested once
     final = _success(results / "final")
     assert sorted(r["experiment"]["seed"] for r in final) == [0, 1, 2]
-    assert {r["experiment"]["recipe_hash"] for r in final} == {best["experiment"]["recipe_hash"]}
-    assert next(r for r in final if r["experiment"]["seed"] == 0)["run_id"] == best["run_id"]
+    trained = {k: v for k, v in best["experiment"]["recipe"].items() if k != "train.evaluate_test"}
+    assert all(r["experiment"]["recipe"] == trained for r in final)  # the grid's, unsealed
+    assert all(r["metrics"]["test"] is not None for r in final)
 
     again = _run_py(*command)  # resumable: nothing left to train
-    assert again.count("already done, skipping") == 2
+    assert again.count("already done, skipping") == 3
     assert len(_success(results / "final")) == 3
+
+
+# ------------------------------------------------------------- sealed test, seeds, grid edges
+
+
+def test_the_grid_is_sealed_on_the_selection_seed_and_takes_a_subset_of_methods(tmp_path, capsys):
+    argv = protocol.grid_command("polarity", tmp_path, methods=["lora", "ia3"])
+    assert "train.evaluate_test=false" in argv and "seed=100" in argv
+    assert "method=lora,ia3" in argv
+    assert "seed=100,101" in protocol.grid_command("polarity", tmp_path, seeds=[100, 101])
+    code = main(["benchmark", "grid", "--results", str(tmp_path), "--tasks", "polarity",
+                 "--methods", "lora", "--dry-run", "train.max_steps=5"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "method=lora " in printed and "train.evaluate_test=false" in printed
+    assert main(["benchmark", "grid", "--results", str(tmp_path), "--methods", "lorra"]) == 2
+    assert "lorra is not a method of the benchmark" in capsys.readouterr().err
+
+
+def test_a_final_seed_that_is_a_selection_seed_is_refused(tmp_path, capsys):
+    _record(tmp_path / "grid", "lora", 1.0, dev=0.8, test=0.6)
+    assert main(["benchmark", "select", "--results", str(tmp_path), "--seeds", "0,100"]) == 2
+    assert "seed 100 is both a selection seed and a final seed" in capsys.readouterr().err
+
+
+def test_selection_on_two_seeds_ranks_the_mean_dev_and_waits_for_every_seed(tmp_path):
+    grid = tmp_path / "grid"
+    # seed 100 alone would choose x0.3; the mean over 100 and 101 chooses x1
+    for seed, devs in ((100, (0.9, 0.8, 0.5)), (101, (0.5, 0.8, 0.5))):
+        for scale, dev in zip((0.3, 1.0, 3.0), devs, strict=True):
+            _record(grid, "lora", scale, dev=dev, test=0.5, seed=seed)
+    [one] = protocol.select_cells(grid, [0.3, 1, 3], seeds=[100])
+    [both] = protocol.select_cells(grid, [0.3, 1, 3], seeds=[100, 101])
+    assert one.chosen.lr_scale == 0.3 and both.chosen.lr_scale == 1.0
+    assert both.chosen.dev == pytest.approx(0.8) and both.chosen.seed_devs == {100: 0.8, 101: 0.8}
+    assert both.grid[0].dev == pytest.approx(0.7)
+    [waiting] = protocol.select_cells(grid, [0.3, 1, 3], seeds=[100, 101, 102])
+    assert waiting.status == "incomplete" and waiting.missing_scales == [0.3, 1.0, 3.0]
+
+
+def test_next_scale_steps_along_the_grids_log_series():
+    assert protocol.next_scale(10, up=True) == 30 and protocol.next_scale(30, up=True) == 100
+    assert protocol.next_scale(0.3, up=False) == 0.1 and protocol.next_scale(1, up=False) == 0.3
+
+
+def test_extend_adds_one_scale_beyond_the_edge_and_selection_says_which_choice_moved(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(protocol, "check_recipes", lambda finals: None)  # made-up recipes
+    results = tmp_path / "bench"
+    grid = results / "grid"
+    for scale, dev in ((0.3, 0.5), (1.0, 0.6), (3.0, 0.7), (10.0, 0.8)):  # still rising at x10
+        _record(grid, "lora", scale, dev=dev, test=0.5)
+    for scale, dev in ((0.3, 0.9), (1.0, 0.8), (3.0, 0.7), (10.0, 0.6)):  # best at x0.3
+        _record(grid, "prefix", scale, dev=dev, test=0.5)
+    for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7), (10.0, 0.6)):  # bracketed
+        _record(grid, "ia3", scale, dev=dev, test=0.5)
+    assert main(["benchmark", "select", "--results", str(results), "--dry-run"]) == 0
+    ran = []
+
+    def train(overrides, *, tag, dry_run=False):  # the grid runs of the new points
+        ran.append(list(overrides))
+        scale = float(next(o for o in overrides if o.startswith("method.lr_scale=")).split("=")[1])
+        method = next(o for o in overrides if o.startswith("method=")).split("=")[1]
+        if tag == "extend":
+            _record(grid, method, scale, dev={"lora": 0.85, "prefix": 0.5}[method], test=0.5)
+        return 0
+
+    monkeypatch.setattr(protocol.commands, "call", train)
+    assert main(["benchmark", "extend", "--results", str(results)]) == 0
+    extended = [r for r in ran if "train.evaluate_test=false" in r]
+    assert sorted(o for r in extended for o in r if o.startswith("method.lr_scale=")) == [
+        "method.lr_scale=0.1", "method.lr_scale=30",
+    ]  # fmt: skip
+    assert all("seed=100" in r for r in extended) and not any("method=ia3" in r for r in extended)
+    assert json.loads((results / "extensions.json").read_text()) == {
+        "polarity--tiny--lora": [30.0], "polarity--tiny--prefix": [0.1],
+    }  # fmt: skip
+    cells = {c.method: c for c in protocol.select_cells(grid)}
+    assert cells["lora"].chosen.lr_scale == 30 and cells["prefix"].chosen.lr_scale == 0.3
+    assert cells["ia3"].scales == [0.3, 1.0, 3.0, 10.0]  # bracketed: its grid is unchanged
+    markdown = (results / "selection.md").read_text()
+    assert "## Choices moved since the previous selection" in markdown
+    assert "- polarity--tiny--lora: x10 -> x30" in markdown and "prefix: x0.3" not in markdown
+    assert "| n/a |" in markdown  # ia3 has no x30 or x0.1 point

@@ -22,9 +22,7 @@ def quick(monkeypatch):
     monkeypatch.setattr(peak_module, "MIN_SECONDS", 0.01)
 
 
-def test_a_measurement_is_the_best_size_and_cached_until_remeasured(
-    quick, tmp_path, monkeypatch
-):
+def test_a_measurement_is_the_best_size_and_cached_until_remeasured(quick, tmp_path, monkeypatch):
     first = peak_module.peak("fp32", 1, CPU, cache_dir=tmp_path)
     assert first["tflops"] == max(first["by_size_tflops"].values()) > 0
     assert first["best_size"] in (32, 64) and first["dtype"] == "fp32" and first["threads"] == 1
@@ -64,9 +62,7 @@ def test_a_cpu_record_carries_mfu_against_the_measured_peak(quick, compose, tmp_
     assert cost["mfu_measured"] == cost["mfu"]
 
 
-def test_the_peak_command_prints_a_table_and_refuses_bad_ones(
-    quick, tmp_path, monkeypatch, capsys
-):
+def test_the_peak_command_prints_a_table_and_refuses_bad_ones(quick, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
     assert main(["costs", "peak", "--dtypes", "fp32", "--threads", "1"]) == 0
     out = capsys.readouterr().out

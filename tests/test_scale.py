@@ -18,7 +18,7 @@ from peftbench.config.precheck import check_command_line
 from peftbench.errors import ConfigError
 from peftbench.launch import slots
 from peftbench.launch.callbacks import sweep_size
-from peftbench.launch.tune import best_params, flow, objective, search_space
+from peftbench.launch.tune import SEARCH_SEED, best_params, flow, objective, search_space
 from peftbench.records.store import records_dir
 from peftbench.runner import data_parallel
 from tests.conftest import ROOT, tiny_overrides
@@ -307,19 +307,25 @@ def test_tune_flow_searches_then_runs_the_best_trial_with_every_seed(tiny_bert_d
     ]
     assert flow(["lora"], trials=2, seeds="0,1", results=results, overrides=overrides) == 0
     records = [json.loads(p.read_text()) for p in records_dir(results).glob("*.json")]
-    trials = [r for r in records if r["experiment"]["seed"] == 0]
+    trials = [r for r in records if r["experiment"]["seed"] == SEARCH_SEED]
     assert len(trials) == 2 and len({t["config"]["method"]["lr"] for t in trials}) == 2
+    assert all(t["metrics"]["test"] is None for t in trials)  # the search saw dev only
     best = best_params(results / "tuning" / "default--lora")  # the study's best trial
-    # the best trial is the seed-0 final run (same recipe, same id): only seed 1 trains anew
-    assert len(records) == 3
-    (seed_1,) = [r for r in records if r["experiment"]["seed"] == 1]
-    recipe = seed_1["experiment"]["recipe_hash"]
-    finals = [r for r in records if r["experiment"]["recipe_hash"] == recipe]
-    assert sorted(f["experiment"]["seed"] for f in finals) == [0, 1]
+    # no trial is a final run: both final seeds train, each tested once
+    finals = [r for r in records if r["experiment"]["seed"] != SEARCH_SEED]
+    assert sorted(f["experiment"]["seed"] for f in finals) == [0, 1] and len(records) == 4
     for final in finals:
-        assert final["status"] == "success"
+        assert final["status"] == "success" and final["metrics"]["test"] is not None
         assert final["config"]["method"]["lr"] == pytest.approx(best["method.lr"])
         assert final["config"]["method"]["peft"]["r"] == best["method.peft.r"]
+
+
+def test_tune_refuses_a_final_seed_that_is_the_search_seed(tmp_path):
+    with pytest.raises(ConfigError, match="seed 100 is both a selection seed and a final seed"):
+        flow(["lora"], trials=2, seeds="0,100", results=tmp_path, overrides=[], dry_run=True)
+    with pytest.raises(ConfigError, match="seed 3 is both"):
+        flow(["lora"], trials=2, seeds="3", results=tmp_path, overrides=["seed=3"], dry_run=True)
+    assert flow(["lora"], trials=2, seeds="0,1", results=tmp_path, overrides=[], dry_run=True) == 0
 
 
 def test_sweep_size_counts_a_plain_value_that_overrides_a_preset_sweep():

@@ -133,6 +133,7 @@ SCHEMA: dict[str, Rule] = {
     "train.num_workers": _int_at_least(0, "0"),
     "train.checkpoint_every_steps": _int_at_least(0, "500"),
     "train.keep_checkpoints": _BOOL,
+    "train.evaluate_test": _BOOL,
     "train.threads": Rule(
         object,
         lambda v: v == "auto" or (isinstance(v, int) and v >= 1),

@@ -1,24 +1,30 @@
 """The offline benchmark's selection stage: one lr scale per cell, chosen on dev, then seeds.
 
-Stage 1 (``+experiment=offline-benchmark``) trains every (task, model, method) cell at the same
-grid of ``method.lr_scale`` values on seed 0 into ``<DIR>/grid``. Then
+Stage 1 (``peftbench benchmark grid``, ``+experiment=offline-benchmark``) trains every (task,
+model, method) cell, or ``--methods`` of them, at the same grid of ``method.lr_scale`` values
+on the selection seed (:data:`SELECTION_SEED`, none of the final seeds; or ``--selection-seeds
+a,b`` whose dev scores are averaged) into ``<DIR>/grid``, with test sealed
+(``train.evaluate_test=false``: no test metric, no test predictions in a grid record). Then
 ``peftbench benchmark select --results DIR`` (:func:`select_flow`):
 
 1. reads the grid's records and, per cell, picks the scale with the best **dev** primary metric
-   at the dev-selected step (test is never read); ties go to the scale nearest 1 on a log
-   scale (the method's cited lr), then to the smaller one;
+   at the dev-selected step (the mean over the selection seeds); ties go to the scale nearest
+   1 on a log scale (the method's cited lr), then to the smaller one;
 2. writes ``DIR/selection.json`` and ``DIR/selection.md``: every grid point's dev score and
-   status, the chosen scale, and the cells that failed at every scale (reported, not dropped)
-   or are still missing grid points (no choice yet);
-3. copies the chosen seed-0 record into ``DIR/final/records`` (byte for byte: git stores one
-   blob), so the final folder holds the chosen recipes only and seed 0 is "already done";
-   a failed cell's records are copied too, so the final report's failures section lists it;
+   status, the chosen scale, the cells that failed at every scale (reported, not dropped) or
+   are still missing grid points (no choice yet), and the choices that moved since the
+   previous selection;
+3. copies a failed cell's records into ``DIR/final/records``, so the final report's failures
+   section lists it (a chosen grid run is not copied: it saw no test);
 4. checks that the final command of each chosen cell composes to the chosen run's very recipe
-   (same hash: same code, method defaults and device kind), then runs (or, ``--dry-run``,
-   prints) one ``python run.py -m`` per task and scale for the remaining seeds.
+   (same code, method defaults and device kind; the sealed test aside), then runs (or,
+   ``--dry-run``, prints) one ``peftbench run -m`` per task and scale for every final seed,
+   each evaluating test once.
 
-``peftbench report --results DIR/final`` is then the benchmark's table; ``DIR/grid`` reports
-the whole search. docs/benchmarks/README.md is the protocol.
+``peftbench benchmark extend`` (:func:`extend_flow`) adds one scale beyond the grid's edge to
+every cell whose choice lies at it (``DIR/extensions.json``) and selects again.
+``peftbench report --results DIR/final`` is then the benchmark's table; ``DIR/grid``
+reports the whole search (on dev). docs/benchmarks/README.md is the protocol.
 """
 
 from __future__ import annotations
@@ -38,11 +44,21 @@ from peftbench.launch import commands
 
 PRESET = CONF_DIR / "experiment" / "offline-benchmark.yaml"
 SCALE_KEY = "method.lr_scale"
-GRID_SEED = 0
+#: The seed the grid trains on by default: none of the final seeds, so the dev score that
+#: chose a scale is not that of a run whose test score is then reported. The 2026-12-02
+#: benchmark selected on seed 0 and reported seeds 0-2 (hedge: +0.024 selection bias on
+#: seed 0's dev). ``--selection-seeds a,b`` selects on the mean dev of several seeds instead.
+SELECTION_SEED = 100
+SELECTION_SEEDS = (SELECTION_SEED,)
+#: Grid points added by ``peftbench benchmark extend``, per cell, beside ``selection.json``
+#: (not in ``grid/``, whose JSON files are records).
+EXTENSIONS_JSON = "extensions.json"
 SELECTION_JSON = "selection.json"
 SELECTION_MD = "selection.md"
 #: Overrides of a grid job that the final command sets itself.
-_REPLACED = ("seed", "results_dir")
+_REPLACED = ("seed", "results_dir", "train.evaluate_test")
+#: The grid keeps test sealed; the final runs evaluate it once.
+SEALED, UNSEALED = "train.evaluate_test=false", "train.evaluate_test=true"
 
 
 def preset_scales(preset: Path = PRESET) -> list[float]:
@@ -63,7 +79,8 @@ def preset_tasks(preset: Path = PRESET) -> list[str]:
 
 @dataclass
 class GridPoint:
-    """One grid run (seed 0) of a cell: its scale, status and dev score."""
+    """One grid point of a cell: its scale, status and dev score (the mean over the
+    selection seeds; the first seed's run names it)."""
 
     lr_scale: float
     run_id: str
@@ -74,6 +91,7 @@ class GridPoint:
     recipe_hash: str
     path: str
     overrides: list[str] = field(default_factory=list)
+    seed_devs: dict[int, float] = field(default_factory=dict)  # per selection seed
 
 
 @dataclass
@@ -102,8 +120,10 @@ def _scale(recipe: dict, config: dict) -> float:
     return 1.0 if value is None else float(value)
 
 
-def grid_points(grid_dir: Path, seed: int = GRID_SEED) -> dict[tuple[str, str, str], list[dict]]:
-    """The grid's records of ``seed``, one per run id, grouped by (task, model, method).
+def grid_points(
+    grid_dir: Path, seeds: Sequence[int] = SELECTION_SEEDS
+) -> dict[tuple[str, str, str], list[dict]]:
+    """The grid's records of ``seeds``, one per run id, grouped by (task, model, method).
 
     Per run id the newest success wins, else the newest record (a failed run that later
     succeeded counts as its success; one that never did stays a failure).
@@ -111,7 +131,7 @@ def grid_points(grid_dir: Path, seed: int = GRID_SEED) -> dict[tuple[str, str, s
     from analysis.frame import load_records
 
     df = load_records(grid_dir)
-    df = df[(df["seed"] == seed) & (df["weights"] != "synthetic")].copy()
+    df = df[df["seed"].isin(list(seeds)) & (df["weights"] != "synthetic")].copy()
     df["ok"] = df["status"] == "success"
     df = df.sort_values(["ok", "created_at", "path"], na_position="first", kind="stable")
     latest = df.drop_duplicates("run_id", keep="last")
@@ -124,7 +144,7 @@ def grid_points(grid_dir: Path, seed: int = GRID_SEED) -> dict[tuple[str, str, s
     return cells
 
 
-def _point(entry: dict) -> tuple[GridPoint, str | None, bool]:
+def _seed_point(entry: dict) -> tuple[GridPoint, str | None, bool]:
     record, recipe = entry["record"], entry["recipe"]
     metrics = record.get("metrics") or {}
     primary = metrics.get("primary") or {}
@@ -143,7 +163,28 @@ def _point(entry: dict) -> tuple[GridPoint, str | None, bool]:
         path=entry["path"],
         overrides=list(experiment.get("overrides") or []),
     )
+    if ok:
+        point.seed_devs = {int(experiment.get("seed") or 0): float(dev)}
     return point, name, bool(primary.get("higher_is_better", True))
+
+
+def _point(entries: list[dict], seeds: Sequence[int]) -> tuple[GridPoint, str | None, bool]:
+    """One scale's point over the selection seeds: the mean dev when every seed has one,
+    else the first failure's status (an lr that fails on one seed is not chosen), or
+    ``incomplete`` while a seed has not run."""
+    by_seed = {int(e["record"]["experiment"].get("seed") or 0): e for e in entries}
+    parts = [_seed_point(by_seed[s]) for s in seeds if s in by_seed]
+    point, name, higher = parts[0]
+    failed = next((p for p, _, _ in parts if p.dev is None), None)
+    if failed is not None:
+        point = failed
+    elif len(parts) < len(seeds):
+        point.status, point.dev = "incomplete", None
+        point.seed_devs = {k: v for p, _, _ in parts for k, v in p.seed_devs.items()}
+    else:
+        point.seed_devs = {k: v for p, _, _ in parts for k, v in p.seed_devs.items()}
+        point.dev = sum(point.seed_devs.values()) / len(point.seed_devs)
+    return point, name or next((n for _, n, _ in parts if n), None), higher
 
 
 def _base_recipe(recipe: dict) -> str:
@@ -168,21 +209,28 @@ def choose(points: Sequence[GridPoint], higher_is_better: bool) -> GridPoint | N
 
 
 def select_cells(
-    grid_dir: Path, scales: Iterable[float] | None = None, seed: int = GRID_SEED
+    grid_dir: Path, scales: Iterable[float] | None = None, seeds: Sequence[int] = SELECTION_SEEDS
 ) -> list[Cell]:
     """Every cell of the grid with its points and its choice (see the module docstring).
 
     Args:
-        scales: The grid; default: the preset's (:func:`preset_scales`). Records at a scale
-            outside it are kept as data (``Cell.off_grid``) but are not points of the search.
+        scales: The grid; default: the preset's (:func:`preset_scales`) and the scales
+            ``peftbench benchmark extend`` added to a cell (``extensions.json`` beside
+            ``selection.json``). Records
+            at a scale outside it are kept as data (``Cell.off_grid``) but are not points of
+            the search.
+        seeds: The selection seeds; a point's dev score is their mean.
 
     Raises:
         ConfigError: a cell whose grid runs differ in more than the lr scale (another lr,
             rank, epoch count...): the selection would compare different searches.
     """
-    grid_scales = preset_scales() if scales is None else [float(s) for s in scales]
+    base_scales = preset_scales() if scales is None else [float(s) for s in scales]
+    extensions = read_extensions(grid_dir) if scales is None else {}
     cells = []
-    for (task, model, method), entries in sorted(grid_points(grid_dir, seed).items()):
+    for (task, model, method), entries in sorted(grid_points(grid_dir, seeds).items()):
+        added = extensions.get(f"{task}--{model}--{method}", [])
+        grid_scales = sorted({*base_scales, *(float(s) for s in added)})
         bases = {_base_recipe(e["recipe"]) for e in entries}
         if len(bases) > 1:
             keys = _differing([e["recipe"] for e in entries])
@@ -192,15 +240,16 @@ def select_cells(
                 "keep one search per results folder, or move the other runs out",
             )
         points, metric, higher = [], None, True
-        for entry in entries:
-            point, name, better = _point(entry)
+        for group in _by_scale(entries):
+            point, name, better = _point(group, seeds)
             points.append(point)
             if name:
                 metric, higher = name, better
         points.sort(key=lambda p: p.lr_scale)
         off_grid = [p for p in points if not _on_grid(p.lr_scale, grid_scales)]
         points = [p for p in points if _on_grid(p.lr_scale, grid_scales)]
-        missing = [s for s in grid_scales if not _on_grid(s, [p.lr_scale for p in points])]
+        ran = [p.lr_scale for p in points if p.status != "incomplete"]
+        missing = [s for s in grid_scales if not _on_grid(s, ran)]
         chosen = None if missing else choose(points, higher)
         status = "incomplete" if missing else "selected" if chosen else "failed"
         cell = Cell(task, model, method, metric, higher, status, points, grid_scales, missing)
@@ -213,26 +262,55 @@ def _on_grid(scale: float, scales: Iterable[float]) -> bool:
     return any(math.isclose(scale, s) for s in scales)
 
 
+def _by_scale(entries: list[dict]) -> list[list[dict]]:
+    """A cell's records grouped by lr scale (the seeds of one grid point together)."""
+    groups: list[tuple[float, list[dict]]] = []
+    for entry in entries:
+        scale = _scale(entry["recipe"], entry["config"])
+        group = next((g for s, g in groups if math.isclose(s, scale)), None)
+        if group is None:
+            groups.append((scale, [entry]))
+        else:
+            group.append(entry)
+    return [g for _, g in groups]
+
+
+def read_extensions(grid_dir: Path) -> dict[str, list[float]]:
+    """The scales ``peftbench benchmark extend`` added, per cell name (none: {})."""
+    path = Path(grid_dir).parent / EXTENSIONS_JSON
+    if not path.is_file():
+        return {}
+    return {k: [float(s) for s in v] for k, v in json.loads(path.read_text()).items()}
+
+
 # --------------------------------------------------------------------------- grid commands
 
 
-def grid_command(task: str, grid_dir: Path, extra: Sequence[str] = ()) -> list[str]:
-    """Stage 1 of one task: every method of the preset at every scale of the grid, seed 0.
+def grid_command(
+    task: str, grid_dir: Path, extra: Sequence[str] = (), *,
+    methods: Sequence[str] | None = None, seeds: Sequence[int] = SELECTION_SEEDS,
+) -> list[str]:  # fmt: skip
+    """Stage 1 of one task: every method of the preset (or ``methods``) at every scale of the
+    grid, on the selection seeds, test sealed (dev only: no test metric, no test predictions).
 
     The sweep's overrides (:func:`peftbench.launch.commands.sweep` makes the command line)."""
     scales = ",".join(f"{s:g}" for s in preset_scales())
+    chosen = [f"method={','.join(methods)}"] if methods else []
     return [
-        "+experiment=offline-benchmark", f"task={task}", f"{SCALE_KEY}={scales}",
+        "+experiment=offline-benchmark", f"task={task}", *chosen, f"{SCALE_KEY}={scales}",
+        f"seed={','.join(str(s) for s in seeds)}", SEALED,
         f"results_dir={_relative(grid_dir)}", "tracker=none", *extra,
     ]  # fmt: skip
 
 
 def grid_flow(
     results: Path, *, tasks: Sequence[str] | None = None, overrides: Sequence[str] = (),
-    dry_run: bool = False,
+    dry_run: bool = False, methods: Sequence[str] | None = None,
+    selection_seeds: Sequence[int] = SELECTION_SEEDS,
 ) -> int:  # fmt: skip
     """Runs (or prints) stage 1 for each task, one task at a time; returns the first failure's
     exit code. Resumable: the runs whose success record exists are skipped by identity."""
+    check_methods(methods)
     known = preset_tasks()
     unknown = [t for t in tasks or () if t not in known]
     if unknown:
@@ -241,12 +319,41 @@ def grid_flow(
             f"choose from {', '.join(known)}",
         )
     for task in tasks or known:
-        code = commands.call(
-            grid_command(task, results / "grid", overrides), tag="grid", dry_run=dry_run
+        argv = grid_command(
+            task, results / "grid", overrides, methods=methods, seeds=selection_seeds
         )
+        code = commands.call(argv, tag="grid", dry_run=dry_run)
         if code:
             return code
     return 0
+
+
+def preset_methods(preset: Path = PRESET) -> list[str]:
+    """The methods of the benchmark preset, in its order."""
+    return str(OmegaConf.load(preset).hydra.sweeper.params.method).split(",")
+
+
+def check_methods(methods: Sequence[str] | None) -> None:
+    """``--methods``: each must be a method of the preset (one-line error otherwise)."""
+    known = preset_methods()
+    unknown = [m for m in methods or () if m not in known]
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)} is not a method of the benchmark",
+            f"choose from {', '.join(known)}",
+        )
+
+
+def check_seeds(final: Sequence[int], selection: Sequence[int]) -> None:
+    """Final seeds must not be selection seeds: their dev chose the scale, so their test
+    score would carry the selection's luck (one-line error otherwise)."""
+    both = sorted(set(final) & set(selection))
+    if both:
+        raise ConfigError(
+            f"seed {','.join(map(str, both))} is both a selection seed and a final seed; "
+            "the run whose dev chose the scale would report its test",
+            f"pick final seeds apart from the selection seeds ({','.join(map(str, selection))})",
+        )
 
 
 # --------------------------------------------------------------------------- final commands
@@ -271,7 +378,8 @@ def final_overrides(cell: Cell, results: Path, extra: Sequence[str]) -> list[str
     ]
     extra_keys = {_key(o) for o in extra}
     kept = [o for o in recorded if _key(o) not in (*_REPLACED, *extra_keys)]
-    return [*kept, *extra, f"results_dir={results}"]
+    unseal = [] if _key(UNSEALED) in extra_keys else [UNSEALED]  # the preset seals the grid
+    return [*kept, *unseal, *extra, f"results_dir={results}"]
 
 
 @dataclass
@@ -289,8 +397,9 @@ class FinalCommand:
 def final_commands(
     cells: Sequence[Cell], seeds: Sequence[int], results: Path, extra: Sequence[str]
 ) -> list[FinalCommand]:
-    """Groups the chosen cells whose overrides differ only in the method into one command."""
-    rest = [s for s in seeds if s != GRID_SEED]
+    """Groups the chosen cells whose overrides differ only in the method into one command:
+    every final seed trains (no grid run is a final run: the grid saw no test)."""
+    rest = list(seeds)
     if not rest:
         return []
     groups: dict[tuple[str, ...], FinalCommand] = {}
@@ -330,7 +439,8 @@ def recipe_of(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict:
 
 
 def check_recipes(finals: Sequence[FinalCommand]) -> None:
-    """Every final job must train the chosen grid run's recipe (its hash), seed aside.
+    """Every final job must train the chosen grid run's recipe, seed and the sealed test
+    (``train.evaluate_test``, which changes what is recorded, not what trains) aside.
 
     Raises:
         ConfigError: naming the keys that changed (a method default, the harness version,
@@ -342,10 +452,14 @@ def check_recipes(finals: Sequence[FinalCommand]) -> None:
         for cell in command.cells:
             assert cell.chosen is not None
             job = [o for o in command.overrides if _key(o) not in ("method", "seed")]
-            values = recipe_of([*job, f"method={cell.method}", f"seed={GRID_SEED + 1}"])
-            if recipe_hash(values) == cell.chosen.recipe_hash:
-                continue
+            values = recipe_of([*job, f"method={cell.method}", "seed=1"])
             grid = json.loads(Path(cell.chosen.path).read_text())["experiment"].get("recipe")
+            if grid and recipe_hash(_trained(values)) == recipe_hash(_trained(grid)):
+                continue
+            if not grid and recipe_hash(values) == cell.chosen.recipe_hash:
+                continue
+            values = _trained(values) if grid else values
+            grid = _trained(grid) if grid else grid
             keys = _differing([values, grid or {}]) if grid else ["(no recipe recorded)"]
             raise ConfigError(
                 f"the final runs of {cell.name} would train recipe {recipe_hash(values)}, not "
@@ -356,20 +470,24 @@ def check_recipes(finals: Sequence[FinalCommand]) -> None:
             )
 
 
+def _trained(recipe: dict) -> dict:
+    """A recipe without what only changes what is evaluated: the sealed test."""
+    return {k: v for k, v in recipe.items() if k != _key(SEALED)}
+
+
 # --------------------------------------------------------------------------- outputs
 
 
 def copy_into_final(cells: Sequence[Cell], final_dir: Path) -> list[Path]:
-    """Copies each chosen seed-0 record (and every record of a failed cell) into the final
-    folder's records, byte for byte, unless a file of that name is there already."""
+    """Copies every record of a failed cell into the final folder's records (byte for byte,
+    unless a file of that name is there already), so the final report lists the failure.
+    A chosen grid run is not copied: it saw no test, so every final seed trains anew."""
     from peftbench.records.store import records_dir
 
     target = records_dir(final_dir)
     wanted = []
     for cell in cells:
-        if cell.chosen is not None:
-            wanted.append(Path(cell.chosen.path))
-        elif cell.status == "failed":
+        if cell.chosen is None and cell.status == "failed":
             wanted.extend(Path(p.path) for p in cell.grid)
     copied = []
     for source in wanted:
@@ -380,6 +498,10 @@ def copy_into_final(cells: Sequence[Cell], final_dir: Path) -> list[Path]:
         shutil.copyfile(source, destination)
         copied.append(destination)
     return copied
+
+
+def _x(scale: float | None) -> str:
+    return "none" if scale is None else f"x{scale:g}"
 
 
 def _fmt(value: float | None) -> str:
@@ -398,14 +520,21 @@ def _scales_text(scales: Sequence[float]) -> str:
     return ", ".join(f"{s:g}" for s in scales)
 
 
-def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
+def to_markdown(
+    cells: Sequence[Cell], commands: Sequence[str], seeds: Sequence[int] = SELECTION_SEEDS,
+    moved: Sequence[tuple[str, float | None, float | None]] = (),
+) -> str:  # fmt: skip
     """``selection.md``: per task, every method's dev score at each scale and its choice."""
+    named = ",".join(map(str, seeds))
+    score = f"seed {named}" if len(seeds) == 1 else f"mean over seeds {named}"
     lines = [
-        "# Learning-rate selection (dev, seed 0)",
+        f"# Learning-rate selection (dev, {score})",
         "",
-        "Every method of a task ran at its cited lr times the same grid of scales on seed "
-        f"{GRID_SEED}. Chosen: the best **dev** primary metric at the dev-selected step (test "
-        "is not read here); ties go to the scale nearest 1 (log), then the smaller. "
+        "Every method of a task ran at its cited lr times the same grid of scales on selection "
+        f"seed{'s' if len(seeds) > 1 else ''} {named}, none of them a final seed, with test "
+        "sealed (`train.evaluate_test=false`: the grid records hold no test score). Chosen: "
+        f"the best **dev** primary metric ({score}) at the dev-selected step; ties go to the "
+        "scale nearest 1 (log), then the smaller. "
         "Generated by `peftbench benchmark select`; do not edit.",
         "",
     ]
@@ -416,7 +545,7 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
     for task in sorted({c.task for c in cells}):
         group = [c for c in cells if c.task == task]
         metric = next((c.metric for c in group if c.metric), "?")
-        scales = group[0].scales
+        scales = sorted({s for c in group for s in c.scales})  # extend widens some cells
         head = [f"x{s:g}" for s in scales]
         lines += [f"## {task} (dev {metric}; lr x {_scales_text(scales)})", ""]
         lines.append("| method | model | " + " | ".join(head) + " | chosen | lr |")
@@ -427,6 +556,8 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
             for s in scales:
                 point = next((p for k, p in by_scale.items() if math.isclose(k, s)), None)
                 text = "not run" if point is None else _fmt(point.dev)
+                if point is None and not _on_grid(s, cell.scales):
+                    text = "n/a"  # not a point of this cell's grid
                 if point is not None and point.dev is None:
                     text = point.status
                 if cell.chosen is not None and point is cell.chosen:
@@ -453,9 +584,10 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
             "## Chosen at the grid's edge",
             "",
             f"{len(edge)} of {sum(c.chosen is not None for c in cells)} chosen scales are the "
-            "grid's smallest or largest, so the best lr may lie beyond the grid. The grid is "
-            "the same for every method (the tuning budget), so these cells are not extended; "
-            "read their scores as lower bounds of what more tuning could reach.",
+            "grid's smallest or largest, so the best lr may lie beyond the grid. "
+            "`peftbench benchmark extend` adds one scale beyond the edge (x30 above x10, x0.1 "
+            "below x0.3) to every such cell, the same rule for all, and selects again; until "
+            "then read their scores as lower bounds of what more tuning could reach.",
             "",
             *(f"- {c.name}: x{c.chosen.lr_scale:g}" for c in edge if c.chosen),
             "",
@@ -475,8 +607,15 @@ def to_markdown(cells: Sequence[Cell], commands: Sequence[str]) -> str:
             missing = ", ".join(f"x{s:g}" for s in cell.missing_scales)
             lines.append(f"- {cell.name}: missing {missing}")
         lines.append("")
+    if moved:
+        lines += [
+            "## Choices moved since the previous selection",
+            "",
+            *(f"- {name}: {_x(old)} -> {_x(new)}" for name, old, new in moved),
+            "",
+        ]
     lines += ["## Final runs", ""]
-    lines += [f"    {c}" for c in commands] or ["(none: no cell selected, or no seed beyond 0)"]
+    lines += [f"    {c}" for c in commands] or ["(none: no cell selected, or no final seed)"]
     return "\n".join(lines) + "\n"
 
 
@@ -530,8 +669,10 @@ def select_flow(
     final_dir: Path | None = None,
     dry_run: bool = False,
     verify: bool = True,
+    selection_seeds: Sequence[int] = SELECTION_SEEDS,
 ) -> int:
     """The whole selection stage (module docstring); returns 0 or a final command's exit code."""
+    check_seeds(seeds, selection_seeds)
     grid_dir = grid_dir or results / "grid"
     final_dir = _relative(final_dir or results / "final")
     if not grid_dir.is_dir():
@@ -540,9 +681,13 @@ def select_flow(
             "run stage 1 first (peftbench run -m +experiment=offline-benchmark "
             f"results_dir={grid_dir}) or pass --grid",
         )
-    cells = select_cells(grid_dir, scales)
+    cells = select_cells(grid_dir, scales, selection_seeds)
+    named = ",".join(map(str, selection_seeds))
     if not cells:
-        raise ConfigError(f"no grid records of seed {GRID_SEED} in {grid_dir}", "run stage 1 first")
+        raise ConfigError(
+            f"no grid records of selection seed {named} in {grid_dir}",
+            "run stage 1 first, or pass the grid's seeds with --selection-seeds",
+        )
     finals = final_commands(cells, seeds, final_dir, overrides)
     if verify:
         check_recipes(finals)
@@ -551,13 +696,15 @@ def select_flow(
         "grid_dir": str(grid_dir),
         "final_dir": str(final_dir),
         "scales": {c.task: c.scales for c in cells},
-        "grid_seed": GRID_SEED,
+        "selection_seeds": list(selection_seeds),
         "seeds": list(seeds),
         "rule": "best dev primary metric at the dev-selected step; ties: |log scale| then scale",
     }
+    moved = moved_choices(results / SELECTION_JSON, cells)
+    meta["moved"] = [{"cell": n, "from": a, "to": b} for n, a, b in moved]
     results.mkdir(parents=True, exist_ok=True)
     (results / SELECTION_JSON).write_text(json.dumps(to_json(cells, meta, lines), indent=1) + "\n")
-    (results / SELECTION_MD).write_text(to_markdown(cells, lines))
+    (results / SELECTION_MD).write_text(to_markdown(cells, lines, selection_seeds, moved))
     for cell in cells:
         if cell.status != "selected":
             print(f"[select] {cell.name}: {cell.status.upper()}", flush=True)
@@ -572,3 +719,119 @@ def select_flow(
         if code:
             return code
     return 0
+
+
+def moved_choices(
+    previous: Path, cells: Sequence[Cell]
+) -> list[tuple[str, float | None, float | None]]:
+    """The cells whose chosen scale differs from the previous ``selection.json`` (e.g. after
+    ``peftbench benchmark extend``): (cell, old scale, new scale); none without one."""
+    if not previous.is_file():
+        return []
+    before = {
+        f"{c['task']}--{c['model']}--{c['method']}": (c.get("chosen") or {}).get("lr_scale")
+        for c in json.loads(previous.read_text()).get("cells", [])
+    }
+    moved = []
+    for cell in cells:
+        if cell.name not in before:
+            continue
+        old, new = before[cell.name], cell.chosen.lr_scale if cell.chosen else None
+        same = (
+            old is None
+            and new is None
+            or (old is not None and new is not None and math.isclose(old, new))
+        )
+        if not same:
+            moved.append((cell.name, old, new))
+    return moved
+
+
+# --------------------------------------------------------------------------- grid edges
+
+
+def next_scale(scale: float, *, up: bool) -> float:
+    """One step beyond ``scale`` on the grid's 1-3-10 log series: x30 above x10, x0.1 below
+    x0.3 (the steps of the preset's x0.3, 1, 3, 10)."""
+    series = sorted(m * 10.0**k for k in range(-6, 7) for m in (1, 3))
+    if up:
+        return next(s for s in series if s > scale * (1 + 1e-9))
+    return round(max(s for s in series if s < scale * (1 - 1e-9)), 12)
+
+
+def edge_extensions(
+    cells: Sequence[Cell], methods: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Per cell whose chosen scale is its grid's largest (smallest): the next scale above
+    (below). The same rule for every method; bracketed cells get nothing."""
+    added = {}
+    for cell in cells:
+        if not at_grid_edge(cell) or (methods and cell.method not in methods):
+            continue
+        assert cell.chosen is not None
+        up = math.isclose(cell.chosen.lr_scale, max(cell.scales))
+        added[cell.name] = next_scale(cell.chosen.lr_scale, up=up)
+    return added
+
+
+def extension_commands(
+    cells: Sequence[Cell], added: dict[str, float], grid_dir: Path, extra: Sequence[str],
+    seeds: Sequence[int],
+) -> list[list[str]]:  # fmt: skip
+    """The grid sweeps of the added points: a cell's own grid overrides at the new scale,
+    cells of one task, scale and recipe in one sweep."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for cell in cells:
+        if cell.name not in added:
+            continue
+        assert cell.chosen is not None
+        recorded = cell.chosen.overrides or [
+            f"task={cell.task}", f"model={cell.model}", f"method={cell.method}",
+        ]  # fmt: skip
+        replaced = (*_REPLACED, SCALE_KEY, "method", *(_key(o) for o in extra))
+        others = [o for o in recorded if _key(o) not in replaced]
+        others += [
+            f"{SCALE_KEY}={added[cell.name]:g}", f"seed={','.join(map(str, seeds))}", SEALED,
+            *extra, f"results_dir={_relative(grid_dir)}",
+        ]  # fmt: skip
+        groups.setdefault(tuple(others), []).append(cell.method)
+    return [[*others, f"method={','.join(m)}"] for others, m in groups.items()]
+
+
+def extend_flow(
+    results: Path, *, seeds: Sequence[int], overrides: Sequence[str] = (),
+    tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+    selection_seeds: Sequence[int] = SELECTION_SEEDS, dry_run: bool = False, verify: bool = True,
+) -> int:  # fmt: skip
+    """``peftbench benchmark extend``: one more grid point beyond the edge for every cell whose
+    choice lies at it (:func:`edge_extensions`), recorded in ``extensions.json`` beside
+    ``selection.json``; the points are trained (sealed, on the selection seeds), then
+    :func:`select_flow` selects on the wider grid and ``selection.md`` lists the choices that
+    moved. Returns 0 or the first failing command's exit code."""
+    check_methods(methods)
+    check_seeds(seeds, selection_seeds)
+    grid_dir = results / "grid"
+    cells = [
+        c for c in select_cells(grid_dir, seeds=selection_seeds) if not tasks or c.task in tasks
+    ]
+    added = edge_extensions(cells, methods)
+    if not added:
+        print("[extend] no chosen scale lies at its grid's edge: nothing to add", flush=True)
+        return 0
+    for name, scale in sorted(added.items()):
+        print(f"[extend] {name}: adds x{scale:g}", flush=True)
+    if not dry_run:
+        extensions = read_extensions(grid_dir)
+        for name, scale in added.items():
+            extensions[name] = sorted({*extensions.get(name, []), scale})
+        (results / EXTENSIONS_JSON).write_text(json.dumps(extensions, indent=1) + "\n")
+    for argv in extension_commands(cells, added, grid_dir, overrides, selection_seeds):
+        code = commands.call(argv, tag="extend", dry_run=dry_run)
+        if code:
+            return code
+    if dry_run:
+        return 0
+    return select_flow(
+        results, seeds=seeds, overrides=overrides, tasks=tasks, verify=verify,
+        selection_seeds=selection_seeds,
+    )  # fmt: skip

@@ -6,11 +6,12 @@ for each method (and each ``--tasks`` entry):
 1. an Optuna search (``+experiment=tune``: TPE sampler, fixed sampler seed, the same number
    of trials for every method) over the learning rate, within 10x either way of the method's
    paper value, and over the method's size knob (``budget_knob`` in its YAML: LoRA's rank,
-   an adapter's bottleneck...), within 4x either way of its default. Trials are ranked on the
-   dev metric at the selected step; test is never looked at.
-2. the final runs: the best trial's lr and size with every seed. A trial is a run like any
-   other (its run id carries its recipe's hash), so the best trial *is* the final run of its
-   seed and is not trained twice; only the other seeds train.
+   an adapter's bottleneck...), within 4x either way of its default. Trials train on the
+   search seed (:data:`SEARCH_SEED`, none of the final seeds) with test sealed
+   (``train.evaluate_test=false``: their records hold no test score) and are ranked on the
+   dev metric at the selected step.
+2. the final runs: the best trial's lr and size with every final seed, each evaluating test
+   once. No trial is a final run: the seed whose dev chose the recipe reports no test.
 
 Trials and final runs share one results folder (by default ``results/tuned``); the report
 labels each recipe by what differs (``lora (lr=0.0012, r=16)``).
@@ -30,6 +31,8 @@ from omegaconf import OmegaConf
 from peftbench.config.paths import CONF_DIR
 from peftbench.launch import commands
 
+#: The trials' seed (``conf/experiment/tune.yaml``); a final seed may not be it.
+SEARCH_SEED = 100
 LR_SPAN = 10.0  # search lr in [lr / 10, lr * 10], log scale
 KNOB_SPAN = 4  # search the size knob in [knob / 4, knob * 4], log scale
 
@@ -113,7 +116,15 @@ def flow(
 
     Returns:
         0, or the exit code of the first command that failed.
+
+    Raises:
+        ConfigError: a final seed is the search seed (its dev chose the recipe).
     """
+    from peftbench.launch.protocol import check_seeds
+
+    searched = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"]
+    search_seeds = [int(s) for s in searched[-1].split(",")] if searched else [SEARCH_SEED]
+    check_seeds([int(s) for s in str(seeds).split(",") if s.strip()], search_seeds)
     for task in tasks or [None]:
         cell = [f"task={task}"] if task else []
         for method in methods:

@@ -134,6 +134,11 @@ class Record:
     cost: dict[str, Any] | None = None
     forgetting: dict[str, Any] | None = None
     metrics: Metrics | None = None
+    # issue 33, absent from older records: the per-example predictions file beside the
+    # record ({"file", "sha256", "n": {"dev", "test"}}; records/store.load_predictions reads
+    # it), and whether the run collapsed to a constant prediction (measure/quality.py)
+    predictions: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, value: Any) -> Record:

@@ -8,6 +8,7 @@ so a failed attempt and a later success of the same run both stay on disk.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from peftbench.records.predictions import SUFFIX, PredictionsError, sha256, to_parquet
 from peftbench.records.redact import scrub
 
 RECORDS_DIR = "records"
@@ -39,42 +41,124 @@ def find_success(results_dir: Path, run_id: str) -> Path | None:
     return None
 
 
-def write_record(record: dict, results_dir: Path) -> Path:
+def write_record(record: dict, results_dir: Path, predictions: Any = None) -> Path:
     """Writes the record atomically: a temp file in the same folder, then a hard link.
 
     Linking (unlike a rename) never replaces an existing file, so two writers that pick the
     same name (same run, same microsecond) cannot overwrite each other: the later one takes the
     next timestamp. Temp files of writers killed mid-write (SIGKILL) are removed on the way.
+
+    ``predictions`` (a DataFrame, ``peftbench/records/predictions.py``) is written first, as
+    ``<record file stem>.predictions.parquet``, and the record names it with its sha256 and
+    example counts (``predictions`` section): the record appears only once its predictions
+    file is whole, so a reader never sees a record whose file is missing or half-written.
     """
     folder = records_dir(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix=".json")
+    staged, section = _stage_predictions(folder, predictions)
+    try:
+        while True:
+            stem = f"{record['run_id']}__{_stamp()}__{record['status']}"
+            table = folder / f"{stem}{SUFFIX}"
+            if staged is not None:
+                record["predictions"] = {"file": table.name, **section}
+                if not _link(staged, table):
+                    continue  # another writer took this name: next microsecond
+            path = folder / f"{stem}.json"
+            tmp = _temp_file(folder, ".json", lambda f: _dump(record, f))
+            try:
+                if _link(tmp, path):
+                    return path
+            finally:
+                tmp.unlink(missing_ok=True)
+            if staged is not None:
+                table.unlink(missing_ok=True)  # the record's name was taken: both move on
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+
+
+def _dump(record: dict, f: Any) -> None:
+    json.dump(scrub(record), f, indent=1, default=_jsonable)  # no secrets on disk
+
+
+def _stage_predictions(folder: Path, predictions: Any) -> tuple[Path | None, dict]:
+    """The predictions table written to a temp file, and its sha256 and counts per split."""
+    if predictions is None:
+        return None, {}
+    data, counts = to_parquet(predictions)
+    staged = _temp_file(folder, SUFFIX, lambda f: f.write(data), binary=True)
+    return staged, {"sha256": sha256(data), "n": counts}
+
+
+def _temp_file(folder: Path, suffix: str, write: Any, *, binary: bool = False) -> Path:
+    """A temp file of this writer (named so a dead writer's can be removed), synced."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix=suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
-        with os.fdopen(fd, "w") as f:
-            json.dump(scrub(record), f, indent=1, default=_jsonable)  # no secrets on disk
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        return _publish(Path(tmp), folder, record)
-    finally:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
 
 
-def _publish(tmp: Path, folder: Path, record: dict) -> Path:
-    while True:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        path = folder / f"{record['run_id']}__{stamp}__{record['status']}.json"
-        try:
-            os.link(tmp, path)
-            return path
-        except FileExistsError:
-            continue  # another writer took this name: next microsecond
-        except OSError:  # a file system without hard links: rename, if the name is free
-            if path.exists():
-                continue
-            os.replace(tmp, path)
-            return path
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _link(tmp: Path, path: Path) -> bool:
+    """Puts ``tmp`` at ``path`` unless that name is taken (False)."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: rename, if the name is free
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+
+
+def load_predictions(record_path: Path, record: Any) -> Any:
+    """The per-example predictions a record names, checked against its sha256.
+
+    Args:
+        record_path: The record's JSON file (the predictions file lies beside it).
+        record: The record: its JSON dict, or a ``schema.Record``.
+
+    Returns:
+        A DataFrame (columns ``split, example_id, gold, pred, prob``), or None when the
+        record has no predictions (written before they existed, or a synthetic task).
+
+    Raises:
+        PredictionsError: (a ValueError) the file is missing or its sha256 differs from the
+            record's: it is not the file the run wrote, and pairing on it would mislead.
+    """
+    import pandas as pd
+
+    section = record.get("predictions") if isinstance(record, dict) else record.predictions
+    if not section:
+        return None
+    path = Path(record_path).parent / str(section["file"])
+    if not path.is_file():
+        raise PredictionsError(
+            f"{path}: predictions file missing (named by {Path(record_path).name}); restore it "
+            "beside the record or re-run the run"
+        )
+    data = path.read_bytes()
+    actual, expected = sha256(data), str(section.get("sha256"))
+    if actual != expected:
+        raise PredictionsError(
+            f"{path}: sha256 {actual[:16]} differs from the record's {expected[:16]}: not the "
+            "file the run wrote; restore it or re-run the run"
+        )
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def _umask() -> int:

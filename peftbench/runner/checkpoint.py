@@ -142,7 +142,8 @@ class Checkpointer:
         scheduler.load_state_dict(_unflatten(meta["scheduler"], tensors))
         sampler.load_state_dict(_unflatten(meta["sampler"], tensors), skip=meta["sampler_skip"])
         for name, extra in self.extras.items():
-            extra.load_state_dict(_unflatten(meta["extras"][name], tensors))
+            if name in meta["extras"]:  # a checkpoint of older code lacks newer extras
+                extra.load_state_dict(_unflatten(meta["extras"][name], tensors))
         _set_rng_state(_unflatten(meta["rng"], tensors))
         self.seconds = meta["checkpoint_s"]
         state = LoopState(**meta["loop"], best_state=_unflatten(meta["best_state"], tensors))

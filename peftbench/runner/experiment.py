@@ -34,6 +34,8 @@ from peftbench.measure.instrument import (
     StepTimer,
     ensure_idle,
 )
+from peftbench.measure.quality import DevWatch, assess
+from peftbench.records.predictions import TABLE_KEY, predictions_table
 from peftbench.records.redact import scrub
 from peftbench.records.schema import SCHEMA_VERSION, Experiment, Metrics, Params, Primary, to_json
 from peftbench.records.store import (
@@ -233,7 +235,7 @@ def _finish(record: dict, results_dir: Path, tracker: Any) -> Path | None:
     if not data_parallel.is_main():
         return None  # a data-parallel run has one record, written by rank 0
     record["finished_at"] = utc_now()
-    path = write_record(record, results_dir)
+    path = write_record(record, results_dir, predictions=record.pop(TABLE_KEY, None))
     tracker.finish(record)
     if record["status"] == "success":
         primary, cost = record["metrics"]["primary"], record["cost"]
@@ -280,6 +282,7 @@ class Fit:
     checkpoint: Checkpointer
     log_row: Callable[[dict], None]
     energy: EnergyMeter  # over the train() call, its evaluations booked apart
+    watch: DevWatch  # every dev evaluation's distinct predictions; the selected step's
 
 
 @dataclass
@@ -299,7 +302,7 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     """The cell's stages: set up, fit, evaluate on test once, measure, then the record."""
     setup = _set_up(cfg, task)
     fit = _fit(cfg, run_id, tracker, task, setup)
-    test = _evaluate_test(task, setup, fit)
+    test = _evaluate_test(cfg, task, setup, fit)
     measures = _measure(cfg, setup, fit)
     return _record_sections(task, setup, fit, test, measures)
 
@@ -386,9 +389,9 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
         history.append(row)
         tracker.log(row)
 
-    checkpoint = Checkpointer.for_run(
-        cfg, run_id, {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
-    )
+    watch = DevWatch(task)
+    extras = {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
+    checkpoint = Checkpointer.for_run(cfg, run_id, {**extras, "dev_watch": watch})
     with energy.measure():  # the counter read at start and end (RAPL: polled in between)
         result = train(
             data_parallel.wrap(setup.model, setup.device),  # gradients averaged across ranks
@@ -406,20 +409,25 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
             autocast_dtype=setup.autocast_dtype,
             # one process's state; a data-parallel run's ranks would each need theirs
             checkpoint=checkpoint if data_parallel.world_size() == 1 else None,
+            observe=watch.observe,
         )
-    return Fit(result, history, timer, eval_clock, checkpoint, log_row, energy)
+    return Fit(result, history, timer, eval_clock, checkpoint, log_row, energy, watch)
 
 
-def _evaluate_test(task: Any, setup: SetUp, fit: Fit) -> dict:
-    """Stage 3: the test split, once, at the dev-selected step."""
+def _evaluate_test(cfg: Any, task: Any, setup: SetUp, fit: Fit) -> tuple[dict, dict] | None:
+    """Stage 3: the test split, once, at the dev-selected step: its metrics and per-example
+    outputs. None under ``train.evaluate_test=false`` (a tuning stage: test stays sealed)."""
     from peftbench.runner.train import evaluate
 
+    if not cfg.train.get("evaluate_test", True):
+        return None
+    outputs: dict = {}
     with fit.eval_clock.measure():
         test = evaluate(
-            setup.model, setup.loaders["test"], task, setup.device, setup.autocast_dtype
+            setup.model, setup.loaders["test"], task, setup.device, setup.autocast_dtype, outputs
         )
     fit.log_row({"step": fit.result.steps, **{f"test/{k}": v for k, v in test.items()}})
-    return test
+    return test, outputs
 
 
 def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
@@ -454,8 +462,12 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
     return Measures(trainable, total, artifact_bytes, compute, peak_memory, inference, forgetting)
 
 
-def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Measures) -> dict:
-    """Stage 5: the record's sections from the stages' results (record.py writes it)."""
+def _record_sections(
+    task: Any, setup: SetUp, fit: Fit, test: tuple[dict, dict] | None, measures: Measures
+) -> dict:
+    """Stage 5: the record's sections from the stages' results (records/store.py writes it;
+    the predictions table goes beside the record, under ``TABLE_KEY`` until then)."""
+    test_metrics, test_outputs = test if test is not None else (None, None)
     return {
         "env": {**env_info(setup.device), "distributed": data_parallel.info()},
         "data": {
@@ -483,19 +495,26 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
         "cost": _cost_section(setup, fit, measures),
         # the probe text before vs after training (measure/forgetting.py, docs/MEASUREMENT.md)
         "forgetting": measures.forgetting,
-        "metrics": to_json(
-            Metrics(
-                primary=Primary(
-                    task.primary_metric, "test", test[task.primary_metric], task.higher_is_better
-                ),
-                dev=fit.result.best_dev,
-                test=test,
-                selected_step=fit.result.best_step,
-                implementation=task.metric_implementation,
-            )
-        ),
+        "metrics": to_json(_metrics(task, fit, test_metrics)),
+        # collapsed to a constant prediction, and each split's constant baseline
+        "quality": assess(task, fit.watch, test_outputs["refs"] if test_outputs else None),
         "history": fit.history,
+        TABLE_KEY: predictions_table(task, setup.loaders, fit.watch.dev_outputs, test_outputs),
     }
+
+
+def _metrics(task: Any, fit: Fit, test: dict | None) -> Metrics:
+    """Test once at the selected step; a sealed run's primary is its dev score (split dev)."""
+    split, scores = ("test", test) if test is not None else ("dev", fit.result.best_dev)
+    return Metrics(
+        primary=Primary(
+            task.primary_metric, split, scores.get(task.primary_metric), task.higher_is_better
+        ),
+        dev=fit.result.best_dev,
+        test=test,
+        selected_step=fit.result.best_step,
+        implementation=task.metric_implementation,
+    )
 
 
 def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:

@@ -49,19 +49,33 @@ def evaluate(
     task: Any,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    outputs: dict | None = None,
 ) -> dict:
-    """Runs the model over a split and returns the task's metrics."""
+    """Runs the model over a split and returns the task's metrics.
+
+    ``outputs``, when given, receives ``preds``, ``refs`` and ``probs`` (the predicted
+    class's probability, None where the kind has none) in loader order: the per-example
+    predictions a record keeps (peftbench/records/predictions.py).
+    """
     model = data_parallel.unwrap(model)  # no gradient sync to do; DDP would hide generate()
     was_training = model.training
     model.eval()
-    preds, refs = [], []
+    scored = getattr(task, "predict_scored", None) if outputs is not None else None
+    preds, refs, probs = [], [], []
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, autocast_dtype):
-            preds += task.predict_batch(model, batch)  # a forward pass, or generation
+            if scored is not None:
+                batch_preds, batch_probs = scored(model, batch)
+            else:  # a forward pass, or generation
+                batch_preds, batch_probs = task.predict_batch(model, batch), None
+        preds += batch_preds
+        probs += batch_probs if batch_probs is not None else [None] * len(batch_preds)
         refs += task.references(batch)
     model.train(was_training)
     preds, refs = data_parallel.gather(preds), data_parallel.gather(refs)  # each rank's share
+    if outputs is not None:
+        outputs.update(preds=preds, refs=refs, probs=data_parallel.gather(probs))
     return task.compute_metrics(preds, refs)
 
 
@@ -144,6 +158,7 @@ def train(
     step_hook: Callable[[int], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
     checkpoint: Checkpointer | None = None,
+    observe: Callable[[int, dict, dict, bool], None] | None = None,
 ) -> TrainResult:
     """Trains the model's trainable parameters and leaves it at the best dev checkpoint.
 
@@ -164,6 +179,8 @@ def train(
         autocast_dtype: mixed-precision dtype of forward passes (bf16 on GPUs), or None.
         checkpoint: resumes from a checkpoint of this run if there is one, and saves one
             every ``cfg.checkpoint_every_steps`` steps.
+        observe: called after every dev evaluation with the step, its metrics, its
+            per-example outputs (``evaluate``'s) and whether it became the selected step.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, float(cfg.weight_decay)), lr=lr)
@@ -222,8 +239,9 @@ def train(
                         }
                     )
                 if step % eval_every == 0 or step == steps:
+                    outputs = {} if observe is not None else None
                     with eval_clock.measure():
-                        dev = evaluate(model, dev_loader, task, device, autocast_dtype)
+                        dev = evaluate(model, dev_loader, task, device, autocast_dtype, outputs)
                     log(
                         {
                             "step": step,
@@ -233,11 +251,14 @@ def train(
                         }
                     )
                     value = dev[task.primary_metric]
-                    if step >= select_from and _is_better(
+                    selected = step >= select_from and _is_better(
                         value, state.best_value, task.higher_is_better
-                    ):
+                    )
+                    if selected:
                         state.best_value, state.best_state = value, _snapshot(model)
                         state.best_step, state.best_dev = step, dev
+                    if observe is not None:  # the run's predictions and collapse watch
+                        observe(step, dev, outputs, selected)
                 if step >= steps:
                     break
                 if checkpoint is not None and checkpoint.due(step):
