@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,55 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger("peftbench")
 
+#: Job outcomes that count as done: anything else makes a slurm sweep exit with 1.
+DONE = ("success", "skipped")
+
 # Launchers run jobs in this process or in children that inherit the environment.
 _TOTAL_ENV = "PEFTBENCH_SWEEP_TOTAL"
+
+#: What the slurm launcher learnt of each job (peftbench/launch/slurm.py); empty under the
+#: other launchers, whose jobs run in this process or report through ``on_job_end``.
+_outcomes: list[dict] = []
+
+
+def note_outcomes(outcomes: list[dict]) -> None:
+    """Keeps the jobs' outcomes for the summary that ends the sweep (the launching process)."""
+    _outcomes.extend(outcomes)
+
+
+def sweep_total() -> str | None:
+    """The sweep's job count as ``on_multirun_start`` worked it out (None outside a sweep)."""
+    return os.environ.get(_TOTAL_ENV)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that launched this sweep: run again, it resumes what did not finish.
+
+    Args:
+        argv: the process's original command line (``sys.orig_argv``: the app rewrites
+            ``sys.argv`` for Hydra), interpreter first.
+    """
+    script = argv[1] if len(argv) > 1 else ""
+    if script.endswith(".py"):  # python path/to/run.py ...
+        return shlex.join(["python", *argv[1:]])
+    return shlex.join([Path(script).name, *argv[2:]])  # a console script: peftbench run ...
+
+
+def summary_lines(outcomes: list[dict], total: str, command: str) -> list[str]:
+    """Every job's outcome, one line each, and the command that resumes the unfinished."""
+    counts = Counter(o["status"] for o in outcomes)
+    lines = [f"Sweep: {len(outcomes)} jobs, " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    for o in sorted(outcomes, key=lambda o: o.get("job", 0)):
+        line = f"  job {o.get('job', '?')}/{total} {o['status']:<11} {o.get('run_id') or '-'}"
+        if o.get("error") and o["status"] not in DONE:
+            line += f"  {' '.join(str(o['error']).split())[:300]}"
+        lines.append(line)
+    if any(o["status"] not in DONE for o in outcomes):
+        lines += [
+            "Resume (finished runs are skipped, interrupted ones go on from their checkpoints):",
+            f"  {command}",
+        ]
+    return lines
 
 
 def sweep_size(overrides: list[str]) -> int | None:
@@ -68,6 +118,7 @@ class ReportAtSweepEnd(Callback):
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _outcomes.clear()
         sweeper = config.hydra.sweeper
         if sweeper.get("n_trials"):  # Optuna: a fixed number of trials
             total = int(sweeper.n_trials)
@@ -88,11 +139,18 @@ class ReportAtSweepEnd(Callback):
         log.info("[sweep] job %d/%s %s: %s", number, os.environ[_TOTAL_ENV], status, run_id)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from analysis.report import build_report
-
-        os.environ.pop(_TOTAL_ENV, None)
+        total = os.environ.pop(_TOTAL_ENV, None) or "?"
         if os.environ.get("RANK", "0") != "0":
             return  # a data-parallel sweep (torchrun): rank 0 writes the report
+        self._report(config)
+        if _outcomes:  # the slurm launcher's jobs: what became of each, and the exit code
+            print("\n" + "\n".join(summary_lines(_outcomes, total, resume_command(sys.orig_argv))))
+            if any(o["status"] not in DONE for o in _outcomes):
+                raise SystemExit(1)
+
+    def _report(self, config: Any) -> None:
+        from analysis.report import build_report
+
         results_dir = Path(config.results_dir)
         try:
             paths = build_report(results_dir=results_dir)
