@@ -14,7 +14,7 @@ set -euo pipefail
 MARKER="# written by peftbench scripts/slurm_cluster.sh"
 say() { echo "[slurm_cluster] $*" >&2; }
 die() { say "error: $*"; exit 1; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 node_up() { sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; }
 
 stop() {
@@ -65,8 +65,9 @@ slurm_conf() {
   # The node's memory: what the machine has, less 2 GB for the daemons (slurmd refuses a
   # RealMemory above the real one).
   mem=$(($(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 2048))
-  # cred_expire: a requeued job waits this long before it starts again (default 120 s); the
-  # tests requeue interrupted runs, so 10 s here.
+  # cred_expire: a requeued job waits this long before it starts again (default 120 s), and
+  # the scheduler then looks for it every sched_interval / bf_interval (60 s / 30 s): the
+  # tests requeue interrupted runs, so 10 s and 5 s here.
   cat <<CONF
 $MARKER
 ClusterName=local
@@ -85,6 +86,7 @@ StateSaveLocation=/var/spool/slurmctld
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/slurmdbd

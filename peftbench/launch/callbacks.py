@@ -41,11 +41,11 @@ def resume_command(argv: list[str]) -> str:
 
     Args:
         argv: the process's original command line (``sys.orig_argv``: the app rewrites
-            ``sys.argv`` for Hydra), interpreter first.
+            ``sys.argv`` for Hydra), the interpreter as it was typed first.
     """
     script = argv[1] if len(argv) > 1 else ""
-    if script.endswith(".py"):  # python path/to/run.py ...
-        return shlex.join(["python", *argv[1:]])
+    if script.endswith(".py") or not script:  # python path/to/run.py ...: as it was typed
+        return shlex.join(argv)
     return shlex.join([Path(script).name, *argv[2:]])  # a console script: peftbench run ...
 
 
@@ -56,7 +56,7 @@ def summary_lines(outcomes: list[dict], total: str, command: str) -> list[str]:
     for o in sorted(outcomes, key=lambda o: o.get("job", 0)):
         line = f"  job {o.get('job', '?')}/{total} {o['status']:<11} {o.get('run_id') or '-'}"
         if o.get("error") and o["status"] not in DONE:
-            line += f"  {' '.join(str(o['error']).split())[:300]}"
+            line += f"  {' '.join(str(o['error']).split())[:400]}"
         lines.append(line)
     if any(o["status"] not in DONE for o in outcomes):
         lines += [

@@ -72,7 +72,7 @@ class SweepSurvivor:
             code = stop.code if isinstance(stop.code, int) else 1
             outcome = _ended_outcome(code)
             if code == 128 + signal.SIGUSR2:  # SLURM's warning: requeue, unless submitit won't
-                outcome["error"] += f"; not requeued: {_requeue()}"
+                outcome["error"] = f"not requeued: {_requeue()}; {outcome['error']}"
             return _returned(sweep_overrides, outcome)
 
     # ------------------------------------------------------------------ launching
@@ -117,7 +117,7 @@ def _ended_outcome(code: int) -> dict:
     return {
         "status": "interrupted" if code > 128 else "failed",
         "run_id": match.group(1) if match else None,
-        "error": line or f"exit code {code}",
+        "error": (line[match.end() :] if match else line) or f"exit code {code}",
         "exit_code": code,
     }
 
@@ -323,5 +323,5 @@ def progress_line(number: int, total: str, outcome: dict) -> str:
     """``[sweep] job k/N status: run_id (error)``, as the console shows it."""
     line = f"[sweep] job {number}/{total} {outcome['status']}: {outcome.get('run_id') or '-'}"
     if outcome.get("error"):
-        line += f" ({' '.join(str(outcome['error']).split())[:300]})"
+        line += f" ({' '.join(str(outcome['error']).split())[:400]})"
     return f"{line} [slurm {outcome['slurm_id']}]"
