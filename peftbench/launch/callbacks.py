@@ -1,4 +1,9 @@
-"""Hydra callbacks: a sweep progress line per job, and the report when a sweep ends."""
+"""Hydra callbacks: a sweep progress line per job, and the report when a sweep ends.
+
+Under the ``slurm`` launcher the jobs run elsewhere: the launcher (peftbench/launch/slurm.py)
+hands each job's outcome over with :func:`note_outcomes`, and the sweep ends with the report,
+a summary of every job with the command that resumes, and exit code 1 unless all succeeded.
+"""
 
 from __future__ import annotations
 
@@ -112,6 +117,10 @@ class ScrubHydraFiles(Callback):
 
 class ReportAtSweepEnd(Callback):
     """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends.
+
+    After a slurm sweep it also prints every job's outcome (:func:`summary_lines`) and exits
+    with 1 if any run did not succeed: a ``SystemExit`` that Hydra lets through, so the
+    command's exit code says whether the sweep is complete (issue 37).
 
     The report also goes to wandb (``peftbench.records.tracking.log_report``): one run of
     ``job_type=report`` in the sweep's group, unless ``tracker=none``.

@@ -94,13 +94,14 @@ class SweepSurvivor:
             os.chmod(sweep_dir, int(str(self.config.hydra.sweep.mode), 8))  # type: ignore
         executor = make_executor(self.params)
         log.info("slurm sweep of %d jobs; output dir %s", len(job_overrides), sweep_dir)
-        calls = [
-            (list(overrides), "hydra.sweep.dir", initial_job_idx + k, f"job_id_for_{k}")
-            for k, overrides in enumerate(job_overrides)
+        numbers = [initial_job_idx + k for k in range(len(job_overrides))]
+        calls = [  # what Hydra's launcher passes each job's __call__
+            (list(overrides), "hydra.sweep.dir", n, f"job_id_for_{n}")
+            for n, overrides in zip(numbers, job_overrides, strict=True)
         ]
         state = Singleton.get_state()
         jobs = submit(executor, self, [(*call, state) for call in calls])
-        outcomes = wait_for(jobs, [c[2] + 1 for c in calls], sweep_total() or str(len(jobs)))
+        outcomes = wait_for(jobs, [n + 1 for n in numbers], sweep_total() or str(len(jobs)))
         pairs = zip(outcomes, calls, strict=True)
         returns = [_returned(c[0], o, keep=o.pop("_return", None)) for o, c in pairs]
         note_outcomes(outcomes)
