@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
     [
         ("processes", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
         ("local", "hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
-        ("slurm", "hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("slurm", "peftbench_launcher.slurm.SlurmLauncher"),  # Hydra's, made to finish its sweep
     ],
 )
 def test_launcher_presets_compose_onto_the_hydra_plugins(preset, target):
@@ -79,6 +79,9 @@ def test_slurm_preset_makes_the_sbatch_script_its_config_says(tmp_path, monkeypa
         "#SBATCH --mem=32GB",
         "#SBATCH --time=90",
         "#SBATCH --ntasks-per-node=1",
+        # the jobs run this checkout's code, on clusters that export no environment too
+        "export SLURM_EXPORT_ENV=ALL",
+        f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}",
     ):
         assert line in script.splitlines(), line
 

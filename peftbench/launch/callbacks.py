@@ -1,10 +1,18 @@
-"""Hydra callbacks: a sweep progress line per job, and the report when a sweep ends."""
+"""Hydra callbacks: a sweep progress line per job, and the report when a sweep ends.
+
+Under the ``slurm`` launcher the jobs run elsewhere: the launcher (peftbench/launch/slurm.py)
+hands each job's outcome over with :func:`note_outcomes`, and the sweep ends with the report,
+a summary of every job with the command that resumes, and exit code 1 unless all succeeded.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import shlex
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +20,55 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger("peftbench")
 
+#: Job outcomes that count as done: anything else makes a slurm sweep exit with 1.
+DONE = ("success", "skipped")
+
 # Launchers run jobs in this process or in children that inherit the environment.
 _TOTAL_ENV = "PEFTBENCH_SWEEP_TOTAL"
+
+#: What the slurm launcher learnt of each job (peftbench/launch/slurm.py); empty under the
+#: other launchers, whose jobs run in this process or report through ``on_job_end``.
+_outcomes: list[dict] = []
+
+
+def note_outcomes(outcomes: list[dict]) -> None:
+    """Keeps the jobs' outcomes for the summary that ends the sweep (the launching process)."""
+    _outcomes.extend(outcomes)
+
+
+def sweep_total() -> str | None:
+    """The sweep's job count as ``on_multirun_start`` worked it out (None outside a sweep)."""
+    return os.environ.get(_TOTAL_ENV)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that launched this sweep: run again, it resumes what did not finish.
+
+    Args:
+        argv: the process's original command line (``sys.orig_argv``: the app rewrites
+            ``sys.argv`` for Hydra), the interpreter as it was typed first.
+    """
+    script = argv[1] if len(argv) > 1 else ""
+    if script.endswith(".py") or not script:  # python path/to/run.py ...: as it was typed
+        return shlex.join(argv)
+    return shlex.join([Path(script).name, *argv[2:]])  # a console script: peftbench run ...
+
+
+def summary_lines(outcomes: list[dict], total: str, command: str) -> list[str]:
+    """Every job's outcome, one line each, and the command that resumes the unfinished."""
+    counts = Counter(o["status"] for o in outcomes)
+    lines = [f"Sweep: {len(outcomes)} jobs, " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    for o in sorted(outcomes, key=lambda o: o.get("job", 0)):
+        line = f"  job {o.get('job', '?')}/{total} {o['status']:<11} {o.get('run_id') or '-'}"
+        if o.get("error") and o["status"] not in DONE:
+            line += f"  {' '.join(str(o['error']).split())[:400]}"
+        lines.append(line)
+    if any(o["status"] not in DONE for o in outcomes):
+        lines += [
+            "Resume (finished runs are skipped, interrupted ones go on from their checkpoints):",
+            f"  {command}",
+        ]
+    return lines
 
 
 def sweep_size(overrides: list[str]) -> int | None:
@@ -63,11 +118,16 @@ class ScrubHydraFiles(Callback):
 class ReportAtSweepEnd(Callback):
     """Prints ``[sweep] job k/N`` as jobs end and writes the report once the sweep ends.
 
+    After a slurm sweep it also prints every job's outcome (:func:`summary_lines`) and exits
+    with 1 if any run did not succeed: a ``SystemExit`` that Hydra lets through, so the
+    command's exit code says whether the sweep is complete (issue 37).
+
     The report also goes to wandb (``peftbench.records.tracking.log_report``): one run of
     ``job_type=report`` in the sweep's group, unless ``tracker=none``.
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _outcomes.clear()
         sweeper = config.hydra.sweeper
         if sweeper.get("n_trials"):  # Optuna: a fixed number of trials
             total = int(sweeper.n_trials)
@@ -88,11 +148,18 @@ class ReportAtSweepEnd(Callback):
         log.info("[sweep] job %d/%s %s: %s", number, os.environ[_TOTAL_ENV], status, run_id)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from analysis.report import build_report
-
-        os.environ.pop(_TOTAL_ENV, None)
+        total = os.environ.pop(_TOTAL_ENV, None) or "?"
         if os.environ.get("RANK", "0") != "0":
             return  # a data-parallel sweep (torchrun): rank 0 writes the report
+        self._report(config)
+        if _outcomes:  # the slurm launcher's jobs: what became of each, and the exit code
+            print("\n" + "\n".join(summary_lines(_outcomes, total, resume_command(sys.orig_argv))))
+            if any(o["status"] not in DONE for o in _outcomes):
+                raise SystemExit(1)
+
+    def _report(self, config: Any) -> None:
+        from analysis.report import build_report
+
         results_dir = Path(config.results_dir)
         try:
             paths = build_report(results_dir=results_dir)

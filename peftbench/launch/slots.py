@@ -118,27 +118,18 @@ def job_number() -> int:
 def slurm_script(launcher: dict, n_jobs: int) -> str:
     """The sbatch script the ``slurm`` launcher preset submits for a sweep of ``n_jobs`` runs.
 
-    Builds submitit's executor the way Hydra's submitit launcher does (generic keys as they
-    are, the others prefixed ``slurm_``), so what it prints is what the cluster gets. Needs
+    Builds submitit's executor as the launcher does (peftbench/launch/slurm.py,
+    ``make_executor``), so what it prints is what the cluster gets. Needs
     ``srun`` on the PATH (submitit checks for it), i.e. a SLURM login node.
 
     Args:
         launcher: the resolved ``hydra.launcher`` config (e.g. of ``hydra/launcher=slurm``).
         n_jobs: the runs of the sweep (one array task each).
     """
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
+    from peftbench.launch.slurm import make_executor
 
-    params = {k: v for k, v in launcher.items() if k != "_target_"}
-    folder = params.pop("submitit_folder")
-    executor = submitit.AutoExecutor(
-        cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout", 0)
-    )
-    generic = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(
-        **{k if k in generic else f"slurm_{k}": v for k, v in params.items()}
-    )
+    executor = make_executor(launcher)  # what the launcher submits, its setup lines included
+    # submitit has no public preview of the script: these two private names are the way
     slurm = executor._executor
     slurm.parameters["map_count"] = n_jobs  # what submitit's map_array sets for an array
     return slurm._make_submission_file_text("<python -u -m submitit.core._submit ...>", "preview")

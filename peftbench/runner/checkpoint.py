@@ -30,6 +30,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from peftbench.records.store import _umask  # the umask, read without changing it
+
 log = logging.getLogger("peftbench")
 
 FORMAT_VERSION = 2  # 2: matched on the run id (recipe hash), not a config hash
@@ -126,6 +128,9 @@ class Checkpointer:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"peftbench": json.dumps(meta)})
+            # mkstemp and safetensors both write 0600, which would keep a colleague who shares
+            # the results folder from resuming the run: a record's mode, 0666 less the umask
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, self.path)
         finally:
             Path(tmp).unlink(missing_ok=True)
