@@ -28,7 +28,7 @@ def test_the_package_list_names_every_package_of_the_tree():
     )
     found = {
         ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("peftbench", "tasks", "analysis")
+        for top in ("peftbench", "tasks", "analysis", "hydra_plugins")
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert listed == found | {"peftbench.conf"}
