@@ -454,6 +454,8 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
 
 def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Measures) -> dict:
     """Stage 5: the record's sections from the stages' results (record.py writes it)."""
+    from peftbench.methods.base import params_facts
+
     return {
         "env": {**env_info(setup.device), "distributed": data_parallel.info()},
         "data": {
@@ -476,6 +478,7 @@ def _record_sections(task: Any, setup: SetUp, fit: Fit, test: dict, measures: Me
                 head_modules=setup.backbone.head_modules,
                 artifact_bytes=measures.artifact_bytes,
                 budget=setup.budget,
+                mask_by_module=params_facts(setup.model).get("mask_by_module"),
             )
         ),
         "cost": _cost_section(setup, fit, measures),
