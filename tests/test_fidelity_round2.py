@@ -15,6 +15,7 @@ from torch import nn
 
 from peftbench.methods import MethodContext, apply_method
 from peftbench.methods.base import count_trainable, params_facts
+from peftbench.runner.train import param_groups
 from tests.test_fidelity import HEAD, _bert, _ctx, _decayed, _inputs, _yaml
 
 
@@ -87,3 +88,43 @@ def test_a_fisher_mask_record_holds_mask_by_module(compose, tmp_path):
     shares = json.loads(Path(summary["path"]).read_text())["params"]["mask_by_module"]
     assert {"embeddings", "layer.0", "layer.1", "pooler", "head"} <= set(shares)
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+# -- 8. weight decay on method vectors whose identity is not zero --------------------------------
+@pytest.mark.parametrize(("name", "vector"), [("ia3", "ia3_l"), ("dora", "lora_magnitude_vector")])
+def test_weight_decay_spares_vectors_whose_identity_is_not_zero(name, vector):
+    """IA3's scaling vectors (identity 1) and DoRA's magnitude (W's column norms) decayed."""
+    decay, no_decay = _decayed(apply_method(_bert(), _yaml(name), _ctx()))
+    vectors = {n for n in decay | no_decay if vector in n.split(".")}
+    assert vectors and vectors <= no_decay
+    if name == "dora":  # LoRA's own factors (identity 0) still decay
+        assert any("lora_A" in n for n in decay)
+
+
+# -- 4. FourierFT: the head at its own learning rate, n = 1000 -----------------------------------
+def test_fourierft_trains_the_head_at_the_references_own_rate():
+    """The head trained at the spectrum's lr (0.05; 0.5 at x10), not the reference's 0.006."""
+    from peftbench.runner.experiment import effective_head_lr, effective_lr
+
+    cfg = _yaml("fourierft")
+    assert (cfg.lr, cfg.head_lr, cfg.peft.n_frequency, cfg.peft.scaling) == (5e-2, 6e-3, 1000, 140)
+    cfg.lr_scale = 10
+    assert effective_lr(cfg) == pytest.approx(0.5) and effective_head_lr(cfg) == pytest.approx(0.06)
+    model = apply_method(_bert(), cfg, _ctx())
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.01, head_lr=0.06, head_modules=HEAD)
+    by_lr = {}
+    for group in groups:
+        by_lr.setdefault(group.get("lr"), set()).update(names[id(p)] for p in group["params"])
+    assert by_lr[0.06] and all("classifier" in n for n in by_lr[0.06])
+    assert by_lr[None] and not any("classifier" in n for n in by_lr[None])
+    optimizer = torch.optim.AdamW(groups, lr=0.5)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.06, 0.5]
+
+
+def test_without_a_head_lr_every_tensor_trains_at_the_methods_rate():
+    from peftbench.runner.experiment import effective_head_lr
+
+    assert effective_head_lr(_yaml("lora")) is None
+    groups = param_groups(apply_method(_bert(), _yaml("lora"), _ctx()), 0.01)
+    assert len(groups) == 2 and not any("lr" in g for g in groups)

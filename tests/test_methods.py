@@ -190,6 +190,8 @@ def _contract_cfg(yaml) -> OmegaConf:
     cfg = OmegaConf.load(yaml)
     if "calibration_examples" in cfg:
         cfg.calibration_examples = 4
+    if cfg.get("peft", {}).get("n_frequency", 0) > 256:  # FourierFT's n: tiny GQA v_proj 32x16
+        cfg.peft.n_frequency = 256
     return cfg
 
 

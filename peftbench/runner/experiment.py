@@ -94,6 +94,15 @@ def effective_lr(method: Any) -> float:
     return float(method.lr) * float(method.get("lr_scale", 1.0))
 
 
+def effective_head_lr(method: Any) -> float | None:
+    """The task head's own rate, ``method.head_lr * method.lr_scale``, where the method's
+    paper gives the head one (FourierFT); None: the head trains at :func:`effective_lr`.
+    The grid's scale moves both, so their ratio stays the paper's."""
+    if method.get("head_lr") is None:
+        return None
+    return float(method.head_lr) * float(method.get("lr_scale", 1.0))
+
+
 def run(cfg: Any) -> dict:
     """Runs one cell unless a success record exists; always leaves exactly one new record.
 
@@ -406,6 +415,8 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
             autocast_dtype=setup.autocast_dtype,
             # one process's state; a data-parallel run's ranks would each need theirs
             checkpoint=checkpoint if data_parallel.world_size() == 1 else None,
+            head_lr=effective_head_lr(cfg.method),
+            head_modules=setup.backbone.head_modules,
         )
     return Fit(result, history, timer, eval_clock, checkpoint, log_row, energy)
 
