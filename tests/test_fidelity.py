@@ -227,11 +227,11 @@ def test_compacter_can_be_budget_matched():
     """The search started at bottleneck 1 (not divisible by n=4) and gave up."""
     model = _bert()
     cfg = _yaml("compacter")
-    cfg.budget_pct = 3.0
+    cfg.budget_pct = 6.0  # the trained norms alone are 1% of this tiny model
     sized, facts = fit_budget(model, cfg, _ctx())
     assert sized.bottleneck % sized.phm_dim == 0 and facts["value"] == sized.bottleneck
     reached, _ = count_trainable(apply_method(_bert(), sized, _ctx()), HEAD)
-    target = 0.03 * backbone_size(model, HEAD)
+    target = 0.06 * backbone_size(model, HEAD)
     assert abs(reached - target) <= TOLERANCE * target
 
 

@@ -165,3 +165,26 @@ def test_layer_linear_is_refused_in_one_line_where_the_architecture_is_unknown()
     with pytest.raises(MethodNotApplicable, match="layer-linear is not known") as refusal:
         apply_method(_bert(), _yaml("adalora"), ctx)
     assert "\n" not in str(refusal.value)
+
+
+# -- 5. Compacter: norms trained, the reference's initialisations ---------------------------------
+def test_compacter_trains_the_layer_norms_as_compacter_json_does():
+    """The norms were frozen; compacter.json sets unfreeze_layer_norms: true."""
+    model = apply_method(_bert(), _yaml("compacter"), _ctx())
+    norms = [m for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 1 + 2 * 2  # embeddings + 2 per layer
+    assert all(p.requires_grad for m in norms for p in m.parameters())
+    assert not any(p.requires_grad for p in model.bert.embeddings.word_embeddings.parameters())
+
+
+def test_compacter_initialises_s_t_glorot_uniform_and_the_rule_at_std_1e_4():
+    """s, t were N(0, 0.01) and A Glorot-uniform: the reference has it the other way round."""
+    torch.manual_seed(0)
+    model = apply_method(_bert(hidden=384, intermediate=768, heads=12), _yaml("compacter"), _ctx())
+    rule = model.compacter_phm_rule.detach()
+    assert rule.std().item() == pytest.approx(1e-4, rel=0.5)  # 64 draws of N(0, 1e-4)
+    down = model.bert.encoder.layer[0].attention.output.dense.adapter.down
+    p, r = down.s.shape[1:]  # (n, 384/4, 1): fan_in r, fan_out p per slice
+    bound = 2**0.5 * (6 / (p + r)) ** 0.5
+    assert down.s.abs().max().item() <= bound and down.s.abs().max().item() > 0.8 * bound
+    assert down.s.std().item() == pytest.approx(bound / 3**0.5, rel=0.2)  # uniform's std
