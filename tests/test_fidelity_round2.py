@@ -188,3 +188,80 @@ def test_compacter_initialises_s_t_glorot_uniform_and_the_rule_at_std_1e_4():
     bound = 2**0.5 * (6 / (p + r)) ** 0.5
     assert down.s.abs().max().item() <= bound and down.s.abs().max().item() > 0.8 * bound
     assert down.s.std().item() == pytest.approx(bound / 3**0.5, rel=0.2)  # uniform's std
+
+
+# -- 6. UniPELT as its reference code -------------------------------------------------------------
+def test_unipelt_lora_gate_replaces_alpha_over_r_and_averages_sigmoids():
+    """peftbench multiplied the gate by alpha/r (2x the step) and took sigmoid of the mean."""
+    from peftbench.methods.hybrid import GatedLoRA
+
+    torch.manual_seed(0)
+    lora = GatedLoRA(32, 32, rank=8)
+    nn.init.normal_(lora.lora_B.weight)
+    nn.init.normal_(lora.gate.weight, std=1.0)  # a gate that varies over tokens
+    x = torch.randn(3, 7, 32)
+    update = lora.lora_B(lora.lora_A(x))
+    reference = torch.sigmoid(lora.gate(x)).mean(dim=1).unsqueeze(-1)  # lora_layers.py L168-169
+    assert torch.allclose(lora(x), reference * update, atol=1e-6)
+    old = torch.sigmoid(lora.gate(x.mean(dim=1))).unsqueeze(1) * (16 / 8)
+    assert not torch.allclose(lora(x), old * update, atol=1e-3)
+    assert "lora_alpha" not in _yaml("unipelt")
+
+
+def test_unipelt_adapter_sits_in_the_pfeiffer_slot_behind_its_gate():
+    """Its adapter sat where Houlsby's does (on the dense output, before residual and LN)."""
+    cfg = _yaml("unipelt")
+    cfg.init_std = 0.5  # a visible adapter
+    model = apply_method(_bert(), cfg, _ctx()).eval()
+    block = model.base_model.bert.encoder.layer[0].output
+    inter, x = torch.randn(4, 5, 64), torch.randn(4, 5, 32)
+    with torch.no_grad():
+        h = block.dense(inter)
+        normed = block.LayerNorm(h + x)
+        gate = torch.sigmoid(block.adapter.gate(normed)).mean(dim=1, keepdim=True)
+        branch = block.adapter.up(block.adapter.act(block.adapter.down(normed)))
+        expected = block.LayerNorm(h + x + gate * branch)
+        assert torch.allclose(block(inter, x), expected, atol=1e-5)
+    assert model.base_model.bert.encoder.layer[0].attention.output.dense._forward_hooks == {}
+
+
+def test_unipelt_gates_each_layers_prefix_from_that_layers_input():
+    """The prefix was peft's, ungated (UniPELT gates it: modeling_bert.py L316-322)."""
+    model = apply_method(_bert(), _yaml("unipelt"), _ctx()).eval()
+    attention = model.base_model.bert.encoder.layer[1].attention.self
+    nn.init.normal_(attention.prefix_gate.weight, std=1.0)
+    seen = {}
+
+    def capture(module, args, kwargs):
+        layer = kwargs["past_key_values"].layers[module.layer_idx]
+        seen["keys"] = layer.keys.detach().clone()
+        seen["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    attention.register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.no_grad():
+        model(**_inputs())
+        raw = model.get_prompt(batch_size=4).layers[1].keys
+        gate = torch.sigmoid(attention.prefix_gate(seen["hidden"])).mean(dim=1)  # (batch, 1)
+    assert seen["keys"].shape[-2] == 10
+    assert torch.allclose(seen["keys"], gate.view(-1, 1, 1, 1) * raw, atol=1e-6)
+    assert not torch.allclose(seen["keys"], raw, atol=1e-3)
+
+
+# -- 3. prefix reparameterisation for MAM and UniPELT --------------------------------------------
+@pytest.mark.parametrize(("name", "tokens", "mid"), [("mam", 30, 800), ("unipelt", 10, 512)])
+def test_hybrid_prefixes_train_through_the_references_mlp(name, tokens, mid):
+    """prefix_projection was false: the prefix trained directly, not through Linear-Tanh-Linear."""
+    model = apply_method(_bert(), _yaml(name), _ctx())
+    encoder = model.prompt_encoder["default"]
+    first, tanh, last = encoder.transform
+    assert (first.in_features, first.out_features) == (32, mid) and isinstance(tanh, nn.Tanh)
+    assert last.out_features == 2 * 2 * 32  # keys and values of 2 layers
+    assert encoder.embedding.weight.shape == (tokens, 32)
+    assert all(p.requires_grad for p in encoder.parameters())
+
+
+def test_prefix_is_named_p_tuning_v2s_recipe():
+    """prefix.yaml claimed Li & Liang's prefix tuning but trains P-tuning v2's recipe."""
+    text = (Path(__file__).resolve().parent.parent / "conf/method/prefix.yaml").read_text()
+    cfg = _yaml("prefix")
+    assert cfg.peft.prefix_projection is False and "P-tuning v2" in text.splitlines()[0]
