@@ -265,3 +265,49 @@ def test_prefix_is_named_p_tuning_v2s_recipe():
     text = (Path(__file__).resolve().parent.parent / "conf/method/prefix.yaml").read_text()
     cfg = _yaml("prefix")
     assert cfg.peft.prefix_projection is False and "P-tuning v2" in text.splitlines()[0]
+
+
+# -- 7. OFT and BOFT ------------------------------------------------------------------------------
+def test_oft_uses_the_exact_cayley_transform_at_the_papers_block_size():
+    """peft 0.21 built OFT with the Cayley-Neumann approximation; oft.yaml said exact Cayley."""
+    model = apply_method(_bert(), _yaml("oft"), _ctx())
+    layers = [m for m in model.modules() if type(m).__name__ == "OFTRotationModule"]
+    assert layers and all(not m.use_cayley_neumann for m in layers)
+    assert {m.block_size for m in layers} == {16}
+    module = layers[0]
+    with torch.no_grad():  # a far-from-identity rotation: Neumann's truncation would show
+        module.weight.normal_(std=0.5)
+        rotation = module._cayley_batch(module.weight, 16, module.use_cayley_neumann)
+        approx = module._cayley_batch(module.weight, 16, True, module.num_cayley_neumann_terms)
+    eye = torch.eye(16).expand_as(rotation)
+    assert torch.allclose(rotation @ rotation.transpose(1, 2), eye, atol=1e-4)  # orthogonal
+    assert not torch.allclose(approx @ approx.transpose(1, 2), eye, atol=1e-2)
+
+
+def test_boft_keeps_the_papers_two_butterfly_factors_without_the_cuda_extension():
+    """Without peft's CUDA extension every BOFT layer fell back to one factor (OFT + scale)."""
+    cfg = _yaml("boft")
+    assert (cfg.peft.boft_n_butterfly_factor, cfg.peft.boft_block_size) == (2, 8)
+    model = apply_method(_bert(), cfg, _ctx())
+    layers = [m for m in model.modules() if hasattr(m, "boft_R") and "default" in m.boft_R]
+    assert layers and all(m.boft_R["default"].shape[0] == 2 for m in layers)
+    assert not torch.equal(layers[0].boft_P[1], torch.eye(32))  # a real butterfly permutation
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in layers:
+            m.boft_R["default"].normal_(std=0.1)
+    model(**_inputs(), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    assert all(m.boft_R["default"].grad.abs().sum() > 0 for m in layers)
+
+
+def test_the_torch_block_diagonal_matches_autograd():
+    from peftbench.methods.peft_backend import TorchBlockDiag
+
+    blocks = torch.randn(2, 3, 4, 4, dtype=torch.double)
+    (out,) = TorchBlockDiag.forward(blocks)
+    expected = torch.stack([torch.block_diag(*b.unbind(0)) for b in blocks])
+    assert torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    leaf = blocks.clone().requires_grad_(True)
+    torch.stack([torch.block_diag(*b.unbind(0)) for b in leaf]).backward(grad)
+    assert torch.allclose(TorchBlockDiag.backward(grad, blocks)[0], leaf.grad)

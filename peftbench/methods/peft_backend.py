@@ -153,10 +153,44 @@ def keep_positions_from_zero(model: nn.Module) -> int:
     return patched
 
 
+class TorchBlockDiag:
+    """peft's ``fbd_cuda`` extension (block-diagonal assembly for BOFT) in plain torch.
+
+    Without that CUDA extension, peft 0.21 silently sets every BOFT layer's butterfly factor
+    to 1 (peft/tuners/boft/layer.py: "Setting boft_n_butterfly_factor to 1"), and BOFT with
+    one factor is OFT plus a scale: no butterfly would be benchmarked on a CPU, or on a GPU
+    without ninja. Its torch fallback only handles one factor, so this stand-in takes the
+    extension's place: ``forward`` turns blocks ``(N, D, H, H)`` into ``N`` block-diagonal
+    ``(D*H, D*H)`` matrices, ``backward`` takes each block's gradient back out.
+    """
+
+    @staticmethod
+    def forward(blocks: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.stack([torch.block_diag(*factor.unbind(0)) for factor in blocks])]
+
+    @staticmethod
+    def backward(grad: torch.Tensor, blocks: torch.Tensor) -> list[torch.Tensor]:
+        n, d, h, _ = blocks.shape
+        index = torch.arange(d, device=grad.device)
+        diagonal = grad.reshape(n, d, h, d, h)[:, index, :, index, :]  # (d, n, h, h)
+        return [diagonal.permute(1, 0, 2, 3).contiguous()]
+
+
+def keep_butterfly_factors() -> None:
+    """Makes peft build BOFT with the butterfly factor its config asks for (see
+    :class:`TorchBlockDiag`); a compiled extension already loaded is kept."""
+    from peft.tuners.boft import layer
+
+    if layer._FBD_CUDA is None:
+        layer._FBD_CUDA = TorchBlockDiag
+
+
 def wrap(model: nn.Module, args: dict) -> nn.Module:
-    """``peft.get_peft_model`` with the harness's fixes for prefix-style methods."""
+    """``peft.get_peft_model`` with the harness's fixes for prefix-style methods and BOFT."""
     import peft
 
+    if args["peft_type"] == "BOFT":
+        keep_butterfly_factors()
     prompt = peft_type(args["peft_type"])
     if prompt.prompt_learning and not prompt.prepends_tokens:  # a key/value prefix
         keep_positions_from_zero(model)
