@@ -231,10 +231,13 @@ class Task:
 
     @property
     def metric_implementation(self) -> dict[str, str]:
-        """Which implementation scores each metric: ``builtin`` or the Hub metric's source."""
+        """Which implementation scores each metric: ``builtin`` (with sacreBLEU's signature for
+        BLEU and chrF) or the Hub metric's source."""
         hub = self.hub_metric
         return {
-            name: hub.source if hub and name in hub.keys else metric_lib.BUILTIN
+            name: hub.source
+            if hub and name in hub.keys
+            else metric_lib.METRICS[name].implementation()
             for name in self.metric_names
         }
 

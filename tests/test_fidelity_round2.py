@@ -17,6 +17,7 @@ from peftbench.methods import MethodContext, apply_method
 from peftbench.methods.base import count_trainable, params_facts
 from peftbench.runner.train import param_groups
 from tests.test_fidelity import HEAD, _bert, _ctx, _decayed, _inputs, _yaml
+from tests.test_translation import tiny_cfg, tiny_db, tiny_models  # noqa: F401 (fixtures)
 
 
 def _labelled(seed: int, size: int = 4) -> dict:
@@ -311,3 +312,25 @@ def test_the_torch_block_diagonal_matches_autograd():
     leaf = blocks.clone().requires_grad_(True)
     torch.stack([torch.block_diag(*b.unbind(0)) for b in leaf]).backward(grad)
     assert torch.allclose(TorchBlockDiag.backward(grad, blocks)[0], leaf.grad)
+
+
+# -- 9. metrics -----------------------------------------------------------------------------------
+def test_a_translation_record_names_the_sacrebleu_signature(tiny_models, tiny_db, tmp_path):  # noqa: F811
+    """The record said 'builtin' for BLEU: no tokeniser, smoothing or sacreBLEU version."""
+    from tasks import build_task
+
+    task = build_task(tiny_cfg("t5", tiny_models, tiny_db, tmp_path).task)
+    implementation = task.metric_implementation
+    assert implementation["bleu"].startswith("builtin sacreBLEU BLEU nrefs:1|case:mixed|eff:no")
+    assert "|tok:13a|smooth:exp|version:" in implementation["bleu"]
+    assert implementation["chrf"].startswith("builtin sacreBLEU chrF nrefs:1|") and (
+        "nc:6|nw:0" in implementation["chrf"]
+    )
+
+
+def test_the_ner_tasks_first_line_names_the_primary_metric_it_computes():
+    """Their first line still said 'strict IOB2'; the primary is conlleval-compatible."""
+    for name in ("wnut16", "conll2003"):
+        path = Path(__file__).resolve().parent.parent / "conf" / "task" / f"{name}.yaml"
+        header = " ".join(path.read_text().splitlines()[:2])
+        assert "strict IOB2" not in header and "conlleval-compatible" in header
