@@ -334,3 +334,17 @@ def test_the_ner_tasks_first_line_names_the_primary_metric_it_computes():
         path = Path(__file__).resolve().parent.parent / "conf" / "task" / f"{name}.yaml"
         header = " ".join(path.read_text().splitlines()[:2])
         assert "strict IOB2" not in header and "conlleval-compatible" in header
+
+
+# -- 10. what "like for like" means ---------------------------------------------------------------
+def test_loha_lokr_and_lora_sizes_at_r8_are_stated_where_they_are_configured():
+    """Same r, very different sizes: the YAMLs called LoHa vs LoRA 'like for like' silently."""
+    minilm = dict(hidden=384, intermediate=1536, layers=6, heads=12)
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "METHODS.md").read_text()
+    for name, size in (("lora", 73_728), ("loha", 147_456), ("lokr", 7_680)):
+        model = apply_method(_bert(**minilm), _yaml(name), _ctx())
+        assert count_trainable(model, HEAD)[0] == size
+        yaml_text = (
+            Path(__file__).resolve().parent.parent / f"conf/method/{name}.yaml"
+        ).read_text()
+        assert f"{size:,}" in yaml_text and f"{size:,}" in docs
