@@ -12,7 +12,14 @@ import torch
 
 from peftbench.registry import Registry
 from tasks import metrics as metric_lib
-from tasks.splits import SPLITS, grouped_split, nested_subset, stratified_split, train_size_count
+from tasks.splits import (
+    SPLITS,
+    grouped_split,
+    is_extra_test,
+    nested_subset,
+    stratified_split,
+    train_size_count,
+)
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")
 
@@ -90,7 +97,8 @@ class Task:
         data = self.read_rows()
         splits = data if isinstance(data, dict) else self._split(data)
         self._check_splits(splits)
-        return {name: splits[name] for name in SPLITS}
+        extra = {name: rows for name, rows in splits.items() if is_extra_test(name)}
+        return {name: splits[name] for name in SPLITS} | extra
 
     @cached_property
     def splits(self) -> dict[str, list[dict]]:

@@ -348,3 +348,41 @@ def test_loha_lokr_and_lora_sizes_at_r8_are_stated_where_they_are_configured():
             Path(__file__).resolve().parent.parent / f"conf/method/{name}.yaml"
         ).read_text()
         assert f"{size:,}" in yaml_text and f"{size:,}" in docs
+
+
+def _mnli_hub_folder(tmp_path: Path) -> Path:
+    from tests.test_hub_reader import _sentence, _write_hub_folder
+
+    def rows(start: int, n: int) -> list[dict]:
+        return [
+            {
+                "premise": _sentence(start + i),
+                "hypothesis": _sentence(start + i + 7),
+                "label": i % 3,
+            }
+            for i in range(n)
+        ]
+
+    splits = {"train": rows(0, 60), "validation_matched": rows(500, 9)}
+    splits["validation_mismatched"] = rows(900, 12)
+    return _write_hub_folder(tmp_path / "glue", {"mnli": splits})
+
+
+def test_mnli_scores_the_mismatched_set_beside_the_matched_one(compose, tmp_path):
+    """Only MNLI-m was scored; GLUE (and the FISH reference) report MNLI-m and MNLI-mm."""
+    from peftbench.runner import experiment
+
+    folder = _mnli_hub_folder(tmp_path)
+    cfg = compose(
+        "task=mnli",
+        f"task.source.hub_id={folder}",
+        "task.source.dev_from_train.fraction=0.2",
+        results_dir=tmp_path / "results",
+    )
+    summary = experiment.run(cfg)
+    assert summary["status"] == "success", summary
+    record = json.loads(Path(summary["path"]).read_text())
+    test = record["metrics"]["test"]
+    assert set(test) == {"accuracy", "macro_f1", "accuracy_mismatched", "macro_f1_mismatched"}
+    assert record["data"]["n"]["test"] == 9 and record["data"]["n"]["test_mismatched"] == 12
+    assert record["metrics"]["primary"]["value"] == test["accuracy"]  # matched stays primary

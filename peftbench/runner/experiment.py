@@ -422,13 +422,20 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
 
 
 def _evaluate_test(task: Any, setup: SetUp, fit: Fit) -> dict:
-    """Stage 3: the test split, once, at the dev-selected step."""
+    """Stage 3: the test split, once, at the dev-selected step; and any extra test split
+    (``test_<name>``, e.g. MNLI's mismatched set) with the same model, its metrics recorded
+    as ``<metric>_<name>``."""
     from peftbench.runner.train import evaluate
+    from tasks.splits import EXTRA_TEST_PREFIX, is_extra_test
 
-    with fit.eval_clock.measure():
-        test = evaluate(
-            setup.model, setup.loaders["test"], task, setup.device, setup.autocast_dtype
-        )
+    test = {}
+    for split in ["test", *sorted(s for s in setup.loaders if is_extra_test(s))]:
+        suffix = "" if split == "test" else "_" + split[len(EXTRA_TEST_PREFIX) :]
+        with fit.eval_clock.measure():
+            scores = evaluate(
+                setup.model, setup.loaders[split], task, setup.device, setup.autocast_dtype
+            )
+        test |= {f"{k}{suffix}": v for k, v in scores.items()}
     fit.log_row({"step": fit.result.steps, **{f"test/{k}": v for k, v in test.items()}})
     return test
 
