@@ -186,7 +186,7 @@ def _page(
 
 def _metric_notes(runs: pd.DataFrame) -> list[str]:
     """Names the Hub metrics (``task.metric_impl=evaluate``) that scored any primary value."""
-    hub = sorted({str(v) for v in runs["metric_impl"].dropna() if v != "builtin"})
+    hub = sorted({str(v) for v in runs["metric_impl"].dropna() if not str(v).startswith("builtin")})
     return [f"Primary scores computed by evaluate: {'; '.join(hub)}."] if hub else []
 
 

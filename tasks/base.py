@@ -12,7 +12,14 @@ import torch
 
 import tasks.metrics as metric_lib
 from peftbench.registry import Registry
-from tasks.splits import SPLITS, grouped_split, nested_subset, stratified_split, train_size_count
+from tasks.splits import (
+    SPLITS,
+    grouped_split,
+    is_extra_test,
+    nested_subset,
+    stratified_split,
+    train_size_count,
+)
 
 TASK_KINDS: Registry[type[Task]] = Registry("task kind")
 
@@ -90,7 +97,8 @@ class Task:
         data = self.read_rows()
         splits = data if isinstance(data, dict) else self._split(data)
         self._check_splits(splits)
-        return {name: splits[name] for name in SPLITS}
+        extra = {name: rows for name, rows in splits.items() if is_extra_test(name)}
+        return {name: splits[name] for name in SPLITS} | extra
 
     @cached_property
     def splits(self) -> dict[str, list[dict]]:
@@ -239,10 +247,13 @@ class Task:
 
     @property
     def metric_implementation(self) -> dict[str, str]:
-        """Which implementation scores each metric: ``builtin`` or the Hub metric's source."""
+        """Which implementation scores each metric: ``builtin`` (with sacreBLEU's signature for
+        BLEU and chrF) or the Hub metric's source."""
         hub = self.hub_metric
         return {
-            name: hub.source if hub and name in hub.keys else metric_lib.BUILTIN
+            name: hub.source
+            if hub and name in hub.keys
+            else metric_lib.METRICS[name].implementation()
             for name in self.metric_names
         }
 

@@ -31,6 +31,8 @@ class Metric:
         higher_is_better: the direction in which a score improves.
         best: the value of a perfect prediction.
         worst: the value of the worst possible prediction.
+        signature: ``signature()`` names the exact scoring configuration where the library
+            defines one (sacreBLEU's signature), for the record's metric implementation.
     """
 
     name: str
@@ -38,6 +40,11 @@ class Metric:
     higher_is_better: bool = True
     best: float = 1.0
     worst: float = 0.0
+    signature: Callable[[], str] | None = None
+
+    def implementation(self) -> str:
+        """``builtin``, plus the library's signature where it has one."""
+        return f"{BUILTIN} {self.signature()}" if self.signature else BUILTIN
 
 
 def _correlation(kind: str) -> Callable[[Sequence, Sequence], float]:
@@ -102,6 +109,21 @@ def _sacrebleu(kind: str) -> Callable[[Sequence[str], Sequence[str]], float]:
     return fn
 
 
+def _sacrebleu_signature(kind: str) -> Callable[[], str]:
+    """sacreBLEU's signature of the scorer :func:`_sacrebleu` uses, one reference per segment
+    (e.g. ``sacreBLEU BLEU nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``), as
+    Post 2018 asks every reported score to carry."""
+
+    def signature() -> str:
+        from sacrebleu.metrics import BLEU, CHRF
+
+        scorer = BLEU() if kind == "bleu" else CHRF()
+        scorer.corpus_score(["a"], [["a"]])  # the signature needs the reference count
+        return f"sacreBLEU {kind.upper() if kind == 'bleu' else 'chrF'} {scorer.get_signature()}"
+
+    return signature
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
@@ -118,8 +140,8 @@ METRICS: dict[str, Metric] = {
         Metric("entity_precision_strict", _entity("precision", strict=True)),
         Metric("entity_recall_strict", _entity("recall", strict=True)),
         Metric("entity_f1_strict", _entity("f1", strict=True)),
-        Metric("bleu", _sacrebleu("bleu"), best=100.0),
-        Metric("chrf", _sacrebleu("chrf"), best=100.0),
+        Metric("bleu", _sacrebleu("bleu"), best=100.0, signature=_sacrebleu_signature("bleu")),
+        Metric("chrf", _sacrebleu("chrf"), best=100.0, signature=_sacrebleu_signature("chrf")),
     ]
 }
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from peftbench.errors import DataError
 from peftbench.registry import Registry
+from tasks.splits import is_extra_test
 
 READERS: Registry = Registry("data reader")
 
@@ -440,9 +441,12 @@ def read_hub(source: Any) -> dict[str, list[dict]]:
     """
     where = f"{source.hub_id}" + (f"/{source.name}" if source.get("name") else "")
     splits = {str(ours): str(theirs) for ours, theirs in dict(source.splits).items()}
-    unknown = set(splits) - set(SPLIT_ALIASES.values())
+    unknown = {s for s in splits if s not in SPLIT_ALIASES.values() and not is_extra_test(s)}
     if unknown:
-        raise DataError(f"{where}: source.splits names {sorted(unknown)}; use train, dev, test")
+        raise DataError(
+            f"{where}: source.splits names {sorted(unknown)}; use train, dev, test, or "
+            "test_<name> for an extra test split (e.g. test_mismatched)"
+        )
     out = {
         ours: _hub_rows(_load_hub_split(source, theirs, where), source, f"{where}:{theirs}")
         for ours, theirs in splits.items()

@@ -19,6 +19,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 SPLITS = ("train", "dev", "test")
+#: Prefix of an extra test split, scored beside ``test`` with the same model at the same step
+#: (MNLI's mismatched validation set: ``test_mismatched``). Its metrics are recorded as
+#: ``<metric>_<suffix>`` in ``metrics.test`` (``accuracy_mismatched``).
+EXTRA_TEST_PREFIX = "test_"
+
+
+def is_extra_test(split: str) -> bool:
+    return split.startswith(EXTRA_TEST_PREFIX) and len(split) > len(EXTRA_TEST_PREFIX)
 
 
 def _rank_key(salt: str, text: str, index: int) -> tuple[str, int]:

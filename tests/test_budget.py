@@ -51,7 +51,7 @@ def _cfg(name: str, budget_pct: float | None):
     cfg = OmegaConf.load(next(p for p in METHOD_YAMLS if p.stem == name))
     cfg.budget_pct = budget_pct
     if name == "fisher_mask":
-        cfg.calibration_batches = 1
+        cfg.calibration_examples = 4
     return cfg
 
 

@@ -181,7 +181,7 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
         if not o.startswith(("results_dir=", "train.max_steps=", "train.eval_every_steps="))
     ]
     result = overhead.methods_bench(
-        [*overrides, "fisher_mask:method.calibration_batches=1"],
+        [*overrides, "fisher_mask:method.calibration_examples=8"],
         methods=["vera"],
         steps=1,
         repeats=1,
@@ -200,9 +200,9 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
 
 
 def test_bench_scoped_overrides_reach_only_their_method():
-    given = ["train.batch_size=8", "fisher_mask:method.calibration_batches=1"]
+    given = ["train.batch_size=8", "fisher_mask:method.calibration_examples=8"]
     assert overhead._split_overrides(given, "fisher_mask") == [
         "train.batch_size=8",
-        "method.calibration_batches=1",
+        "method.calibration_examples=8",
     ]
     assert overhead._split_overrides(given, "lora") == ["train.batch_size=8"]

@@ -208,17 +208,16 @@ def test_hybrids_train_count_and_save_the_head_once(name):
 
 
 def test_unipelt_gates_once_per_example_from_the_mean_over_the_sequence():
-    """The gate was computed per token."""
+    """The gate was computed per token (round two: the mean of per-token sigmoids, issue 34)."""
     torch.manual_seed(0)
-    lora = GatedLoRA(32, 32, rank=4, alpha=8)
+    lora = GatedLoRA(32, 32, rank=4)
     nn.init.normal_(lora.lora_B.weight)
     x = torch.randn(3, 7, 32)
-    update = lora.scaling * lora.lora_B(lora.lora_A(x))
-    gate = torch.sigmoid(lora.gate(x.mean(dim=1))).unsqueeze(1)
-    assert torch.allclose(lora(x), gate * update, atol=1e-6)
+    gate = torch.sigmoid(lora.gate(x)).mean(dim=1, keepdim=True)
+    assert torch.allclose(lora(x), gate * lora.lora_B(lora.lora_A(x)), atol=1e-6)
     adapter = GatedAdapter(32, 8, init_std=0.5)
     branch = adapter.up(adapter.act(adapter.down(x)))
-    gate = torch.sigmoid(adapter.gate(x.mean(dim=1))).unsqueeze(1)
+    gate = torch.sigmoid(adapter.gate(x)).mean(dim=1, keepdim=True)
     assert torch.allclose(adapter(x), x + gate * branch, atol=1e-6)
 
 
@@ -227,19 +226,19 @@ def test_compacter_can_be_budget_matched():
     """The search started at bottleneck 1 (not divisible by n=4) and gave up."""
     model = _bert()
     cfg = _yaml("compacter")
-    cfg.budget_pct = 3.0
+    cfg.budget_pct = 6.0  # the trained norms alone are 1% of this tiny model
     sized, facts = fit_budget(model, cfg, _ctx())
     assert sized.bottleneck % sized.phm_dim == 0 and facts["value"] == sized.bottleneck
     reached, _ = count_trainable(apply_method(_bert(), sized, _ctx()), HEAD)
-    target = 0.03 * backbone_size(model, HEAD)
+    target = 0.06 * backbone_size(model, HEAD)
     assert abs(reached - target) <= TOLERANCE * target
 
 
 # -- AdaLoRA: dev selection waits for the final budget ------------------------------------------
 def test_adalora_selection_starts_once_its_final_budget_is_reached():
     model = apply_method(_bert(), _yaml("adalora"), _ctx(total_steps=10))
-    # tinit 1, tfinal 2: peft masks to the final rank pattern at 0-based step 8 (1-based 9)
-    assert select_from_step(model) == 9
+    # tinit 1, tfinal 4: peft masks to the final rank pattern at 0-based step 6 (1-based 7)
+    assert select_from_step(model) == 7
     assert select_from_step(_bert()) == 0  # every other method: any step may be selected
 
 

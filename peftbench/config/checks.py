@@ -149,6 +149,7 @@ SCHEMA: dict[str, Rule] = {
     "method.kind": _NON_EMPTY_STR,
     "method.lr": _positive("5e-4"),
     "method.lr_scale": _positive("1.0"),
+    "method.head_lr": _positive("6e-3"),  # the head's own rate, where the paper gives one
     "method.budget_pct": Rule(
         float, lambda v: 0 < v <= 100, "a percentage in (0, 100]", "1", nullable=True
     ),

@@ -173,7 +173,7 @@ def all_methods() -> list[str]:
 
 def _split_overrides(overrides: list[str], method: str) -> list[str]:
     """The overrides for ``method``: shared ones, and ``<method>:KEY=VALUE`` ones for it only
-    (e.g. ``fisher_mask:method.calibration_batches=2``)."""
+    (e.g. ``fisher_mask:method.calibration_examples=32``)."""
     chosen = []
     for item in overrides:
         head, sep, rest = item.partition(":")

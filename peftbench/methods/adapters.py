@@ -25,7 +25,12 @@
 - Mahabadi et al. 2021, "Compacter": Houlsby placement, but each projection is a
   parameterised hypercomplex multiplication (PHM) layer ``W = sum_i A_i kron (s_i t_i^T)``
   with the n x n matrices ``A_i`` shared by every layer of the model. Total:
-  n^3 + L * 2 adapters * (2*(d + m) + d + m).
+  n^3 + L * 2 adapters * (2*(d + m) + d + m), plus the model's norms where the YAML trains
+  them (``unfreeze_layer_norms``, as the reference's compacter.json L36). Initialised as the
+  reference (rabeehk/compacter seq2seq/configs/compacter.json L40, L46-47): s_i, t_i
+  Glorot-uniform with gain sqrt(2) (hypercomplex/inits.py L9-10, layers.py L107-111), the
+  shared rule A normal with std ``phm_init_range`` = 1e-4 (third_party/models/t5/
+  modeling_t5.py L1552-1555), biases zero.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftbench.methods.base import MethodContext, freeze_all_but_head
+from peftbench.methods.base import MethodContext, freeze_all_but_head, is_head_param
 from peftbench.methods.blocks import ffn_pairs, layer_stacks, out_features, output_projections
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -96,6 +101,8 @@ class PHMLinear(nn.Module):
     """
 
     def __init__(self, rule: nn.Parameter, in_features: int, out_features: int, rank: int = 1):
+        """``s`` and ``t`` Glorot-uniform with gain sqrt(2), each of the n slices apart, as the
+        reference's ``hypercomplex_nonlinearity: glorot-uniform`` (layers.py L107-111)."""
         super().__init__()
         n = rule.shape[0]
         if in_features % n or out_features % n:
@@ -108,9 +115,9 @@ class PHMLinear(nn.Module):
         self.s = nn.Parameter(torch.empty(n, in_features // n, rank))
         self.t = nn.Parameter(torch.empty(n, rank, out_features // n))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        # Compacter's code: Glorot-normal-like small factors, so the adapter starts near zero.
-        nn.init.normal_(self.s, std=0.01)
-        nn.init.normal_(self.t, std=0.01)
+        for i in range(n):  # the rule A (std 1e-4) keeps W, and the adapter, near zero
+            nn.init.xavier_uniform_(self.s.data[i], gain=math.sqrt(2))
+            nn.init.xavier_uniform_(self.t.data[i], gain=math.sqrt(2))
 
     def weight(self) -> torch.Tensor:
         rule = self._rule[0]
@@ -204,6 +211,26 @@ def add_houlsby_adapters(model: nn.Module, make: Callable[[int], nn.Module]) -> 
     device = next(model.parameters()).device
     for _, block in blocks:
         _attach_to_output(block.dropout, make(out_features(block.dense)), device)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("Norm")
+
+
+def train_all_norms(model: nn.Module, head_modules: list[str]) -> int:
+    """Unfreezes every norm layer of the backbone (embeddings' and final ones included);
+    returns how many scalars.
+
+    Compacter's ``unfreeze_layer_norms`` trains each ``T5LayerNorm``/``LayerNorm`` of the
+    model that is not inside an adapter (rabeehk/compacter seq2seq/utils/utils.py L100-106).
+    """
+    count = 0
+    for name, module in model.named_modules():
+        if _is_norm(module) and not is_head_param(name, head_modules):
+            for param in module.parameters(recurse=False):
+                param.requires_grad = True
+                count += param.numel()
+    return count
 
 
 def train_layer_norms(model: nn.Module) -> int:
@@ -318,7 +345,7 @@ def compacter_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Mod
     n = int(cfg.phm_dim)
     device = next(model.parameters()).device
     rule = nn.Parameter(torch.empty(n, n, n, device=device))
-    nn.init.xavier_uniform_(rule.view(n * n, n))  # Glorot init of A, as in Compacter's code
+    nn.init.normal_(rule, std=float(cfg.get("phm_init_range", 1e-4)))  # modeling_t5.py L1555
     model.register_parameter("compacter_phm_rule", rule)
     add_sequential_adapters(
         model,
@@ -327,4 +354,6 @@ def compacter_adapters(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Mod
             rule, width, int(cfg.bottleneck), activation=str(cfg.activation), rank=int(cfg.phm_rank)
         ),
     )
+    if cfg.get("unfreeze_layer_norms", False):
+        train_all_norms(model, ctx.head_modules)
     return model

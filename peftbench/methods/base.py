@@ -23,6 +23,10 @@ STEP_HOOK_ATTR = "peftbench_step_hook"
 #: the paper evaluates (its model is the one at the end of the budget schedule).
 SELECT_FROM_ATTR = "peftbench_select_from_step"
 
+#: Name of the optional model attribute holding facts a method found while it was applied,
+#: for the record's ``params`` section (fisher_mask: ``mask_by_module``, where its mask lies).
+PARAMS_FACTS_ATTR = "peftbench_params_facts"
+
 
 class MethodNotApplicable(ValueError):
     """A method cannot be applied to this model, task or machine (a config error, not a bug).
@@ -99,6 +103,11 @@ def step_hook(model: nn.Module) -> Callable[[int], None] | None:
 def select_from_step(model: nn.Module) -> int:
     """The first step dev selection may pick on ``model`` (see :data:`SELECT_FROM_ATTR`)."""
     return int(getattr(model, SELECT_FROM_ATTR, 0) or 0)
+
+
+def params_facts(model: nn.Module) -> dict:
+    """What the method recorded about itself on ``model`` (see :data:`PARAMS_FACTS_ATTR`)."""
+    return dict(getattr(model, PARAMS_FACTS_ATTR, None) or {})
 
 
 def merge(model: nn.Module, cfg: Any) -> nn.Module:

@@ -29,6 +29,23 @@ from peftbench.models.architectures import for_model_type
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+#: ``target_modules: layer-linear`` in a method YAML: every linear layer inside the transformer
+#: layers (attention and feed-forward), per architecture (``Architecture.layer_linear``).
+#: peft's own "all-linear" would also adapt BERT's pooler, which no paper here adapts.
+LAYER_LINEAR = "layer-linear"
+
+
+def layer_linear_targets(cfg: Any, architecture: Any, model_type: str) -> str:
+    """The architecture's regex for :data:`LAYER_LINEAR`, or a one-line refusal."""
+    if architecture is None or not architecture.layer_linear:
+        raise MethodNotApplicable(
+            f"method {cfg.name!r}: target_modules={LAYER_LINEAR} is not known for model type "
+            f"{model_type!r}; add its layer_linear pattern to peftbench/models/architectures.py "
+            "or list method.peft.target_modules"
+        )
+    return architecture.layer_linear
+
+
 def peft_args(cfg: Any, ctx: MethodContext) -> dict:
     """The peft config arguments: the YAML's ``peft:`` block plus what the run decides."""
     args = OmegaConf.to_container(cfg.peft, resolve=True)
@@ -45,6 +62,8 @@ def peft_args(cfg: Any, ctx: MethodContext) -> dict:
             args["target_modules"], args["feedforward_modules"] = architecture.ia3_targets
         elif architecture and architecture.peft_targets:
             args["target_modules"] = architecture.peft_targets
+    if args.get("target_modules") == LAYER_LINEAR:
+        args["target_modules"] = layer_linear_targets(cfg, architecture, ctx.model_type)
     if ctx.head_modules:
         args["modules_to_save"] = sorted(
             set(args.get("modules_to_save") or []) | set(ctx.head_modules)
@@ -55,10 +74,13 @@ def peft_args(cfg: Any, ctx: MethodContext) -> dict:
 
 
 def adalora_schedule(cfg: Any, ctx: MethodContext) -> dict:
-    """AdaLoRA's phases in steps of this run: warm-up, budget pruning, final fine-tuning.
+    """AdaLoRA's phases in steps of this run: warm-up, budget pruning, final fine-tuning, and
+    the interval between two reallocations.
 
-    The YAML gives them as shares of the run (``schedule.tinit_frac``, ``schedule.tfinal_frac``)
-    because the paper's step counts belong to its own, much longer, schedules.
+    The YAML gives each as a share of the run (``schedule.tinit_frac``, ``tfinal_frac``,
+    ``deltaT_frac``): the paper's step counts belong to its own, much longer, schedules, and
+    across its GLUE tasks it keeps them at similar shares of each task's total (see
+    conf/method/adalora.yaml). The interval is at least one step.
     """
     if not ctx.total_steps:
         raise MethodNotApplicable(
@@ -66,9 +88,11 @@ def adalora_schedule(cfg: Any, ctx: MethodContext) -> dict:
             "rank budget (MethodContext.total_steps)"
         )
     steps = int(ctx.total_steps)
-    tinit = math.floor(float(cfg.schedule.tinit_frac) * steps)
-    tfinal = math.floor(float(cfg.schedule.tfinal_frac) * steps)
-    return {"total_step": steps, "tinit": tinit, "tfinal": tfinal}
+    schedule = cfg.schedule
+    tinit = math.floor(float(schedule.tinit_frac) * steps)
+    tfinal = math.floor(float(schedule.tfinal_frac) * steps)
+    delta = max(1, round(float(schedule.get("deltaT_frac", 0.0)) * steps))
+    return {"total_step": steps, "tinit": tinit, "tfinal": tfinal, "deltaT": delta}
 
 
 def adalora_final_step(args: dict) -> int:
@@ -129,10 +153,44 @@ def keep_positions_from_zero(model: nn.Module) -> int:
     return patched
 
 
+class TorchBlockDiag:
+    """peft's ``fbd_cuda`` extension (block-diagonal assembly for BOFT) in plain torch.
+
+    Without that CUDA extension, peft 0.21 silently sets every BOFT layer's butterfly factor
+    to 1 (peft/tuners/boft/layer.py: "Setting boft_n_butterfly_factor to 1"), and BOFT with
+    one factor is OFT plus a scale: no butterfly would be benchmarked on a CPU, or on a GPU
+    without ninja. Its torch fallback only handles one factor, so this stand-in takes the
+    extension's place: ``forward`` turns blocks ``(N, D, H, H)`` into ``N`` block-diagonal
+    ``(D*H, D*H)`` matrices, ``backward`` takes each block's gradient back out.
+    """
+
+    @staticmethod
+    def forward(blocks: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.stack([torch.block_diag(*factor.unbind(0)) for factor in blocks])]
+
+    @staticmethod
+    def backward(grad: torch.Tensor, blocks: torch.Tensor) -> list[torch.Tensor]:
+        n, d, h, _ = blocks.shape
+        index = torch.arange(d, device=grad.device)
+        diagonal = grad.reshape(n, d, h, d, h)[:, index, :, index, :]  # (d, n, h, h)
+        return [diagonal.permute(1, 0, 2, 3).contiguous()]
+
+
+def keep_butterfly_factors() -> None:
+    """Makes peft build BOFT with the butterfly factor its config asks for (see
+    :class:`TorchBlockDiag`); a compiled extension already loaded is kept."""
+    from peft.tuners.boft import layer
+
+    if layer._FBD_CUDA is None:
+        layer._FBD_CUDA = TorchBlockDiag
+
+
 def wrap(model: nn.Module, args: dict) -> nn.Module:
-    """``peft.get_peft_model`` with the harness's fixes for prefix-style methods."""
+    """``peft.get_peft_model`` with the harness's fixes for prefix-style methods and BOFT."""
     import peft
 
+    if args["peft_type"] == "BOFT":
+        keep_butterfly_factors()
     prompt = peft_type(args["peft_type"])
     if prompt.prompt_learning and not prompt.prepends_tokens:  # a key/value prefix
         keep_positions_from_zero(model)

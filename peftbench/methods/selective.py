@@ -6,11 +6,16 @@
   fine-tuning baseline, e.g. Howard & Ruder 2018; Lee et al. 2019 "What would Elsa do?").
 - ``fisher_mask``: Sung et al. 2021, "Training Neural Networks with Fixed Sparse Masks"
   (FISH mask): the ``k`` entries with the largest empirical Fisher information, estimated
-  from per-example squared gradients on a few training batches, train; the rest stay fixed.
+  from per-example squared gradients on the first ``calibration_examples`` training examples
+  (the reference's 1,024), train; the rest stay fixed. Every backbone tensor competes, the
+  pooler included; the task head trains whole outside the mask (the reference's rule,
+  varunnair18/FISH run_glue_sparse_update.py L186-190). Where the mask lies is recorded
+  (``params.mask_by_module``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from peftbench.methods.base import (
+    PARAMS_FACTS_ATTR,
     MethodContext,
     MethodNotApplicable,
     backbone_size,
@@ -136,6 +142,61 @@ def fisher_mask_size(model: nn.Module, cfg: Any, ctx: MethodContext) -> int:
     return fisher_k(cfg, backbone_size(model, ctx.head_modules))
 
 
+def calibration_data(ctx: MethodContext, examples: int) -> list[dict]:
+    """The first ``examples`` training examples as batches (the last one cut to fit).
+
+    Fewer when the train split is smaller: the loader ends after one pass, so the whole split
+    is read (the reference reads ``num_samples`` examples one at a time, or all of them).
+    """
+    first = list(ctx.calibration_batches(1))
+    if not first:
+        return []
+    per_batch = len(first[0]["labels"])
+    batches, left = [], examples
+    for batch in ctx.calibration_batches(math.ceil(examples / per_batch)):
+        size = min(left, len(batch["labels"]))
+        batches.append({k: v[:size] for k, v in batch.items()})
+        left -= size
+        if left <= 0:
+            break
+    return batches
+
+
+def module_group(name: str, stacks: list[tuple[str, int]]) -> str:
+    """Where a backbone tensor lives: ``embeddings``, ``layer.<i>``, ``pooler`` or ``other``.
+
+    With several stacks (T5's encoder and decoder) a layer is named by its stack's path.
+    """
+    for stack, _ in stacks:
+        if name.startswith(stack + "."):
+            index = name[len(stack) + 1 :].split(".")[0]
+            return f"layer.{index}" if len(stacks) == 1 else f"{stack}.{index}"
+    parts = name.split(".")
+    if any("embed" in part for part in parts):
+        return "embeddings"
+    return "pooler" if "pooler" in parts else "other"
+
+
+def mask_by_module(
+    model: nn.Module, masks: dict[str, torch.Tensor], eligible: Iterable[str]
+) -> dict[str, float]:
+    """Share of the masked entries in the embeddings, each layer, the pooler and the head.
+
+    Every group of the ``eligible`` (backbone) tensors is listed, in model order, even when
+    the mask left it empty. The head's share is 0 by construction (it trains whole, outside
+    the mask); it is listed so a record says so instead of leaving the reader to guess.
+    """
+    try:
+        stacks = [(name, len(stack)) for name, stack in layer_stacks(model)]
+    except ValueError:  # an architecture without a known layer stack: no per-layer split
+        stacks = []
+    counts = {module_group(name, stacks): 0 for name in eligible}
+    for name, index in masks.items():
+        counts[module_group(name, stacks)] += index.numel()
+    total = sum(counts.values()) or 1
+    return {group: round(n / total, 6) for group, n in counts.items()} | {"head": 0.0}
+
+
 def fisher_mask(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     """Trains the top-k empirical-Fisher entries of the backbone, plus the task head.
 
@@ -150,9 +211,12 @@ def fisher_mask(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
     params = {n: p for n, p in model.named_parameters() if not is_head_param(n, ctx.head_modules)}
     for p in model.parameters():
         p.requires_grad = True  # the head too: its gradients flow into the backbone's
-    scores = empirical_fisher(model, ctx.calibration_batches(int(cfg.calibration_batches)), params)
+    data = calibration_data(ctx, int(cfg.calibration_examples))
+    scores = empirical_fisher(model, data, params)
     masks = top_k_masks(scores, fisher_k(cfg, backbone_size(model, ctx.head_modules)))
     freeze_all_but_head(model, ctx.head_modules)
+    shares = mask_by_module(model, masks, params)
+    setattr(model, PARAMS_FACTS_ATTR, {"mask_by_module": shares})
     modules = dict(model.named_modules())
     for name, index in masks.items():
         owner, _, attr = name.rpartition(".")

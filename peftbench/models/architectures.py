@@ -68,6 +68,9 @@ class Architecture:
         head_modules: top-level module names of its task heads; every method trains them.
         peft_targets: peft ``target_modules`` where peft has no default for these types.
         ia3_targets: (target_modules, feedforward_modules) of (IA)^3 as its paper places it.
+        layer_linear: regex (peft full-matches it) of every linear layer inside the
+            transformer layers: attention projections and feed-forward, not the pooler or
+            the head; what a method YAML asks for with ``target_modules: layer-linear``.
     """
 
     name: str
@@ -77,6 +80,7 @@ class Architecture:
     head_modules: tuple[str, ...] = ()
     peft_targets: str | None = None
     ia3_targets: tuple[str, str] | None = None
+    layer_linear: str | None = None
 
 
 _BERT_BLOCKS = {
@@ -96,6 +100,15 @@ _BERT_IA3 = (
     r".*layer\.\d+\.output\.dense",
 )
 
+#: Query, key, value, attention output, intermediate and layer output of every BERT layer: the
+#: six AdaLoRA adapts (QingruZhang/AdaLoRA NLU/scripts/run_debertav3_*.sh L10:
+#: ``--lora_module query,key,value,intermediate,layer.output,attention.output``). The
+#: ``layer.<i>.`` anchor leaves out the warm-started decoder's crossattention (a head module).
+_BERT_LAYER_LINEAR = (
+    r".*layer\.\d+\.(attention\.(self\.(query|key|value)|output\.dense)"
+    r"|intermediate\.dense|output\.dense)"
+)
+
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "BERT family (BERT, RoBERTa, MiniLM)",
@@ -104,6 +117,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         layer_stack=r"encoder\.layer$",
         head_modules=("classifier", "qa_outputs"),
         ia3_targets=_BERT_IA3,
+        layer_linear=_BERT_LAYER_LINEAR,
     ),
     Architecture(
         "warm-started encoder-decoder (two BERT stacks)",
@@ -114,6 +128,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         # cross-attention is a head module (models.WARM_START_HEADS) and trains whole
         peft_targets=r".*(?<!cross)attention\.self\.(query|value)",
         ia3_targets=_BERT_IA3,
+        layer_linear=_BERT_LAYER_LINEAR,
     ),
     Architecture(
         "Llama family (Llama, Gemma, Mistral, Qwen)",
@@ -127,6 +142,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         layer_stack=r"(^|\.)layers$",
         head_modules=("score", "qa_outputs"),
+        layer_linear=r".*layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
     ),
     Architecture(
         "T5",
@@ -139,6 +155,10 @@ ARCHITECTURES: tuple[Architecture, ...] = (
             "value": r"SelfAttention\.v$",
         },
         layer_stack=r"(encoder|decoder)\.block$",  # two stacks
+        layer_linear=(
+            r".*block\.\d+\.layer\.\d+\.((SelfAttention|EncDecAttention)\.(q|k|v|o)"
+            r"|DenseReluDense\.(wi|wi_0|wi_1|wo))"
+        ),
     ),
     Architecture("GPT-2", ("gpt2",), {"attention": r"attn\.c_proj$", "ffn": r"mlp\.c_proj$"}),
 )

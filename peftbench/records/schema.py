@@ -84,6 +84,8 @@ class Params:
     head_modules: list[str] = field(default_factory=list)
     artifact_bytes: int | None = None  # the saved trainable state
     budget: dict[str, Any] | None = None  # method.budget_pct: requested, reached, knob, value
+    # fisher_mask: share of the masked entries per embeddings / layer.<i> / pooler / head
+    mask_by_module: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,15 @@ def effective_lr(method: Any) -> float:
     return float(method.lr) * float(method.get("lr_scale", 1.0))
 
 
+def effective_head_lr(method: Any) -> float | None:
+    """The task head's own rate, ``method.head_lr * method.lr_scale``, where the method's
+    paper gives the head one (FourierFT); None: the head trains at :func:`effective_lr`.
+    The grid's scale moves both, so their ratio stays the paper's."""
+    if method.get("head_lr") is None:
+        return None
+    return float(method.head_lr) * float(method.get("lr_scale", 1.0))
+
+
 def run(cfg: Any) -> dict:
     """Runs one cell unless a success record exists; always leaves exactly one new record.
 
@@ -410,22 +419,32 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
             # one process's state; a data-parallel run's ranks would each need theirs
             checkpoint=checkpoint if data_parallel.world_size() == 1 else None,
             observe=watch.observe,
+            head_lr=effective_head_lr(cfg.method),
+            head_modules=setup.backbone.head_modules,
         )
     return Fit(result, history, timer, eval_clock, checkpoint, log_row, energy, watch)
 
 
 def _evaluate_test(cfg: Any, task: Any, setup: SetUp, fit: Fit) -> tuple[dict, dict] | None:
     """Stage 3: the test split, once, at the dev-selected step: its metrics and per-example
-    outputs. None under ``train.evaluate_test=false`` (a tuning stage: test stays sealed)."""
+    outputs; and any extra test split (``test_<name>``, e.g. MNLI's mismatched set) with the
+    same model, its metrics recorded as ``<metric>_<name>``. None under
+    ``train.evaluate_test=false`` (a tuning stage: test stays sealed)."""
     from peftbench.runner.train import evaluate
+    from tasks.splits import EXTRA_TEST_PREFIX, is_extra_test
 
     if not cfg.train.get("evaluate_test", True):
         return None
-    outputs: dict = {}
-    with fit.eval_clock.measure():
-        test = evaluate(
-            setup.model, setup.loaders["test"], task, setup.device, setup.autocast_dtype, outputs
-        )
+    test: dict = {}
+    outputs: dict = {}  # the test split's per-example outputs: the predictions file's rows
+    for split in ["test", *sorted(s for s in setup.loaders if is_extra_test(s))]:
+        suffix = "" if split == "test" else "_" + split[len(EXTRA_TEST_PREFIX) :]
+        with fit.eval_clock.measure():
+            scores = evaluate(
+                setup.model, setup.loaders[split], task, setup.device, setup.autocast_dtype,
+                outputs if split == "test" else None,
+            )  # fmt: skip
+        test |= {f"{k}{suffix}": v for k, v in scores.items()}
     fit.log_row({"step": fit.result.steps, **{f"test/{k}": v for k, v in test.items()}})
     return test, outputs
 
@@ -467,6 +486,8 @@ def _record_sections(
 ) -> dict:
     """Stage 5: the record's sections from the stages' results (records/store.py writes it;
     the predictions table goes beside the record, under ``TABLE_KEY`` until then)."""
+    from peftbench.methods.base import params_facts
+
     test_metrics, test_outputs = test if test is not None else (None, None)
     return {
         "env": {**env_info(setup.device), "distributed": data_parallel.info()},
@@ -490,6 +511,7 @@ def _record_sections(
                 head_modules=setup.backbone.head_modules,
                 artifact_bytes=measures.artifact_bytes,
                 budget=setup.budget,
+                mask_by_module=params_facts(setup.model).get("mask_by_module"),
             )
         ),
         "cost": _cost_section(setup, fit, measures),

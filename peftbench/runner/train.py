@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from peftbench.measure.instrument import Clock, StepTimer
-from peftbench.methods.base import select_from_step
+from peftbench.methods.base import is_head_param, select_from_step
 from peftbench.runner import data_parallel
 from peftbench.runner.checkpoint import Checkpointer, LoopState
 from peftbench.runner.interrupt import Interrupted, defer_stop
@@ -106,8 +106,17 @@ def _is_better(new: float, best: float | None, higher_is_better: bool) -> bool:
     return new > best if higher_is_better else new < best
 
 
+#: Method tensors whose identity (no change to the backbone) is not zero, by the name of the
+#: module that holds them: decay would pull them toward a very different model, not toward
+#: "no adaptation". (IA)^3's scaling vectors start at 1 (Liu et al. 2022, Sec. 3.3; peft's
+#: ``ia3_l``); DoRA's magnitude starts at the weight's column norms (Liu et al. 2024, Eq. 2;
+#: peft's ``lora_magnitude_vector``).
+NONZERO_IDENTITY_MODULES = ("ia3_l", "lora_magnitude_vector")
+
+
 def _no_decay(module: nn.Module, module_name: str, param_name: str) -> bool:
-    """Whether weight decay must spare this tensor: biases, norm weights, prompt embeddings.
+    """Whether weight decay must spare this tensor: biases, norm weights, prompt embeddings,
+    and method vectors whose identity is not zero (:data:`NONZERO_IDENTITY_MODULES`).
 
     Decay pulls a tensor toward zero; that regularises weight matrices but would shrink
     BitFit's pretrained biases, the LayerNorm gains and the soft prompts/prefixes (peft's
@@ -118,23 +127,44 @@ def _no_decay(module: nn.Module, module_name: str, param_name: str) -> bool:
         return True
     if isinstance(module, nn.LayerNorm | nn.GroupNorm) or type(module).__name__.endswith("Norm"):
         return True  # LayerNorm, and the RMSNorm / T5LayerNorm classes of other families
-    return "prompt_encoder" in module_name.split(".") and isinstance(module, nn.Embedding)
+    parts = module_name.split(".")
+    if any(part in NONZERO_IDENTITY_MODULES for part in parts):
+        return True
+    return "prompt_encoder" in parts and isinstance(module, nn.Embedding)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: the trainable tensors with and without weight decay."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    head_lr: float | None = None,
+    head_modules: Sequence[str] = (),
+) -> list[dict]:
+    """AdamW parameter groups: the trainable tensors with and without weight decay.
+
+    With ``head_lr``, the task head's tensors (``head_modules``) get groups of their own at
+    that learning rate, where a method's paper trains the head at another rate than the
+    method (FourierFT's reference: NLU_GLUE.py L112-119); otherwise the two groups share the
+    optimizer's lr.
+    """
+    split_head = head_lr is not None
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (head, decays): [] for head in ((False, True) if split_head else (False,))
+        for decays in (True, False)
+    }  # fmt: skip
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            (no_decay if _no_decay(module, module_name, param_name) else decay).append(param)
+            in_head = split_head and is_head_param(f"{module_name}.{param_name}", head_modules)
+            decays = not _no_decay(module, module_name, param_name)
+            groups[(in_head, decays)].append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        | ({"lr": head_lr} if head else {})
+        for (head, decays), params in groups.items()
     ]
 
 
@@ -159,6 +189,8 @@ def train(
     autocast_dtype: torch.dtype | None = None,
     checkpoint: Checkpointer | None = None,
     observe: Callable[[int, dict, dict, bool], None] | None = None,
+    head_lr: float | None = None,
+    head_modules: Sequence[str] = (),
 ) -> TrainResult:
     """Trains the model's trainable parameters and leaves it at the best dev checkpoint.
 
@@ -181,9 +213,15 @@ def train(
             every ``cfg.checkpoint_every_steps`` steps.
         observe: called after every dev evaluation with the step, its metrics, its
             per-example outputs (``evaluate``'s) and whether it became the selected step.
+        head_lr: the task head's own learning rate, where the method's paper gives one
+            (``method.head_lr``); None: the head trains at ``lr``.
+        head_modules: the task head's module names (for ``head_lr``).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, float(cfg.weight_decay)), lr=lr)
+    groups = param_groups(
+        model, float(cfg.weight_decay), head_lr=head_lr, head_modules=head_modules
+    )
+    optimizer = torch.optim.AdamW(groups, lr=lr)
     steps = total_steps(cfg, len(train_loader))
     warmup = math.ceil(float(cfg.warmup_ratio) * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, steps))
