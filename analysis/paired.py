@@ -45,7 +45,6 @@ Without predictions, :func:`column_tests` compares seed scores: paired over seed
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +54,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from peftbench.records import store
+from peftbench.records.predictions import PredictionsError
 
 CONFIDENCE = 0.95
 POWER = 0.80
@@ -77,10 +79,6 @@ TEST_MCNEMAR_EXACT = "McNemar exact"
 TEST_MCNEMAR_CHI2 = "McNemar chi2"
 TEST_WELCH = "Welch t"
 TEST_PAIRED_T = "paired t"
-
-
-class PredictionsError(ValueError):
-    """A predictions file that cannot be used: missing, altered, or not of the contract."""
 
 
 # ------------------------------------------------------------------------------ reading
@@ -108,31 +106,19 @@ def read_predictions(
     record_path = Path(record_path)
     if record is None:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-    section = record.get("predictions") if isinstance(record, Mapping) else None
-    if not isinstance(section, Mapping) or not section.get("file"):
+    frame = store.load_predictions(record_path, record)  # None, or its sha256 checked
+    if frame is None:
         return None
-    path = record_path.parent / str(section["file"])  # the contract: beside the record
-    try:
-        data = path.read_bytes()
-    except OSError:
-        raise PredictionsError(
-            f"{record_path.name} names predictions {path.name}, which cannot be read; "
-            "restore the file or rerun the run"
-        ) from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != section.get("sha256"):
-        raise PredictionsError(
-            f"predictions {path} have sha256 {digest[:12]}..., but {record_path.name} "
-            f"records {str(section.get('sha256'))[:12]}...: the file changed after the run; "
-            "restore it or rerun the run"
-        )
-    frame = pd.read_parquet(io.BytesIO(data))
     missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if missing:
-        raise PredictionsError(f"predictions {path} lack columns {missing}; rerun the run")
+        raise PredictionsError(
+            f"predictions of {record_path.name} lack columns {missing}; rerun the run"
+        )
     frame = frame[frame["split"] == split].drop(columns="split")
     if frame["example_id"].duplicated().any():
-        raise PredictionsError(f"predictions {path} repeat an example_id on {split}; rerun")
+        raise PredictionsError(
+            f"predictions of {record_path.name} repeat an example_id on {split}; rerun the run"
+        )
     return frame.sort_values("example_id", kind="stable").reset_index(drop=True)
 
 
