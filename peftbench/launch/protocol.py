@@ -312,12 +312,7 @@ def grid_flow(
     exit code. Resumable: the runs whose success record exists are skipped by identity."""
     check_methods(methods)
     known = preset_tasks()
-    unknown = [t for t in tasks or () if t not in known]
-    if unknown:
-        raise ConfigError(
-            f"{', '.join(unknown)} is not a task of the benchmark",
-            f"choose from {', '.join(known)}",
-        )
+    _check_subset(tasks, known, "task")
     for task in tasks or known:
         argv = grid_command(
             task, results / "grid", overrides, methods=methods, seeds=selection_seeds
@@ -335,11 +330,14 @@ def preset_methods(preset: Path = PRESET) -> list[str]:
 
 def check_methods(methods: Sequence[str] | None) -> None:
     """``--methods``: each must be a method of the preset (one-line error otherwise)."""
-    known = preset_methods()
-    unknown = [m for m in methods or () if m not in known]
+    _check_subset(methods, preset_methods(), "method")
+
+
+def _check_subset(wanted: Sequence[str] | None, known: Sequence[str], what: str) -> None:
+    unknown = [name for name in wanted or () if name not in known]
     if unknown:
         raise ConfigError(
-            f"{', '.join(unknown)} is not a method of the benchmark",
+            f"{', '.join(unknown)} is not a {what} of the benchmark",
             f"choose from {', '.join(known)}",
         )
 
