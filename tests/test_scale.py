@@ -276,17 +276,19 @@ def test_parallel_sweep_writes_4_records_then_skips_all_4(tiny_bert_dir, tmp_pat
     results = tmp_path / "results"
     _sweep(tiny_bert_dir, results, tmp_path / "sweep1", *launcher)
     folder = records_dir(results)
-    paths = sorted(folder.iterdir())  # everything in it: a temp file would show up here
+    everything = sorted(folder.iterdir())  # a temp file would show up here
+    paths = [p for p in everything if p.suffix == ".json"]
     records = [json.loads(p.read_text()) for p in paths]
     assert [r["status"] for r in records] == ["success"] * 4
     assert len({r["run_id"] for r in records}) == 4
-    assert all(p.suffix == ".json" and not p.name.startswith(".") for p in paths)
+    beside = {folder / r["predictions"]["file"] for r in records}  # each record's predictions
+    assert set(everything) == set(paths) | beside and len(beside) == 4
     threads = {r["env"]["torch_threads"] for r in records}
     assert threads == {1 if "hydra/launcher=local" in launcher else slots.available_cores() // 2}
 
     log = _sweep(tiny_bert_dir, results, tmp_path / "sweep2", *launcher)
     assert log.count(SKIP_LINE) == 4, log[-2000:]
-    assert sorted(folder.iterdir()) == paths  # nothing trained or written
+    assert sorted(folder.iterdir()) == everything  # nothing trained or written
 
 
 # --------------------------------------------------------------------------- tuning
