@@ -34,7 +34,48 @@ def test_a_long_document_in_a_csv_reads_and_an_overlong_field_is_one_line(tmp_pa
 
 
 def test_results_dir_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
-    # root may write anywhere, so the denial is simulated where the check asks the OS
-    monkeypatch.setattr("peftbench.config.checks.os.access", lambda path, mode: False)
+    # root may write anywhere, so the denial is simulated where the check writes its probe
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", denied)
     with pytest.raises(ConfigError, match="is not writable .* give results_dir a folder"):
         validate({"results_dir": str(tmp_path / "results")})
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda r: (r / "records").write_text("x"), "records is a file, not a folder; move it"),
+        (
+            lambda r: (r / "records").symlink_to(r / "gone"),
+            "records is a dangling symlink .*; remove it or point it at a folder",
+        ),
+    ],
+    ids=["records-a-file", "records-dangling-symlink"],
+)
+def test_a_records_folder_that_cannot_take_records_is_refused_before_training(
+    tmp_path, make, expected
+):
+    results = tmp_path / "results"
+    results.mkdir()
+    make(results)
+    with pytest.raises(ConfigError, match=expected):
+        validate({"results_dir": str(results)})
+
+
+def test_results_dir_that_cannot_be_created_is_refused():
+    with pytest.raises(ConfigError, match=r"results_dir=/proc/foo is not writable"):
+        validate({"results_dir": "/proc/foo"})
+    with pytest.raises(ConfigError, match=r"\(5000 characters\) cannot be used"):
+        validate({"results_dir": "/tmp/" + "x" * 4995})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "../up", "x" * 200, "with space", ""],
+    ids=["slash", "dots", "long", "space", "empty"],
+)
+def test_a_name_that_cannot_name_files_is_refused(name):
+    with pytest.raises(ConfigError, match=r"method.name must be a name of letters, digits"):
+        validate({"method": {"name": name}})

@@ -53,7 +53,12 @@ def _success_record(run_id: str = "polarity--tiny-bert--lora--s0--abcd1234") -> 
         "status": "success",
         "experiment": {"task": "polarity", "model": "tiny-bert", "method": "lora", "seed": 0},
         "metrics": {
-            "primary": {"name": "accuracy", "split": "test", "value": 0.8, "higher_is_better": True},
+            "primary": {
+                "name": "accuracy",
+                "split": "test",
+                "value": 0.8,
+                "higher_is_better": True,
+            },
             "dev": {"accuracy": 0.75},
             "test": {"accuracy": 0.8},
         },
@@ -173,3 +178,27 @@ def test_read_record_is_the_one_test_of_a_record(tmp_path):
     path.write_text(json.dumps(_success_record()))
     record, reason = read_record(path)
     assert record is not None and reason is None
+
+
+# ------------------------------------------------------------------ 3: a corrupted checkpoint
+
+
+def test_a_corrupted_checkpoint_is_named_set_aside_and_the_run_starts_over(
+    compose, tmp_path, caplog
+):
+    from peftbench.runner import experiment
+    from peftbench.runner.checkpoint import checkpoint_path
+
+    results = tmp_path / "results"
+    steps = ("train.checkpoint_every_steps=2", "train.keep_checkpoints=true")
+    first = experiment.run(compose(*steps, results_dir=results))
+    checkpoint = checkpoint_path(results, first["run_id"])
+    checkpoint.write_bytes(b"\xff" * 64)  # safetensors: "header too large"
+    caplog.set_level("WARNING", logger="peftbench")
+    again = experiment.run(compose(*steps, "force=true", results_dir=results))
+    assert again["status"] == "success"
+    record = json.loads(Path(again["path"]).read_text())
+    assert record["cost"]["checkpoint"]["resumed_from_step"] is None  # started over
+    assert checkpoint.with_name(checkpoint.name + ".corrupt").read_bytes() == b"\xff" * 64
+    (line,) = [r.getMessage() for r in caplog.records if "cannot be resumed" in r.getMessage()]
+    assert str(checkpoint) in line and "set aside" in line and "step 1" in line

@@ -103,6 +103,17 @@ def _one_of(*choices: str) -> Rule:
 
 
 _NON_EMPTY_STR = Rule(str, lambda v: bool(v.strip()), "a non-empty string", "results")
+#: task, model and method names make the run id, which names the record, checkpoint and lock
+#: files and Hydra's job folder: no path separator (a ``/`` put Hydra's folder outside
+#: results_dir), nothing a shell or file system mangles, short enough for a 255-byte file name
+#: (3 names + seed + hash + timestamp + status).
+NAME_MAX = 64
+_NAME = Rule(
+    str,
+    lambda v: re.fullmatch(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{NAME_MAX - 1}}}", v) is not None,
+    f"a name of letters, digits and . _ + - (at most {NAME_MAX} characters)",
+    "my-method",
+)
 _BOOL = Rule(bool, lambda v: True, "true or false", "false")
 _DEVICE = Rule(
     str,
@@ -143,19 +154,19 @@ SCHEMA: dict[str, Rule] = {
     "memory_guard": _BOOL,
     "instrument.inference": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
-    "method.name": _NON_EMPTY_STR,
+    "method.name": _NAME,
     "method.kind": _NON_EMPTY_STR,
     "method.lr": _positive("5e-4"),
     "method.lr_scale": _positive("1.0"),
     "method.budget_pct": Rule(
         float, lambda v: 0 < v <= 100, "a percentage in (0, 100]", "1", nullable=True
     ),
-    "model.name": _NON_EMPTY_STR,
+    "model.name": _NAME,
     "model.family": _one_of(*FAMILIES),
     "model.trust_remote_code": _BOOL,
     "model.weights": _one_of("pretrained", "synthetic"),
     "model.biases": _BOOL,
-    "task.name": _NON_EMPTY_STR,
+    "task.name": _NAME,
     "task.kind": _NON_EMPTY_STR,
     "task.version": _int_at_least(1, "1"),
     "task.max_length": _int_at_least(1, "128"),
@@ -439,22 +450,71 @@ def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
         )
 
 
+#: Below this much free space a run's record, checkpoint and report cannot be trusted to fit.
+MIN_FREE_BYTES = 16 * 2**20
+#: The folders a run writes under results_dir (records/store.py, runner/checkpoint.py).
+RESULT_FOLDERS = ("records", "checkpoints", "locks")
+
+
 def _check_results_dir(cfg: Mapping) -> None:
-    """``results_dir`` must be a folder this process can create or write into."""
+    """``results_dir`` must be a folder this process can create and write records into.
+
+    Checked for real (a temp folder or file created and removed), not by permission bits:
+    root passes ``os.access`` on ``/proc``, and a full disk or a ``records`` that is a file
+    or a dangling symlink only shows when written, by then after hours of training.
+    """
     value = lookup(cfg, "results_dir")
     if not isinstance(value, str) or not value:
         return
     path = Path(value).expanduser()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    bad = f"results_dir={_short(value)}"
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise ConfigError(f"{bad} cannot be used ({error.strerror})", _FIX_DIR) from None
     if not existing.is_dir():
         raise ConfigError(
-            f"results_dir={value} is not a folder ({existing} is a file)",
-            "give results_dir a folder path",
+            f"{bad} is not a folder ({existing} is a file)", "give results_dir a folder path"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    for name in RESULT_FOLDERS if existing == path else ():
+        sub = path / name
+        if sub.is_symlink() and not sub.exists():
+            raise ConfigError(
+                f"{bad}: {sub} is a dangling symlink (to {os.readlink(sub)})",
+                "remove it or point it at a folder",
+            )
+        if sub.exists() and not sub.is_dir():
+            raise ConfigError(f"{bad}: {sub} is a file, not a folder", "move it away")
+    where = path / "records" if (path / "records").is_dir() else existing
+    _probe_write(where, bad)
+
+
+_FIX_DIR = "give results_dir a folder you can write to"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _probe_write(folder: Path, bad: str) -> None:
+    """Creates and removes a temp file in ``folder``; a refusal is a ConfigError."""
+    import shutil
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".peftbench-write-check-")
+        os.close(fd)
+        os.unlink(name)
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
         raise ConfigError(
-            f"results_dir={value} is not writable ({existing} denies this user)",
-            "give results_dir a folder you can write to",
+            f"{bad} is not writable ({folder}: {error.strerror or error})", _FIX_DIR
+        ) from None
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"{bad} has {free / 2**20:.1f} MiB free (a run needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB for its record and checkpoint)",
+            "free some space or give results_dir another disk",
         )
 
 
