@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from peftbench import assets
 from peftbench.config.paths import CONF_DIR
 from peftbench.config.precheck import check_command_line
 from peftbench.errors import ConfigError
+from peftbench.runner.interrupt import Interrupted, stop_on_signals
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
 
@@ -383,17 +385,40 @@ def _cmd_report(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise _UserError(str(exc)) from None
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise _UserError(f"--out {args.out} is a file; give a folder (default <results>/report)")
+    out = args.out if args.out is not None else args.results / "report"
     try:
-        written = build_report(
-            results_dir=args.results,
-            out_dir=args.out,
-            filters=filters,
-            target_fraction=args.target_fraction,
-        )
+        with warnings.catch_warnings(record=True), stop_on_signals():  # rejected.md lists them
+            written = build_report(
+                results_dir=args.results,
+                out_dir=args.out,
+                filters=filters,
+                target_fraction=args.target_fraction,
+            )
     except ValueError as exc:  # build_report's "nothing to report" (and bad records)
         raise _UserError(str(exc)) from None
+    except OSError as exc:  # a full disk, a folder that refuses: the staged files are gone
+        raise _UserError(
+            f"cannot write the report to {out} ({exc.strerror or exc}); the previous report "
+            "there is unchanged; free some space or pass --out"
+        ) from None
+    except Interrupted as stop:
+        print(
+            f"peftbench: report stopped by {stop.name}; {out} keeps the previous report",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     for path in written:
         print(path)
+    rejected = [p for p in written if p.name == "rejected.md"]
+    if rejected:
+        count = rejected[0].read_text(encoding="utf-8").count("\n| ") - 1  # rows, not the header
+        print(
+            f"peftbench: {count} file(s) under {args.results} are not valid records and were "
+            f"left out; {rejected[0]} lists them and why",
+            file=sys.stderr,
+        )
     return 0
 
 

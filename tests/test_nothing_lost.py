@@ -202,3 +202,120 @@ def test_a_corrupted_checkpoint_is_named_set_aside_and_the_run_starts_over(
     assert checkpoint.with_name(checkpoint.name + ".corrupt").read_bytes() == b"\xff" * 64
     (line,) = [r.getMessage() for r in caplog.records if "cannot be resumed" in r.getMessage()]
     assert str(checkpoint) in line and "set aside" in line and "step 1" in line
+
+
+# ------------------------------------------------------------------ 13: SIGHUP
+
+
+def test_sighup_stops_a_run_as_sigterm_does():
+    child = (
+        "import os, signal, time\n"
+        "from peftbench.runner.interrupt import Interrupted, stop_on_signals\n"
+        "try:\n"
+        "    with stop_on_signals():\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "        time.sleep(10)\n"
+        "except Interrupted as stop:\n"
+        "    print(stop.name, flush=True)\n"
+        "    raise SystemExit(stop.exit_code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (129, "SIGHUP")
+
+
+# ------------------------------------------------------------------ 6, 7: the report
+
+
+def _bad_copies(results: Path) -> dict[str, str]:
+    """Three copies of a fixture success record holding impossible values."""
+    from tests.conftest import FIXTURE_RECORDS
+
+    source = next(FIXTURE_RECORDS.rglob("polarity--minilm-l6--lora--s0.json"))
+    base = json.loads(source.read_text())
+    bad = {
+        "accuracy-1.7": (
+            "metrics",
+            {**base["metrics"], "primary": {**base["metrics"]["primary"], "value": 1.7}},
+        ),
+        "huge": ("metrics", {**base["metrics"], "test": {"accuracy": 1e308}}),
+        "negative-time": ("cost", {**base["cost"], "train_time_s": -5.0}),
+    }
+    folder = results / "records"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for name, (section, value) in bad.items():
+        record = {**base, section: value, "run_id": f"{base['run_id']}-{name}"}
+        (folder / f"{name}.json").write_text(json.dumps(record))
+        names[name] = str(folder / f"{name}.json")
+    return names
+
+
+def test_impossible_values_are_rejected_when_records_are_read(tmp_path):
+    from analysis.frame import REJECTED, load_records
+
+    names = _bad_copies(tmp_path)
+    with pytest.warns(UserWarning):
+        frame = load_records(tmp_path)
+    assert frame.empty
+    reasons = {str(path): why for path, why in frame.attrs[REJECTED]}
+    assert set(reasons) == set(names.values())
+    assert "outside accuracy's range [0, 1]" in reasons[names["accuracy-1.7"]]
+    assert "1e+308 is outside" in reasons[names["huge"]]
+    assert "cost.train_time_s = -5.0 is not a finite number >= 0" in reasons[names["negative-time"]]
+
+
+def test_the_report_lists_rejected_records_and_a_failed_write_keeps_the_previous_one(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    import analysis.report as report
+    from tests.conftest import FIXTURE_RECORDS
+
+    results = Path(shutil.copytree(FIXTURE_RECORDS, tmp_path / "results"))
+    _bad_copies(results)
+    with pytest.warns(UserWarning):
+        written = report.build_report(results)
+    out = results / "report"
+    rejected = (out / "rejected.md").read_text()
+    assert all(f"{n}.json" in rejected for n in ("accuracy-1.7", "huge", "negative-time"))
+    assert "170" not in (out / "comparison.md").read_text()
+    assert out / "rejected.md" in written and all(p.parent == out for p in written)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(path, document):
+        path.write_text(document[: len(document) // 3])  # what a full disk leaves
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "_write_page", full_disk)
+    with pytest.raises(OSError), pytest.warns(UserWarning):
+        report.build_report(results)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written
+
+
+def test_report_where_with_an_unknown_key_names_it(tmp_path):
+    from analysis.frame import load_records, select
+    from tests.conftest import FIXTURE_RECORDS
+
+    with pytest.warns(UserWarning):
+        frame = load_records(FIXTURE_RECORDS)
+    unknown = r"--where train.lrr: no record has this key; did you mean train.lr\?"
+    with pytest.raises(ValueError, match=unknown):
+        select(frame, where={"train.lrr": "0.001"})
+
+
+def test_report_out_a_file_is_one_line(tmp_path, capsys):
+    from peftbench import cli
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "file").write_text("x")
+    assert (
+        cli.main(
+            ["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "file")]
+        )
+        == 2
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("peftbench: error: --out") and "is a file" in line
