@@ -319,3 +319,28 @@ def test_report_out_a_file_is_one_line(tmp_path, capsys):
     )
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("peftbench: error: --out") and "is a file" in line
+
+
+# ------------------------------------------------------------------ 9: secrets and the tracker
+
+
+def test_everything_handed_to_the_tracker_is_scrubbed(compose, tmp_path, monkeypatch):
+    import shutil
+
+    from peftbench.runner import experiment
+    from tests.conftest import ASSETS
+    from tests.test_tracking import _fake_wandb
+
+    secret = "hf_secrettokenvalue42"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    data = tmp_path / secret / "tiny.csv"  # a token inside a data path
+    data.parent.mkdir()
+    shutil.copy(ASSETS / "tiny_polarity.csv", data)
+    runs = _fake_wandb(monkeypatch)
+    # no source.file: the record's data.source is then the source config, path included
+    cfg = compose("tracker=wandb", f"task.source.path={data}", "task.source.file=null")
+    summary = experiment.run(cfg)
+    assert summary["status"] == "success"
+    (run,) = runs
+    handed = repr((run.init, run.logged, run.summary))
+    assert "***REDACTED***" in handed and secret not in handed
