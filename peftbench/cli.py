@@ -28,7 +28,7 @@ from pathlib import Path
 from peftbench import assets
 from peftbench.config.paths import CONF_DIR
 from peftbench.config.precheck import check_command_line
-from peftbench.errors import ConfigError
+from peftbench.errors import INPUT_ERRORS
 from peftbench.runner.interrupt import Interrupted, stop_on_signals
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.handler(args)
-    except (assets.AssetError, _UserError, ConfigError) as exc:
+    except (*INPUT_ERRORS, _UserError) as exc:  # e.g. reproduce's data file gone
         print(f"peftbench: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -169,7 +169,10 @@ def _add_tune_command(commands: argparse._SubParsersAction) -> None:
     tune.add_argument("--tasks", default=None, help="comma-separated (default: the config's)")
     tune.add_argument("--trials", type=int, default=12, help="trials per method (all equal)")
     tune.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
-    tune.add_argument("--results", type=Path, default=Path("results/tuned"), help="output")
+    tune.add_argument(
+        "--results", type=Path, default=None,
+        help="study, records and report (default: a results_dir= override, else results/tuned)",
+    )  # fmt: skip
     tune.add_argument("--dry-run", action="store_true", help="print the commands only")
     tune.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run"
@@ -187,16 +190,34 @@ def _check_overrides(overrides: list[str], methods: list[str] | None = None) -> 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from peftbench.launch.tune import flow
 
+    if args.trials < 1:
+        raise _UserError(f"--trials must be at least 1, got {args.trials}; e.g. --trials 12")
+    seeds = args.seeds.split(",")
+    if not all(s.strip().isdigit() for s in seeds):  # before any trial runs, not after all
+        raise _UserError(f"--seeds must be integers like 0,1,2, got {args.seeds!r}")
+    results = _tune_results(args.results, list(args.overrides))
     _check_overrides(list(args.overrides), args.methods.split(","))
     return flow(
         args.methods.split(","),
         tasks=args.tasks.split(",") if args.tasks else None,
         trials=args.trials,
         seeds=args.seeds,
-        results=args.results,
+        results=results,
         overrides=list(args.overrides),
         dry_run=args.dry_run,
     )
+
+
+def _tune_results(given: Path | None, overrides: list[str]) -> Path:
+    """One folder for the study, its records and its report: ``--results``, else a
+    ``results_dir=`` override, else results/tuned; both given must agree. Absolute, so the
+    sweeps it starts write where the user meant whatever their working folder."""
+    override = next(
+        (o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("results_dir=")), None
+    )
+    if given is not None and override is not None and Path(override) != given:
+        raise _UserError(f"--results {given} and results_dir={override} disagree; give one of them")
+    return Path(given or override or "results/tuned").expanduser().resolve()
 
 
 def _add_assets_commands(commands: argparse._SubParsersAction) -> None:
@@ -289,6 +310,8 @@ def _add_costs_command(commands: argparse._SubParsersAction) -> None:
 def _cmd_costs_overhead(args: argparse.Namespace) -> int:
     from peftbench.measure.overhead import format_overhead, overhead  # lazy: torch
 
+    if args.steps < 1 or args.repeats < 1:
+        raise _UserError("--steps and --repeats must be at least 1, e.g. --steps 40 --repeats 4")
     _check_overrides(list(args.overrides))
     result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
     print(format_overhead(result))

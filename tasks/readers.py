@@ -44,7 +44,15 @@ def _source_file(source: Any, path: str | None = None) -> Path:
     path = path or source.get("path")
     if path:
         local = Path(path).expanduser()
-        if not local.exists():
+        try:
+            exists = local.exists()
+        except OSError as error:  # e.g. a name longer than the file system allows
+            shown = str(local) if len(str(local)) <= 120 else f"{str(local)[:120]}..."
+            raise DataError(
+                f"{shown}: not a usable path ({error.strerror}, {len(str(local))} characters); "
+                "fix the task's source.path"
+            ) from None
+        if not exists:
             raise DataError(f"{local}: no such data file; fix the task's source.path")
         return local
     if not source.get("asset"):

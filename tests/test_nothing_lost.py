@@ -344,3 +344,64 @@ def test_everything_handed_to_the_tracker_is_scrubbed(compose, tmp_path, monkeyp
     (run,) = runs
     handed = repr((run.init, run.logged, run.summary))
     assert "***REDACTED***" in handed and secret not in handed
+
+
+# ------------------------------------------------------------------ 12, 14: tools in one line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["costs", "overhead", "--repeats", "0"], "--steps and --repeats must be at least 1"),
+        (["tune", "--methods", "lora", "--trials", "0", "--dry-run"], "--trials must be at"),
+        (["tune", "--methods", "lora", "--seeds", "a", "--dry-run"], "--seeds must be integers"),
+        (
+            ["tune", "--methods", "lora", "--results", "/tmp/a", "results_dir=/tmp/b"],
+            "--results /tmp/a and results_dir=/tmp/b disagree",
+        ),
+    ],
+    ids=["repeats-0", "trials-0", "seeds-text", "two-results"],
+)
+def test_tools_refuse_bad_arguments_in_one_line_before_running(argv, expected, capsys):
+    from peftbench import cli
+
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("peftbench: error: ") and expected in line
+
+
+def test_tune_writes_its_study_where_results_dir_says(tmp_path, capsys, monkeypatch):
+    from peftbench import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert (
+        cli.main(["tune", "--methods", "lora", "--trials", "2", "--dry-run", "results_dir=x"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert f"hydra.sweep.dir={tmp_path / 'x' / 'tuning'}" in out
+    assert f"results_dir={tmp_path / 'x'}" in out and "results/tuned" not in out
+
+
+def test_reproduce_with_its_data_file_gone_is_one_line(monkeypatch, capsys):
+    import analysis.reproduce
+    from peftbench import cli
+    from peftbench.errors import DataError
+
+    def missing(run_id, results):
+        raise DataError("/data/gone.csv: no such data file; fix the task's source.path")
+
+    monkeypatch.setattr(analysis.reproduce, "reproduce", missing)
+    assert cli.main(["reproduce", "polarity--tiny-bert--lora--s0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "peftbench: error: /data/gone.csv: no such data file; fix the task's source.path"
+
+
+def test_a_data_path_too_long_for_the_file_system_is_one_line():
+    from omegaconf import OmegaConf
+
+    from peftbench.errors import DataError
+    from tasks.readers import read_table
+
+    source = OmegaConf.create({"path": "/tmp/" + "x" * 5000, "text_columns": ["text"]})
+    with pytest.raises(DataError, match=r"not a usable path \(File name too long, 5005 char"):
+        read_table(source)
