@@ -374,6 +374,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     entries = [assets.get_asset(i) for i in args.ids] or list(assets.catalogue().values())
     status = 0
     for entry in entries:
+        broken = _broken_manifest(entry, args.cache_dir)
+        if broken:  # the folder is there: "not cached" would send the user the wrong way
+            print(f"{entry.id}: FAILED\n  {broken}")
+            status = 1
+            continue
         if not assets.is_cached(entry, args.cache_dir):
             print(f"{entry.id}: not cached")
             # Asked for by name: missing is a failure. Listed by default: just informative.
@@ -385,6 +390,22 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {line}")
         status = max(status, 1 if problems else 0)
     return status
+
+
+def _broken_manifest(entry: assets.Asset, cache_dir: Path | None) -> str | None:
+    """What is wrong with a cached folder whose manifest cannot vouch for it, or None."""
+    root = assets.asset_dir(entry, cache_dir)
+    marker = root / assets.MARKER_NAME
+    if not marker.exists() or assets.is_cached(entry, cache_dir):
+        return None
+    fix = f"fix: delete {root} and run: peftbench assets fetch {entry.id}"
+    try:
+        import json
+
+        json.loads(marker.read_text(encoding="utf-8"))["files"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{marker}: manifest unreadable ({type(error).__name__}); {fix}"
+    return f"{marker}: unpacked from other archives than the catalogue pins; {fix}"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

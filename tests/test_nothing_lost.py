@@ -405,3 +405,22 @@ def test_a_data_path_too_long_for_the_file_system_is_one_line():
     source = OmegaConf.create({"path": "/tmp/" + "x" * 5000, "text_columns": ["text"]})
     with pytest.raises(DataError, match=r"not a usable path \(File name too long, 5005 char"):
         read_table(source)
+
+
+# ------------------------------------------------------------------ 15: unclear lines
+
+
+def test_a_malformed_method_yaml_is_named_with_its_line(tmp_path):
+    import shutil
+
+    from peftbench.config.paths import CONF_DIR
+    from peftbench.config.precheck import check_command_line
+    from peftbench.errors import ConfigError
+
+    conf = Path(shutil.copytree(CONF_DIR, tmp_path / "conf"))
+    (conf / "method" / "broken.yaml").write_text("name: broken\nkind: peft\ntarget: [q, v\n")
+    with pytest.raises(ConfigError) as caught:
+        check_command_line(["method=broken"], conf_dir=conf)
+    message = str(caught.value)
+    assert message.startswith(f"{conf / 'method' / 'broken.yaml'}: line ")
+    assert "not valid YAML" in message and "\n" not in message
