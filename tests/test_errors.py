@@ -252,6 +252,14 @@ CASES = [
         files={"results/records": b"not a folder"},
     ),
     Case("results-dir-proc", "results_dir that cannot be created", ("results_dir=/proc/foo",)),
+    Case("device-mps", "Apple's MPS device off a Mac", ("device=mps",)),
+    Case(
+        "max-length-positions",
+        "max length beyond the model's position embeddings",
+        ("task.max_length=100000",),
+    ),
+    Case("rank-huge", "a LoRA rank beyond the hidden size", ("method.peft.r=1000000000",)),
+    Case("peft-section-missing", "a peft method without its peft section", ("~method.peft",)),
     Case(
         "asset-tampered",
         "offline asset with a wrong sha256",
@@ -446,6 +454,33 @@ def _placeholders(message, scratch: Path, tiny_bert_dir: Path) -> str:
     return message
 
 
+#: The exit codes of ``python run.py`` / ``peftbench run`` (peftbench/launch/exit_codes.py).
+EXIT_CODES = [
+    "## Exit codes",
+    "",
+    "| code | meaning |",
+    "|---|---|",
+    "| 0 | every run succeeded, or was skipped: already done (a success record that reads as "
+    "the schema), or under way in another process (one line names it) |",
+    "| 1 | a run failed, ran out of memory or diverged (its record says why; a sweep goes on "
+    "and says at the end, in one line, which runs did not succeed), or a finished run's "
+    "record could not be written under `<results>/records` (one line says where it was kept "
+    "instead) |",
+    "| 2 | bad input: one line `peftbench: error: <problem>; <fix>`, nothing run (the table "
+    "below) |",
+    "| 128+N | stopped by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (a closed "
+    "terminal or ssh session); the record says where, the checkpoint is kept, the same "
+    "command resumes |",
+    "",
+    "`peftbench tune` and `peftbench benchmark` go on past exit 1 (a diverged lr is a "
+    "result) and end with 1; they stop at once on 2 or a signal. The other commands: 0 ok, "
+    "1 a check found problems (`assets verify`, `reproduce`), 2 bad input, in one line.",
+    "",
+    "## Bad input",
+    "",
+]
+
+
 def render_doc(messages: dict[str, str]) -> str:
     """The Markdown of docs/ERRORS.md from every case's message."""
     lists = _known_lists()
@@ -463,6 +498,7 @@ def render_doc(messages: dict[str, str]) -> str:
         "(`<the names in conf/method/>`, `<the keys under train>`, ...) is printed in full "
         "by the real message.",
         "",
+        *EXIT_CODES,
         "| # | bad input | arguments | caught | error |",
         "|---|---|---|---|---|",
     ]

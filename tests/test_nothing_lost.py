@@ -424,3 +424,23 @@ def test_a_malformed_method_yaml_is_named_with_its_line(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{conf / 'method' / 'broken.yaml'}: line ")
     assert "not valid YAML" in message and "\n" not in message
+
+
+# ------------------------------------------------------------------ 11: found only after loading
+
+
+def test_a_method_yaml_named_otherwise_than_its_file_is_refused(tmp_path):
+    import shutil
+
+    from peftbench.config.paths import CONF_DIR
+    from peftbench.config.precheck import check_command_line
+    from peftbench.errors import ConfigError
+
+    conf = Path(shutil.copytree(CONF_DIR, tmp_path / "conf"))
+    (conf / "method" / "mine.yaml").write_text("name: other\nkind: peft\nlr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml says name: other, but its file is mine"):
+        check_command_line(["method=mine"], conf_dir=conf)
+    (conf / "method" / "mine.yaml").write_text("name: mine\nkind: peft\nlr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"method 'mine' \(kind peft\) has no peft: section"):
+        check_command_line(["method=mine"], conf_dir=conf)
+    check_command_line(["method=lora", "method.name=lora-variant"], conf_dir=conf)  # on purpose

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -336,6 +337,72 @@ def _check_model_folder(folder: Path, gguf_file: str | None = None) -> None:
         )
 
 
+#: Position embeddings a model type reserves before the first token (RoBERTa's padding offset).
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+#: peft types whose ``r`` is a rank of a weight update: above the hidden size it adds nothing
+#: (VeRA's ``r`` is the size of shared random matrices, routinely larger: not checked).
+_LOW_RANK_TYPES = ("LORA", "ADALORA", "LOHA", "LOKR")
+
+
+def check_model_limits(cfg: Mapping, folder: Path) -> None:
+    """``task.max_length`` and a low-rank method's rank against the model's own config.json.
+
+    Both otherwise fail only after the model loaded: a length beyond the model's position
+    embeddings as an index error, a rank of 10**9 as an out-of-memory whose advice (a smaller
+    batch) cannot help. Read from config.json, without torch; a model without one (a GGUF
+    file) or without absolute positions (T5) is not checked.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = _plain(cfg)
+    config = _model_config(folder)
+    if not config:
+        return
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(positions, int):
+        usable = positions - _POSITION_OFFSET.get(str(config.get("model_type")), 0)
+        length = lookup(cfg, "task.max_length")
+        if isinstance(length, int) and length > usable:
+            raise ConfigError(
+                f"task.max_length={length} exceeds the {usable} positions of model "
+                f"{lookup(cfg, 'model.name')!r}",
+                f"set task.max_length of at most {usable}",
+            )
+    hidden = config.get("hidden_size") or config.get("d_model") or config.get("n_embd")
+    peft_type, rank = lookup(cfg, "method.peft.peft_type"), lookup(cfg, "method.peft.r")
+    low_rank = peft_type in _LOW_RANK_TYPES and isinstance(rank, int)
+    if isinstance(hidden, int) and low_rank and rank > hidden:
+        raise ConfigError(
+            f"method.peft.r={rank} exceeds the hidden size {hidden} of model "
+            f"{lookup(cfg, 'model.name')!r}: a rank above it adds parameters, not rank",
+            f"set method.peft.r of at most {hidden}, e.g. method.peft.r=8",
+        )
+
+
+def _model_config(folder: Path) -> dict | None:
+    """A model folder's config.json (a warm-started encoder-decoder's encoder), or None."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    encoder = config.get("encoder")
+    return encoder if isinstance(encoder, dict) and "model_type" in encoder else config
+
+
+def _check_method_kind_needs(cfg: Mapping) -> None:
+    """A method run by peft needs its ``peft:`` section (peft_type and arguments)."""
+    kind = lookup(cfg, "method.kind")
+    if kind in ("peft", "qlora") and not lookup(cfg, "method.peft.peft_type"):
+        raise ConfigError(
+            f"method {lookup(cfg, 'method.name')!r} (kind {kind}) has no peft: section with a "
+            "peft_type",
+            "add peft: {peft_type: LORA, r: 8, ...} to its YAML (see conf/method/lora.yaml)",
+        )
+
+
 def _check_family(cfg: Mapping) -> None:
     kind, family = lookup(cfg, "task.kind"), lookup(cfg, "model.family")
     if family in FAMILIES and kind in FAMILIES[family].refuses:
@@ -437,8 +504,14 @@ def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
 
 
 def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
-    """A CUDA device that this machine does not have (None: not known, not checked)."""
+    """A CUDA device that this machine does not have (None: not known, not checked), or
+    Apple's MPS off a Mac (it exists on macOS only: known without importing torch)."""
     device = str(lookup(cfg, "device", "auto"))
+    if device == "mps" and sys.platform != "darwin":
+        raise ConfigError(
+            f"device=mps but this machine is not a Mac ({sys.platform}): MPS is Apple's GPU",
+            "use device=auto (a GPU when there is one, else the CPU) or device=cpu",
+        )
     if cuda_devices is None or not device.startswith("cuda"):
         return
     index = int(device.split(":", 1)[1]) if ":" in device else 0
@@ -546,11 +619,15 @@ def validate(
     _check_model_source(cfg)
     _check_family(cfg)
     _check_kind(cfg)
+    _check_method_kind_needs(cfg)
     _check_warm_start(cfg)
     _check_head(cfg)
     _check_requires(cfg, cuda_available)
     _check_device(cfg, cuda_devices)
     _check_results_dir(cfg)
+    source = lookup(cfg, "model.source") or {}
+    if source.get("path") and lookup(cfg, "model.weights") != "synthetic":  # last: the
+        check_model_limits(cfg, Path(str(source["path"])))  # problems above say more
 
 
 # --------------------------------------------------------------------------- suggestions

@@ -298,4 +298,26 @@ def _check_job(job: list[str], conf_dir: Path, config_name: str, groups: Collect
     finally:
         GlobalHydra.instance().clear()
     _check_added_keys(job, composer, groups)
+    _check_method_file(job, conf_dir)
     validate(cfg)
+
+
+def _check_method_file(job: list[str], conf_dir: Path) -> None:
+    """A method YAML is named after its file: ``name:`` is what records, tables and the run
+    id call it, so ``method=x`` recording as ``y`` would file its runs under another method
+    (and skip them as done). A renamed variant is ``method=x method.name=y``, on purpose."""
+    choice = next((o.split("=", 1)[1] for o in reversed(job) if o.startswith("method=")), None)
+    if choice is None:
+        defaults = OmegaConf.load(conf_dir / "config.yaml").get("defaults") or []
+        choice = next(
+            (d["method"] for d in defaults if isinstance(d, Mapping) and "method" in d), None
+        )
+    path = conf_dir / "method" / f"{choice}.yaml"
+    if choice is None or not path.is_file():
+        return
+    name = OmegaConf.load(path).get("name")
+    if name is not None and str(name) != str(choice):
+        raise ConfigError(
+            f"{path} says name: {name}, but its file is {choice}.yaml",
+            f"name the method after its file (name: {choice}), or rename the file {name}.yaml",
+        )

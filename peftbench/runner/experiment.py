@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from peftbench.assets import cache_root
-from peftbench.config.checks import validate
+from peftbench.config.checks import check_model_limits, validate
 from peftbench.config.identity import recipe, recipe_hash
 from peftbench.config.identity import run_id as make_run_id
 from peftbench.errors import ConfigError
@@ -236,8 +236,9 @@ def _prepare(cfg: Any) -> Any:
             f"use train.batch_size of at most {n_train} (the recipe's default is 16)",
         )
     if cfg.model.source.get("asset"):
-        fetch(cfg.model.source.asset)  # the archive's sha256 checked when first fetched
+        folder = fetch(cfg.model.source.asset)  # the archive's sha256 checked when fetched
         check_weights(cfg.model.source.asset)  # and the unpacked weights before every run
+        check_model_limits(cfg, folder)  # max_length and rank against its config.json
     return task
 
 
