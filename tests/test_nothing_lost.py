@@ -444,3 +444,53 @@ def test_a_method_yaml_named_otherwise_than_its_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"method 'mine' \(kind peft\) has no peft: section"):
         check_command_line(["method=mine"], conf_dir=conf)
     check_command_line(["method=lora", "method.name=lora-variant"], conf_dir=conf)  # on purpose
+
+
+# ------------------------------------------------------------------ 2, 8: in a real run
+
+
+def test_a_finished_run_whose_record_cannot_be_written_is_kept_and_a_second_process_skips(
+    compose, tmp_path, monkeypatch, capfd
+):
+    import peftbench.records.store as store
+    from peftbench.runner import experiment
+
+    real_write = store.write_record
+
+    def full_disk(record, results_dir, *, folder=None):
+        if folder is None:  # the records folder; the fallback folder still takes it
+            raise OSError(28, "No space left on device")
+        return real_write(record, results_dir, folder=folder)
+
+    monkeypatch.setattr(store, "write_record", full_disk)
+    monkeypatch.setenv("PEFTBENCH_FALLBACK_DIR", str(tmp_path / "kept"))
+    results = tmp_path / "results"
+    summary = experiment.run(compose(results_dir=results))
+    assert summary["status"] == "unsaved"  # exit 1 (launch/exit_codes.py)
+    (kept,) = (tmp_path / "kept").glob("*__success.json")
+    assert summary["path"] == str(kept) and json.loads(kept.read_text())["metrics"]
+    err = capfd.readouterr().err
+    assert f"kept at {kept}" in err and "No space left on device" in err
+
+    monkeypatch.setattr(store, "write_record", real_write)
+    holder = (
+        "import sys, time\n"
+        "from peftbench.records.store import claim_run\n"
+        "with claim_run(sys.argv[1], sys.argv[2]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(results), summary["run_id"]],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        again = experiment.run(compose("force=true", results_dir=results))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert again == {"run_id": summary["run_id"], "status": "skipped", "path": None}
+    assert not list(records_dir(results).glob("*.json"))  # it did not train a second time
