@@ -494,3 +494,20 @@ def test_a_finished_run_whose_record_cannot_be_written_is_kept_and_a_second_proc
         proc.wait()
     assert again == {"run_id": summary["run_id"], "status": "skipped", "path": None}
     assert not list(records_dir(results).glob("*.json"))  # it did not train a second time
+
+
+def test_a_report_stopped_by_a_signal_says_so_and_exits_128_plus_n(tmp_path, monkeypatch, capsys):
+    import analysis.report
+    from peftbench import cli
+    from peftbench.runner.interrupt import Interrupted
+
+    def stopped(**kwargs):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(analysis.report, "build_report", stopped)
+    assert cli.main(["report", "--results", str(tmp_path)]) == 143
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line
+        == f"peftbench: report stopped by SIGTERM; {tmp_path / 'report'} keeps the previous report"
+    )

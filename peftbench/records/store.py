@@ -37,18 +37,22 @@ def records_dir(results_dir: Path) -> Path:
     return Path(results_dir) / RECORDS_DIR
 
 
-def find_success(results_dir: Path, run_id: str) -> Path | None:
+def find_success(results_dir: Path, run_id: str, *, set_aside_bad: bool = True) -> Path | None:
     """Returns the newest success record of ``run_id`` that reads as the schema (skip-if-done).
 
     A ``__success.json`` file that does not (damaged JSON, a list, an unknown schema version,
     impossible values) never counts as done: it is renamed ``<name>.rejected`` (kept, but no
     longer a record to the sweep or the report), said in one line, and the run goes again.
+    A reader that must not change the results folder (``reproduce``) passes
+    ``set_aside_bad=False``: such a file is then only passed over.
     """
     for path in sorted(records_dir(results_dir).glob(f"{run_id}__*__success.json"), reverse=True):
         record, reason = read_record(path)
         if record is not None and record.status == "success":
             return path
         reason = reason or f"status {record.status!r} in a success file"
+        if not set_aside_bad:
+            continue
         aside = set_aside(path)
         log.warning(
             "%s is not a valid record (%s): it does not count as done; set aside as %s",
