@@ -465,7 +465,8 @@ EXIT_CODES = [
     "| 1 | a run failed, ran out of memory or diverged (its record says why; a sweep goes on "
     "and says at the end, in one line, which runs did not succeed), or a finished run's "
     "record could not be written under `<results>/records` (one line says where it was kept "
-    "instead) |",
+    "instead: `$PEFTBENCH_FALLBACK_DIR`, else `~/.cache/peftbench/unsaved-records`, else the "
+    "temp folder) |",
     "| 2 | bad input: one line `peftbench: error: <problem>; <fix>`, nothing run (the table "
     "below) |",
     "| 128+N | stopped by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (a closed "
