@@ -104,8 +104,6 @@ def _is_rejected_record(path: Path, reason: str) -> bool:
     return path.parent.name == "records" or not reason.startswith("not a run record")
 
 
-
-
 def _get(section: dict[str, Any] | None, *keys: str) -> Any:
     """Nested lookup in a measurement section; None when any level is missing or null."""
     node: Any = section
