@@ -16,10 +16,13 @@ from typing import Any
 
 import pandas as pd
 
-from peftbench.records.schema import Record, SchemaError
+from peftbench.records.schema import Record
+from peftbench.records.store import read_record
 
 SUCCESS = "success"
 SYNTHETIC = "synthetic"
+#: ``load_records(...).attrs[REJECTED]``: the files skipped as not valid records, and why.
+REJECTED = "rejected"
 
 # Column order of the frame returned by load_records (also used for an empty frame).
 COLUMNS = [
@@ -55,8 +58,10 @@ class RecordWarning(UserWarning):
 def load_records(results_dir: str | Path) -> pd.DataFrame:
     """Loads every ``*.json`` record under ``results_dir`` (recursively) into a flat frame.
 
-    Files that cannot be read, are not JSON, or are not version-1 records are skipped with a
-    :class:`RecordWarning`, so one bad file never hides all the others.
+    Files that cannot be read, are not JSON, are not records of a readable schema, or hold
+    values no run can produce (an accuracy of 1.7, a negative time) are skipped with a
+    :class:`RecordWarning`, so one bad file never hides all the others; the frame's
+    ``attrs[REJECTED]`` lists them with the reason.
 
     Args:
         results_dir: Directory holding run records, possibly in sub-folders.
@@ -69,42 +74,35 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
         config), and ``config`` the flat resolved config. ``method_label`` is the method and
         its budget; :func:`quality_runs` adds what tells recipes apart.
     """
-    rows = []
+    rows, rejected = [], []
     for path in sorted(Path(results_dir).rglob("*.json")):
         record, reason = _read(path)
         if reason:
             warnings.warn(f"skipping {path}: {reason}", RecordWarning, stacklevel=2)
+            if _is_rejected_record(path, reason):
+                rejected.append((path, reason))
             continue
         rows.append(_flatten(record, path))
     df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs[REJECTED] = rejected  # (path, why): the report lists them in rejected.md
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True, format="ISO8601", errors="coerce")
     return df
 
 
 def _read(path: Path) -> tuple[Record | None, str | None]:
-    """Returns (record, None) or (None, why the file is not a usable record)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"unreadable JSON ({err})"
-    try:
-        # A newer schema may change meanings; guessing would quietly mix incomparable runs.
-        record = Record.from_json(value)
-    except SchemaError as err:
-        return None, str(err)
-    exp = record.experiment
-    missing = [k for k in ("task", "model", "method") if not getattr(exp, k)]
-    missing += [k for k in ("run_id", "status") if not getattr(record, k)]
-    if missing:
-        return None, f"missing {', '.join(missing)}"
-    if record.status == SUCCESS and not _is_number(record.primary and record.primary.value):
-        return None, "success record without a finite metrics.primary.value"
-    return record, None
+    """Returns (record, None) or (None, why the file is not a usable record).
+
+    The same test as the sweep's "already done" (``peftbench.records.store.read_record``):
+    the schema, and for a success, values a run can produce (metrics within their range,
+    costs finite and >= 0), so an impossible score is never shown, let alone bolded best.
+    """
+    return read_record(path)
 
 
-def _is_number(value: Any) -> bool:
-    is_real = isinstance(value, int | float) and not isinstance(value, bool)
-    return is_real and math.isfinite(value)
+def _is_rejected_record(path: Path, reason: str) -> bool:
+    """Whether a skipped file was meant as a record (listed in rejected.md), rather than
+    another JSON that lives under results (wandb's, Hydra's)."""
+    return path.parent.name == "records" or not reason.startswith("not a run record")
 
 
 def _get(section: dict[str, Any] | None, *keys: str) -> Any:
@@ -358,10 +356,29 @@ def select(
             values = [wanted] if isinstance(wanted, str) else list(wanted)
             keep &= df[column].isin(values)
     for key, wanted in (where or {}).items():
+        _check_known_key(df, key)
         sources = [r if key in r else c for r, c in zip(df["recipe"], df["config"], strict=True)]
         hits = [key in source and matches(source[key], wanted) for source in sources]
         keep &= pd.Series(hits, index=df.index, dtype=bool)
     return df[keep].copy()
+
+
+def _check_known_key(df: pd.DataFrame, key: str) -> None:
+    """A ``--where`` key that no record has is a typo, not a filter that matches nothing.
+
+    Raises:
+        ValueError: naming the key and the nearest key the records do have.
+    """
+    if df.empty:
+        return
+    known = set().union(*df["recipe"], *df["config"])
+    if key in known:
+        return
+    from peftbench.errors import closest
+
+    near = closest(key, known)
+    hint = f"did you mean {near}?" if near else "use a dotted key of the config, e.g. method.lr"
+    raise ValueError(f"--where {key}: no record has this key; {hint}")
 
 
 def latest_success(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,6 +3,10 @@ self-contained HTML page, all in one report directory."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from analysis.comparisons import (
     plot_critical_difference,
 )
 from analysis.convergence import TARGET_FRACTION, plot_convergence, write_time_to_target
-from analysis.frame import SUCCESS, SYNTHETIC, load_records, quality_runs, select
+from analysis.frame import REJECTED, SUCCESS, SYNTHETIC, load_records, quality_runs, select
 from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
 from analysis.paired import load_predictions
@@ -34,6 +38,7 @@ from analysis.tables import (
 from peftbench.records.redact import scrub
 
 FAILURES_FILE = "failures.md"
+REJECTED_FILE = "rejected.md"
 REPRO_FILE = "reproducibility.md"
 _UNCERTAINTY = (
     "Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from 10 "
@@ -104,16 +109,41 @@ def build_report(
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
-    records = select(load_records(results_dir), **(filters or {}))
+    loaded = load_records(results_dir)
+    rejected = loaded.attrs.get(REJECTED, [])
+    records = select(loaded, **(filters or {}))
     runs = quality_runs(records)
     if runs.empty:
         raise ValueError(_nothing_to_report(results_dir, records, filters))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with staged(out_dir) as stage:  # all or nothing: the previous report stays till then
+        written = _write_all(
+            stage, records, runs, rejected, filters or {}, target_fraction,
+            reference=reference, detect=detect,
+        )  # fmt: skip
+    # A failure, rejection or collapse list left by an earlier report would now be false.
+    for name in (FAILURES_FILE, REJECTED_FILE, COLLAPSED_FILE):
+        if name not in {p.name for p in written}:
+            (out_dir / name).unlink(missing_ok=True)
+    return [out_dir / p.relative_to(stage) for p in written]
+
+
+def _write_all(
+    out_dir: Path,
+    records: pd.DataFrame,
+    runs: pd.DataFrame,
+    rejected: list[tuple[Path, str]],
+    filters: dict[str, Any],
+    target_fraction: float,
+    *,
+    reference: str | None,
+    detect: float,
+) -> list[Path]:
     agg = aggregate(runs)
     # Runs that stored per-example predictions are compared example by example (issue 33)
     tables = build_tables(
         agg, predictions=load_predictions(runs), reference=reference, detect=detect
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = provenance.repro_rows(runs)
     plots = [
         *plot_all(agg, out_dir),
@@ -123,6 +153,7 @@ def build_report(
         *plot_critical_difference(tables, agg, out_dir),
         *plot_budget_matched(agg, out_dir),
     ]
+    page = _page(tables, agg, plots, rows, runs, records, filters, rejected)
     written = [
         _write(out_dir / "comparison.md", to_markdown(tables)),
         _write(out_dir / "comparison.csv", to_csv(tables)),
@@ -130,20 +161,56 @@ def build_report(
         *plots,
         *write_time_to_target(runs, out_dir, target_fraction),
         _write(out_dir / REPRO_FILE, provenance.to_markdown(rows)),
-        _write_page(out_dir / PAGE, _page(tables, agg, plots, rows, runs, records, filters or {})),
+        _write_page(out_dir / PAGE, page),
     ]
     failures = records[records["status"] != SUCCESS]
-    if failures.empty:
-        # A failure list left by an earlier report would now be false.
-        (out_dir / FAILURES_FILE).unlink(missing_ok=True)
-    else:
+    if not failures.empty:
         written.append(_write(out_dir / FAILURES_FILE, failures_markdown(failures, records)))
     collapsed = collapsed_markdown(runs)  # successes that learnt no more than a constant
-    if collapsed is None:
-        (out_dir / COLLAPSED_FILE).unlink(missing_ok=True)
-    else:
+    if collapsed is not None:
         written.append(_write(out_dir / COLLAPSED_FILE, collapsed))
+    if rejected:
+        written.append(_write(out_dir / REJECTED_FILE, rejected_markdown(rejected)))
     return written
+
+
+STAGING_PREFIX = ".staging-"
+
+
+@contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A hidden folder in ``out_dir`` to build the report in; its files replace the old ones
+    (one ``os.replace`` each) only when every one is written.
+
+    A full disk or a stop signal mid-build leaves the previous report as it was (a
+    half-written report.html or a 0-byte PNG never replaces a good one) and no staging
+    folder behind; one left by a process killed outright is removed by the next report.
+    """
+    for old in out_dir.glob(f"{STAGING_PREFIX}*"):
+        pid = old.name.removeprefix(STAGING_PREFIX)
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = out_dir / f"{STAGING_PREFIX}{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = out_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(path: Path, text: str) -> Path:
@@ -165,6 +232,7 @@ def _page(
     runs: pd.DataFrame,
     records: pd.DataFrame,
     filters: dict[str, Any],
+    rejected: list[tuple[Path, str]] = (),
 ) -> str:
     pngs = {p.stem: p for p in plots if p.suffix == ".png"}
     embedded = [
@@ -178,10 +246,32 @@ def _page(
         table_html=to_html(tables),
         plots=embedded,
         repro_html=provenance.to_html(rows),
-        notes=[note, *_filter_notes(filters), *_metric_notes(runs)],
+        notes=[note, *_rejected_notes(rejected), *_filter_notes(filters), *_metric_notes(runs)],
         controls_html=render_controls(agg, runs),
         charts_html=render_charts(agg, runs),
     )
+
+
+def _rejected_notes(rejected: list[tuple[Path, str]]) -> list[str]:
+    if not rejected:
+        return []
+    return [f"{len(rejected)} files are not valid records and are left out (see {REJECTED_FILE})."]
+
+
+def rejected_markdown(rejected: list[tuple[Path, str]]) -> str:
+    """Lists the files skipped as not valid records, and why (the report never shows them)."""
+    lines = [
+        f"# Files that are not valid records ({len(rejected)})",
+        "",
+        "Left out of every table and plot. Fix or remove them; a run whose only success "
+        "record is listed here runs again.",
+        "",
+        "| file | why |",
+        "|:--|:--|",
+    ]
+    for path, reason in rejected:
+        lines.append(f"| {path} | {_first_line(reason)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _metric_notes(runs: pd.DataFrame) -> list[str]:

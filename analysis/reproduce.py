@@ -63,7 +63,7 @@ def load_record(results_dir: Path, run_id: str) -> tuple[Path, dict]:
     Raises:
         ReproduceError: If there is none.
     """
-    path = find_success(Path(results_dir), run_id)
+    path = find_success(Path(results_dir), run_id, set_aside_bad=False)  # reads, never moves
     if path is None:
         raise ReproduceError(f"no success record of {run_id!r} in {Path(results_dir) / 'records'}")
     return path, json.loads(path.read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from peftbench.config.paths import CONF_DIR  # noqa: E402
+from peftbench.launch import exit_codes  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -27,6 +28,7 @@ def _task(cfg: DictConfig) -> dict | float:
 
     with input_errors_exit():  # a bad config, data file or asset: one line, exit 2
         summary = run(cfg)
+    exit_codes.note(summary)  # a failed run is recorded and the sweep goes on; exit 1 at the end
     return objective(summary) if is_tuning() else summary  # the Optuna sweeper wants a number
 
 
@@ -48,8 +50,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "run.py") -> None:
     except ConfigError as error:
         exit_with(str(error))
     sys.argv = [prog, *argv]  # Hydra reads the command line from sys.argv
+    exit_codes.start()
     try:
         _task()
     except KeyboardInterrupt:  # Ctrl-C outside a run (composing, launching): no traceback
         print("peftbench: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:  # also on a stop signal's exit: earlier failures of the sweep are still said
+        code = exit_codes.finish(sweep=any(a in ("-m", "--multirun") for a in argv))
+    if code:
+        sys.exit(code)

@@ -423,27 +423,37 @@ def verify(asset: str | Asset, *, cache_dir: str | os.PathLike[str] | None = Non
     return problems
 
 
-#: Files a run loads as weights: re-hashed before every run (MiniLM's 87 MB in ~0.2 s).
+#: Weight files (kept for callers that tell weights apart).
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
 
 def check_weights(asset: str | Asset, *, cache_dir: str | os.PathLike[str] | None = None) -> None:
-    """Re-hashes the cached weight files of an asset; a changed one stops the run.
+    """Re-hashes every cached file a run reads from an asset's model folder; a changed one
+    stops the run.
+
+    Weights, tokenizer and config alike: a tampered tokenizer (``vocab.txt``,
+    ``tokenizer.json``) trains under the same run id with other losses, as surely as a
+    changed weight. The files directly in the folder the model loads from (the asset's
+    ``main`` path, or its parent when that is a file) are what ``from_pretrained`` reads;
+    sub-folders (an ONNX export, pooling settings) are not, and are left to ``assets
+    verify``. The weights dominate the cost either way (MiniLM's 87 MB in ~0.2 s).
 
     Raises:
-        AssetChecksumError: a weight file whose size or sha256 differs from when it was
-            unpacked (a flipped byte, a truncated copy), with the fix.
+        AssetChecksumError: a file whose size or sha256 differs from when it was unpacked (a
+            flipped byte, a truncated copy, an edited tokenizer), with the fix.
     """
     entry = get_asset(asset)
     root = asset_dir(entry, cache_dir)
     marker = _read_marker(root) or {"files": {}}
+    main = PurePosixPath(entry.main) if entry.main else PurePosixPath()
+    folder = main.parent if entry.main and (root / entry.main).is_file() else main
     for rel, (size, digest) in marker["files"].items():
-        if not rel.endswith(WEIGHT_SUFFIXES):
+        if PurePosixPath(rel).parent != folder:
             continue
         path = root / rel
         if not path.is_file() or path.stat().st_size != size or file_sha256(path) != digest:
             raise AssetChecksumError(
-                f"asset {entry.id!r}: weight file {path} does not match its sha256 (corrupted "
+                f"asset {entry.id!r}: file {path} does not match its sha256 (corrupted "
                 f"or changed since it was fetched); delete {root} and run: "
                 f"peftbench assets fetch {entry.id}"
             )

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from peftbench import assets
 from peftbench.config.paths import CONF_DIR
 from peftbench.config.precheck import check_command_line
-from peftbench.errors import ConfigError
+from peftbench.errors import INPUT_ERRORS
+from peftbench.runner.interrupt import Interrupted, stop_on_signals
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
 
@@ -60,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.handler(args)
-    except (assets.AssetError, _UserError, ConfigError) as exc:
+    except (*INPUT_ERRORS, _UserError) as exc:  # e.g. reproduce's data file gone
         print(f"peftbench: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -223,7 +225,10 @@ def _add_tune_command(commands: argparse._SubParsersAction) -> None:
     tune.add_argument("--tasks", default=None, help="comma-separated (default: the config's)")
     tune.add_argument("--trials", type=int, default=12, help="trials per method (all equal)")
     tune.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
-    tune.add_argument("--results", type=Path, default=Path("results/tuned"), help="output")
+    tune.add_argument(
+        "--results", type=Path, default=None,
+        help="study, records and report (default: a results_dir= override, else results/tuned)",
+    )  # fmt: skip
     tune.add_argument("--dry-run", action="store_true", help="print the commands only")
     tune.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run"
@@ -241,16 +246,34 @@ def _check_overrides(overrides: list[str], methods: list[str] | None = None) -> 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from peftbench.launch.tune import flow
 
+    if args.trials < 1:
+        raise _UserError(f"--trials must be at least 1, got {args.trials}; e.g. --trials 12")
+    seeds = args.seeds.split(",")
+    if not all(s.strip().isdigit() for s in seeds):  # before any trial runs, not after all
+        raise _UserError(f"--seeds must be integers like 0,1,2, got {args.seeds!r}")
+    results = _tune_results(args.results, list(args.overrides))
     _check_overrides(list(args.overrides), args.methods.split(","))
     return flow(
         args.methods.split(","),
         tasks=args.tasks.split(",") if args.tasks else None,
         trials=args.trials,
         seeds=args.seeds,
-        results=args.results,
+        results=results,
         overrides=list(args.overrides),
         dry_run=args.dry_run,
     )
+
+
+def _tune_results(given: Path | None, overrides: list[str]) -> Path:
+    """One folder for the study, its records and its report: ``--results``, else a
+    ``results_dir=`` override, else results/tuned; both given must agree. Absolute, so the
+    sweeps it starts write where the user meant whatever their working folder."""
+    override = next(
+        (o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("results_dir=")), None
+    )
+    if given is not None and override is not None and Path(override) != given:
+        raise _UserError(f"--results {given} and results_dir={override} disagree; give one of them")
+    return Path(given or override or "results/tuned").expanduser().resolve()
 
 
 def _add_assets_commands(commands: argparse._SubParsersAction) -> None:
@@ -363,6 +386,8 @@ def _add_costs_command(commands: argparse._SubParsersAction) -> None:
 def _cmd_costs_overhead(args: argparse.Namespace) -> int:
     from peftbench.measure.overhead import format_overhead, overhead  # lazy: torch
 
+    if args.steps < 1 or args.repeats < 1:
+        raise _UserError("--steps and --repeats must be at least 1, e.g. --steps 40 --repeats 4")
     _check_overrides(list(args.overrides))
     result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
     print(format_overhead(result))
@@ -453,6 +478,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     entries = [assets.get_asset(i) for i in args.ids] or list(assets.catalogue().values())
     status = 0
     for entry in entries:
+        broken = _broken_manifest(entry, args.cache_dir)
+        if broken:  # the folder is there: "not cached" would send the user the wrong way
+            print(f"{entry.id}: FAILED\n  {broken}")
+            status = 1
+            continue
         if not assets.is_cached(entry, args.cache_dir):
             print(f"{entry.id}: not cached")
             # Asked for by name: missing is a failure. Listed by default: just informative.
@@ -464,6 +494,22 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {line}")
         status = max(status, 1 if problems else 0)
     return status
+
+
+def _broken_manifest(entry: assets.Asset, cache_dir: Path | None) -> str | None:
+    """What is wrong with a cached folder whose manifest cannot vouch for it, or None."""
+    root = assets.asset_dir(entry, cache_dir)
+    marker = root / assets.MARKER_NAME
+    if not marker.exists() or assets.is_cached(entry, cache_dir):
+        return None
+    fix = f"fix: delete {root} and run: peftbench assets fetch {entry.id}"
+    try:
+        import json
+
+        json.loads(marker.read_text(encoding="utf-8"))["files"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{marker}: manifest unreadable ({type(error).__name__}); {fix}"
+    return f"{marker}: unpacked from other archives than the catalogue pins; {fix}"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -489,19 +535,42 @@ def _cmd_report(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise _UserError(str(exc)) from None
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise _UserError(f"--out {args.out} is a file; give a folder (default <results>/report)")
+    out = args.out if args.out is not None else args.results / "report"
     try:
-        written = build_report(
-            results_dir=args.results,
-            out_dir=args.out,
-            filters=filters,
-            target_fraction=args.target_fraction,
-            reference=args.reference,
-            detect=args.detect,
-        )
+        with warnings.catch_warnings(record=True), stop_on_signals():  # rejected.md lists them
+            written = build_report(
+                results_dir=args.results,
+                out_dir=args.out,
+                filters=filters,
+                target_fraction=args.target_fraction,
+                reference=args.reference,
+                detect=args.detect,
+            )
     except ValueError as exc:  # build_report's "nothing to report" (and bad records)
         raise _UserError(str(exc)) from None
+    except OSError as exc:  # a full disk, a folder that refuses: the staged files are gone
+        raise _UserError(
+            f"cannot write the report to {out} ({exc.strerror or exc}); the previous report "
+            "there is unchanged; free some space or pass --out"
+        ) from None
+    except Interrupted as stop:
+        print(
+            f"peftbench: report stopped by {stop.name}; {out} keeps the previous report",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     for path in written:
         print(path)
+    rejected = [p for p in written if p.name == "rejected.md"]
+    if rejected:
+        count = rejected[0].read_text(encoding="utf-8").count("\n| ") - 1  # rows, not the header
+        print(
+            f"peftbench: {count} file(s) under {args.results} are not valid records and were "
+            f"left out; {rejected[0]} lists them and why",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -45,7 +45,15 @@ def _source_file(source: Any, path: str | None = None) -> Path:
     path = path or source.get("path")
     if path:
         local = Path(path).expanduser()
-        if not local.exists():
+        try:
+            exists = local.exists()
+        except OSError as error:  # e.g. a name longer than the file system allows
+            shown = str(local) if len(str(local)) <= 120 else f"{str(local)[:120]}..."
+            raise DataError(
+                f"{shown}: not a usable path ({error.strerror}, {len(str(local))} characters); "
+                "fix the task's source.path"
+            ) from None
+        if not exists:
             raise DataError(f"{local}: no such data file; fix the task's source.path")
         return local
     if not source.get("asset"):
@@ -275,27 +283,53 @@ def read_conll_tags(source: Any) -> list[dict]:
 CSV_FIELD_LIMIT = 64 * 2**20
 
 
-def _csv_rows(
-    path: Path, reader: Callable[[io.StringIO], Iterator[Any]]
-) -> Iterator[tuple[int, Any]]:
-    """(row number, row) of a CSV file; a malformed row is a DataError naming it."""
+def _csv_rows(path: Path, reader: Callable[..., Iterator[Any]]) -> Iterator[tuple[int, Any]]:
+    """(row number, row) of a CSV file; a row that does not parse cleanly is a DataError.
+
+    Read with ``strict=True``: a quote opened and never closed (which the lenient reader
+    turns into one field swallowing every following row), or text after a closing quote,
+    stops the read with the line where the row began, instead of training on half a file.
+    """
     text = _read_text(path).removeprefix("\ufeff")  # decoded strictly, BOM dropped
     previous = csv.field_size_limit(CSV_FIELD_LIMIT)
-    rows, row_no = reader(io.StringIO(text, newline="")), 0
+    rows, row_no = reader(io.StringIO(text, newline=""), strict=True), 0
     try:
         while True:
+            if row_no == 0 and isinstance(rows, csv.DictReader):
+                _header(rows, path)  # read first, so that line numbers count it
+            start = rows.line_num + 1  # the line this row begins on
             try:
                 row = next(rows)
             except StopIteration:
                 return
             except csv.Error as error:
                 raise DataError(
-                    f"{path}: row {row_no + 1}: not readable as CSV ({error}); fix the row"
+                    f"{path}: row {row_no + 1} (line {start}): not readable as CSV ({error}"
+                    f"{_QUOTE_HINT if 'unexpected end of data' in str(error) else ''}); "
+                    "fix the row"
                 ) from None
             row_no += 1
+            if isinstance(row, dict) and None in row:  # DictReader: more fields than header
+                raise DataError(
+                    f"{path}: row {row_no} (line {start}): {len(row) - 1 + len(row[None])} "
+                    f"fields but the header has {len(row) - 1}; fix the row (quote a field "
+                    "that holds a comma)"
+                )
             yield row_no, row
     finally:
         csv.field_size_limit(previous)
+
+
+_QUOTE_HINT = ": a quote opened on this line is never closed"
+
+
+def _header(rows: csv.DictReader, path: Path) -> None:
+    try:
+        rows.fieldnames  # noqa: B018 (reads the header row)
+    except csv.Error as error:
+        raise DataError(
+            f"{path}: line 1: the header is not readable as CSV ({error}); fix it"
+        ) from None
 
 
 # -- bring your own data: local tables and Hugging Face dataset folders -------------------------
@@ -307,11 +341,17 @@ def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
         for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
             if line.strip():
                 try:
-                    yield line_no, json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise DataError(
                         f"{path}: row {line_no}: not valid JSON ({error.msg}); one object a line"
                     ) from None
+                if not isinstance(record, dict):  # a list or a string would be half-read
+                    raise DataError(
+                        f"{path}: row {line_no}: a JSON {type(record).__name__}, not an "
+                        "object; write one object a line"
+                    )
+                yield line_no, record
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 

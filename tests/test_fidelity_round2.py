@@ -377,6 +377,7 @@ def test_mnli_scores_the_mismatched_set_beside_the_matched_one(compose, tmp_path
         "task=mnli",
         f"task.source.hub_id={folder}",
         "task.source.dev_from_train.fraction=0.2",
+        "task.max_length=64",  # the tiny model's positions
         results_dir=tmp_path / "results",
     )
     summary = experiment.run(cfg)

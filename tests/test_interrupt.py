@@ -46,6 +46,7 @@ def _records(results):
         signal.SIGTERM,
         pytest.param(signal.SIGINT, marks=pytest.mark.slow),
         pytest.param(signal.SIGUSR2, marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, marks=pytest.mark.slow),  # a closed terminal or ssh
     ],
 )
 def test_a_signal_leaves_an_interrupted_record_and_a_checkpoint_the_rerun_resumes(

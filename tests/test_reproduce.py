@@ -81,7 +81,12 @@ def test_reproduce_needs_a_success_record_with_overrides(tmp_path, capsys):
     folder.mkdir(parents=True)
     assert main(["reproduce", RUN_ID, "--results", str(results)]) == 2
     assert "no success record" in capsys.readouterr().err
-    old = {"run_id": RUN_ID, "status": "success", "experiment": {"seed": 1}, "metrics": {}}
+    primary = {"name": "accuracy", "split": "test", "value": 0.5, "higher_is_better": True}
+    experiment = {"task": "polarity", "model": "tiny-bert", "method": "lora", "seed": 1}
+    old = {  # a valid record (only those count: issue 36), written before overrides were kept
+        "schema_version": 1, "run_id": RUN_ID, "status": "success", "experiment": experiment,
+        "metrics": {"primary": primary},
+    }  # fmt: skip
     (folder / f"{RUN_ID}__20260101T000000000000Z__success.json").write_text(json.dumps(old))
     assert main(["reproduce", RUN_ID, "--results", str(results)]) == 2
     assert "no experiment.overrides" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,17 @@ def _one_of(*choices: str) -> Rule:
 
 
 _NON_EMPTY_STR = Rule(str, lambda v: bool(v.strip()), "a non-empty string", "results")
+#: task, model and method names make the run id, which names the record, checkpoint and lock
+#: files and Hydra's job folder: no path separator (a ``/`` put Hydra's folder outside
+#: results_dir), nothing a shell or file system mangles, short enough for a 255-byte file name
+#: (3 names + seed + hash + timestamp + status).
+NAME_MAX = 64
+_NAME = Rule(
+    str,
+    lambda v: re.fullmatch(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{NAME_MAX - 1}}}", v) is not None,
+    f"a name of letters, digits and . _ + - (at most {NAME_MAX} characters)",
+    "my-method",
+)
 _BOOL = Rule(bool, lambda v: True, "true or false", "false")
 _DEVICE = Rule(
     str,
@@ -145,7 +157,7 @@ SCHEMA: dict[str, Rule] = {
     "instrument.inference": _BOOL,
     "instrument.measured_peak": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
-    "method.name": _NON_EMPTY_STR,
+    "method.name": _NAME,
     "method.kind": _NON_EMPTY_STR,
     "method.lr": _positive("5e-4"),
     "method.lr_scale": _positive("1.0"),
@@ -153,12 +165,12 @@ SCHEMA: dict[str, Rule] = {
     "method.budget_pct": Rule(
         float, lambda v: 0 < v <= 100, "a percentage in (0, 100]", "1", nullable=True
     ),
-    "model.name": _NON_EMPTY_STR,
+    "model.name": _NAME,
     "model.family": _one_of(*FAMILIES),
     "model.trust_remote_code": _BOOL,
     "model.weights": _one_of("pretrained", "synthetic"),
     "model.biases": _BOOL,
-    "task.name": _NON_EMPTY_STR,
+    "task.name": _NAME,
     "task.kind": _NON_EMPTY_STR,
     "task.version": _int_at_least(1, "1"),
     "task.max_length": _int_at_least(1, "128"),
@@ -328,6 +340,72 @@ def _check_model_folder(folder: Path, gguf_file: str | None = None) -> None:
         )
 
 
+#: Position embeddings a model type reserves before the first token (RoBERTa's padding offset).
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+#: peft types whose ``r`` is a rank of a weight update: above the hidden size it adds nothing
+#: (VeRA's ``r`` is the size of shared random matrices, routinely larger: not checked).
+_LOW_RANK_TYPES = ("LORA", "ADALORA", "LOHA", "LOKR")
+
+
+def check_model_limits(cfg: Mapping, folder: Path) -> None:
+    """``task.max_length`` and a low-rank method's rank against the model's own config.json.
+
+    Both otherwise fail only after the model loaded: a length beyond the model's position
+    embeddings as an index error, a rank of 10**9 as an out-of-memory whose advice (a smaller
+    batch) cannot help. Read from config.json, without torch; a model without one (a GGUF
+    file) or without absolute positions (T5) is not checked.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = _plain(cfg)
+    config = _model_config(folder)
+    if not config:
+        return
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(positions, int):
+        usable = positions - _POSITION_OFFSET.get(str(config.get("model_type")), 0)
+        length = lookup(cfg, "task.max_length")
+        if isinstance(length, int) and length > usable:
+            raise ConfigError(
+                f"task.max_length={length} exceeds the {usable} positions of model "
+                f"{lookup(cfg, 'model.name')!r}",
+                f"set task.max_length of at most {usable}",
+            )
+    hidden = config.get("hidden_size") or config.get("d_model") or config.get("n_embd")
+    peft_type, rank = lookup(cfg, "method.peft.peft_type"), lookup(cfg, "method.peft.r")
+    low_rank = peft_type in _LOW_RANK_TYPES and isinstance(rank, int)
+    if isinstance(hidden, int) and low_rank and rank > hidden:
+        raise ConfigError(
+            f"method.peft.r={rank} exceeds the hidden size {hidden} of model "
+            f"{lookup(cfg, 'model.name')!r}: a rank above it adds parameters, not rank",
+            f"set method.peft.r of at most {hidden}, e.g. method.peft.r=8",
+        )
+
+
+def _model_config(folder: Path) -> dict | None:
+    """A model folder's config.json (a warm-started encoder-decoder's encoder), or None."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    encoder = config.get("encoder")
+    return encoder if isinstance(encoder, dict) and "model_type" in encoder else config
+
+
+def _check_method_kind_needs(cfg: Mapping) -> None:
+    """A method run by peft needs its ``peft:`` section (peft_type and arguments)."""
+    kind = lookup(cfg, "method.kind")
+    if kind in ("peft", "qlora") and not lookup(cfg, "method.peft.peft_type"):
+        raise ConfigError(
+            f"method {lookup(cfg, 'method.name')!r} (kind {kind}) has no peft: section with a "
+            "peft_type",
+            "add peft: {peft_type: LORA, r: 8, ...} to its YAML (see conf/method/lora.yaml)",
+        )
+
+
 def _check_family(cfg: Mapping) -> None:
     kind, family = lookup(cfg, "task.kind"), lookup(cfg, "model.family")
     if family in FAMILIES and kind in FAMILIES[family].refuses:
@@ -431,8 +509,14 @@ def _check_requires(cfg: Mapping, cuda_available: bool | None) -> None:
 
 
 def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
-    """A CUDA device that this machine does not have (None: not known, not checked)."""
+    """A CUDA device that this machine does not have (None: not known, not checked), or
+    Apple's MPS off a Mac (it exists on macOS only: known without importing torch)."""
     device = str(lookup(cfg, "device", "auto"))
+    if device == "mps" and sys.platform != "darwin":
+        raise ConfigError(
+            f"device=mps but this machine is not a Mac ({sys.platform}): MPS is Apple's GPU",
+            "use device=auto (a GPU when there is one, else the CPU) or device=cpu",
+        )
     if cuda_devices is None or not device.startswith("cuda"):
         return
     index = int(device.split(":", 1)[1]) if ":" in device else 0
@@ -444,22 +528,71 @@ def _check_device(cfg: Mapping, cuda_devices: int | None) -> None:
         )
 
 
+#: Below this much free space a run's record, checkpoint and report cannot be trusted to fit.
+MIN_FREE_BYTES = 16 * 2**20
+#: The folders a run writes under results_dir (records/store.py, runner/checkpoint.py).
+RESULT_FOLDERS = ("records", "checkpoints", "locks")
+
+
 def _check_results_dir(cfg: Mapping) -> None:
-    """``results_dir`` must be a folder this process can create or write into."""
+    """``results_dir`` must be a folder this process can create and write records into.
+
+    Checked for real (a temp folder or file created and removed), not by permission bits:
+    root passes ``os.access`` on ``/proc``, and a full disk or a ``records`` that is a file
+    or a dangling symlink only shows when written, by then after hours of training.
+    """
     value = lookup(cfg, "results_dir")
     if not isinstance(value, str) or not value:
         return
     path = Path(value).expanduser()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    bad = f"results_dir={_short(value)}"
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise ConfigError(f"{bad} cannot be used ({error.strerror})", _FIX_DIR) from None
     if not existing.is_dir():
         raise ConfigError(
-            f"results_dir={value} is not a folder ({existing} is a file)",
-            "give results_dir a folder path",
+            f"{bad} is not a folder ({existing} is a file)", "give results_dir a folder path"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    for name in RESULT_FOLDERS if existing == path else ():
+        sub = path / name
+        if sub.is_symlink() and not sub.exists():
+            raise ConfigError(
+                f"{bad}: {sub} is a dangling symlink (to {os.readlink(sub)})",
+                "remove it or point it at a folder",
+            )
+        if sub.exists() and not sub.is_dir():
+            raise ConfigError(f"{bad}: {sub} is a file, not a folder", "move it away")
+    where = path / "records" if (path / "records").is_dir() else existing
+    _probe_write(where, bad)
+
+
+_FIX_DIR = "give results_dir a folder you can write to"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _probe_write(folder: Path, bad: str) -> None:
+    """Creates and removes a temp file in ``folder``; a refusal is a ConfigError."""
+    import shutil
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".peftbench-write-check-")
+        os.close(fd)
+        os.unlink(name)
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
         raise ConfigError(
-            f"results_dir={value} is not writable ({existing} denies this user)",
-            "give results_dir a folder you can write to",
+            f"{bad} is not writable ({folder}: {error.strerror or error})", _FIX_DIR
+        ) from None
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"{bad} has {free / 2**20:.1f} MiB free (a run needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB for its record and checkpoint)",
+            "free some space or give results_dir another disk",
         )
 
 
@@ -491,11 +624,15 @@ def validate(
     _check_model_source(cfg)
     _check_family(cfg)
     _check_kind(cfg)
+    _check_method_kind_needs(cfg)
     _check_warm_start(cfg)
     _check_head(cfg)
     _check_requires(cfg, cuda_available)
     _check_device(cfg, cuda_devices)
     _check_results_dir(cfg)
+    source = lookup(cfg, "model.source") or {}
+    if source.get("path") and lookup(cfg, "model.weights") != "synthetic":  # last: the
+        check_model_limits(cfg, Path(str(source["path"])))  # problems above say more
 
 
 # --------------------------------------------------------------------------- suggestions

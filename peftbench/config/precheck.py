@@ -194,7 +194,9 @@ def _check_added_keys(
             raise _unknown_key(key, base)
 
 
-def _composition_error(error: Exception, job: list[str], compose: Callable) -> ConfigError:
+def _composition_error(
+    error: Exception, job: list[str], compose: Callable, conf_dir: Path | None = None
+) -> ConfigError:
     """Turns Hydra's multi-line composition error into one line."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
@@ -209,8 +211,38 @@ def _composition_error(error: Exception, job: list[str], compose: Callable) -> C
             base = None
         if base is not None:
             return _unknown_key(str(key), base)
+    broken = _broken_yaml(error, conf_dir) if conf_dir is not None else None
+    if broken is not None:
+        return broken
     first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), repr(error))
     return ConfigError(f"the config cannot be composed: {first}", f"check: {' '.join(job)}")
+
+
+def _broken_yaml(error: BaseException, conf_dir: Path) -> ConfigError | None:
+    """A YAML syntax error names the file and line (Hydra parses the text without its name).
+
+    Only on the error path: every YAML of the config folder is parsed to find the one that
+    fails, so a plain command line pays nothing.
+    """
+    import yaml
+
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, yaml.YAMLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as bad:
+            where = f"line {bad.problem_mark.line + 1}" if bad.problem_mark else "somewhere"
+            return ConfigError(
+                f"{path}: {where}: not valid YAML ({bad.problem or bad.context})",
+                "fix the YAML there (a bracket or quote left open is the usual cause)",
+            )
+        except (OSError, yaml.YAMLError):
+            continue
+    return None
 
 
 def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "config") -> None:
@@ -262,8 +294,30 @@ def _check_job(job: list[str], conf_dir: Path, config_name: str, groups: Collect
     try:
         cfg = composer(job)
     except Exception as error:  # Hydra and OmegaConf raise many types; all mean "bad input"
-        raise _composition_error(error, job, composer) from None
+        raise _composition_error(error, job, composer, conf_dir) from None
     finally:
         GlobalHydra.instance().clear()
     _check_added_keys(job, composer, groups)
+    _check_method_file(job, conf_dir)
     validate(cfg)
+
+
+def _check_method_file(job: list[str], conf_dir: Path) -> None:
+    """A method YAML is named after its file: ``name:`` is what records, tables and the run
+    id call it, so ``method=x`` recording as ``y`` would file its runs under another method
+    (and skip them as done). A renamed variant is ``method=x method.name=y``, on purpose."""
+    choice = next((o.split("=", 1)[1] for o in reversed(job) if o.startswith("method=")), None)
+    if choice is None:
+        defaults = OmegaConf.load(conf_dir / "config.yaml").get("defaults") or []
+        choice = next(
+            (d["method"] for d in defaults if isinstance(d, Mapping) and "method" in d), None
+        )
+    path = conf_dir / "method" / f"{choice}.yaml"
+    if choice is None or not path.is_file():
+        return
+    name = OmegaConf.load(path).get("name")
+    if name is not None and str(name) != str(choice):
+        raise ConfigError(
+            f"{path} says name: {name}, but its file is {choice}.yaml",
+            f"name the method after its file (name: {choice}), or rename the file {name}.yaml",
+        )

@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 
 from peftbench.config.paths import CONF_DIR
 from peftbench.errors import ConfigError
-from peftbench.launch import commands
+from peftbench.launch import commands, exit_codes
 
 PRESET = CONF_DIR / "experiment" / "offline-benchmark.yaml"
 SCALE_KEY = "method.lr_scale"
@@ -313,14 +313,16 @@ def grid_flow(
     check_methods(methods)
     known = preset_tasks()
     _check_subset(tasks, known, "task")
+    failed = 0  # a diverged lr is a recorded outcome: the grid goes on, exit 1 at the end
     for task in tasks or known:
         argv = grid_command(
             task, results / "grid", overrides, methods=methods, seeds=selection_seeds
         )
         code = commands.call(argv, tag="grid", dry_run=dry_run)
-        if code:
+        if not exit_codes.carry_on(code):
             return code
-    return 0
+        failed = failed or code
+    return failed
 
 
 def preset_methods(preset: Path = PRESET) -> list[str]:
@@ -710,13 +712,15 @@ def select_flow(
     if not dry_run:
         for path in copy_into_final(cells, final_dir):
             print(f"[select] copied {path.name} into {path.parent}", flush=True)
+    failed = 0
     for command in finals:
         if tasks and command.task not in tasks:
             continue
         code = commands.call(command.overrides, tag="select", dry_run=dry_run)
-        if code:
+        if not exit_codes.carry_on(code):
             return code
-    return 0
+        failed = failed or code
+    return failed
 
 
 def moved_choices(
@@ -823,13 +827,15 @@ def extend_flow(
         for name, scale in added.items():
             extensions[name] = sorted({*extensions.get(name, []), scale})
         (results / EXTENSIONS_JSON).write_text(json.dumps(extensions, indent=1) + "\n")
+    failed = 0  # a diverged new point is a recorded outcome: selection still runs
     for argv in extension_commands(cells, added, grid_dir, overrides, selection_seeds):
         code = commands.call(argv, tag="extend", dry_run=dry_run)
-        if code:
+        if not exit_codes.carry_on(code):
             return code
+        failed = failed or code
     if dry_run:
         return 0
     return select_flow(
         results, seeds=seeds, overrides=overrides, tasks=tasks, verify=verify,
         selection_seeds=selection_seeds,
-    )  # fmt: skip
+    ) or failed  # fmt: skip

@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from peftbench.config.paths import CONF_DIR
-from peftbench.launch import commands
+from peftbench.launch import commands, exit_codes
 
 #: The trials' seed (``conf/experiment/tune.yaml``); a final seed may not be it.
 SEARCH_SEED = 100
@@ -115,7 +115,8 @@ def flow(
     """Searches each (task, method), then runs its best trial with every seed.
 
     Returns:
-        0, or the exit code of the first command that failed.
+        0; 1 when a run failed (recorded; the other runs still ran); or the exit code of
+        the command that stopped the pipeline (bad input, a stop signal).
 
     Raises:
         ConfigError: a final seed is the search seed (its dev chose the recipe).
@@ -125,6 +126,7 @@ def flow(
     searched = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"]
     search_seeds = [int(s) for s in searched[-1].split(",")] if searched else [SEARCH_SEED]
     check_seeds([int(s) for s in str(seeds).split(",") if s.strip()], search_seeds)
+    failed = 0  # exit 1 once any run failed (launch/exit_codes.py), after all the rest ran
     for task in tasks or [None]:
         cell = [f"task={task}"] if task else []
         for method in methods:
@@ -138,14 +140,16 @@ def flow(
                 overrides=cell + overrides,
             )
             code = commands.call(search, tag="tune", dry_run=dry_run)
-            if code:
+            if not exit_codes.carry_on(code):  # failed trials are recorded: search goes on
                 return code
+            failed = failed or code
             best = {"method.lr": "<best>"} if dry_run else best_params(sweep_dir)
             print(f"[tune] {name}: best {best}", flush=True)
             final = final_command(
                 method, best, seeds=seeds, results=results, overrides=cell + overrides
             )
             code = commands.call(final, tag="tune", dry_run=dry_run)
-            if code:
+            if not exit_codes.carry_on(code):
                 return code
-    return 0
+            failed = failed or code
+    return failed

@@ -8,20 +8,29 @@ so a failed attempt and a later success of the same run both stay on disk.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import logging
+import math
 import os
 import platform
 import re
 import socket
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from peftbench.records.predictions import SUFFIX, PredictionsError, sha256, to_parquet
 from peftbench.records.redact import scrub
+from peftbench.records.schema import Record, SchemaError
+
+log = logging.getLogger("peftbench")
 
 RECORDS_DIR = "records"
 
@@ -30,18 +39,138 @@ def records_dir(results_dir: Path) -> Path:
     return Path(results_dir) / RECORDS_DIR
 
 
-def find_success(results_dir: Path, run_id: str) -> Path | None:
-    """Returns the newest success record of ``run_id``, if any (skip-if-done)."""
+def find_success(results_dir: Path, run_id: str, *, set_aside_bad: bool = True) -> Path | None:
+    """Returns the newest success record of ``run_id`` that reads as the schema (skip-if-done).
+
+    A ``__success.json`` file that does not (damaged JSON, a list, an unknown schema version,
+    impossible values) never counts as done: it is renamed ``<name>.rejected`` (kept, but no
+    longer a record to the sweep or the report), said in one line, and the run goes again.
+    A reader that must not change the results folder (``reproduce``) passes
+    ``set_aside_bad=False``: such a file is then only passed over.
+    """
     for path in sorted(records_dir(results_dir).glob(f"{run_id}__*__success.json"), reverse=True):
-        try:
-            if json.loads(path.read_text()).get("status") == "success":
-                return path
-        except (OSError, json.JSONDecodeError):
-            continue  # a damaged file never counts as done
+        record, reason = read_record(path)
+        if record is not None and record.status == "success":
+            return path
+        reason = reason or f"status {record.status!r} in a success file"
+        if not set_aside_bad:
+            continue
+        aside = set_aside(path)
+        log.warning(
+            "%s is not a valid record (%s): it does not count as done; set aside as %s",
+            path,
+            reason,
+            aside.name,
+        )
     return None
 
 
-def write_record(record: dict, results_dir: Path, predictions: Any = None) -> Path:
+def set_aside(path: Path) -> Path:
+    """Renames a damaged file ``<name>.rejected`` (never deleted: a person may want it)."""
+    aside = path.with_name(path.name + ".rejected")
+    try:
+        os.replace(path, aside)
+    except OSError:  # read-only results: it still does not count; nothing else to do
+        return path
+    return aside
+
+
+def read_record(path: Path) -> tuple[Record | None, str | None]:
+    """``(record, None)``, or ``(None, why the file is not a usable record)``.
+
+    The one test of "a record" for both the sweep (skip-if-done) and the report: parses as
+    the schema (:meth:`Record.from_json`), names its run, and a success holds possible
+    values only (:func:`impossible_values`).
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"unreadable JSON ({err})"
+    try:
+        # A newer schema may change meanings; guessing would quietly mix incomparable runs.
+        record = Record.from_json(value)
+    except (SchemaError, TypeError) as err:
+        return None, str(err)
+    exp = record.experiment
+    missing = [k for k in ("task", "model", "method") if not getattr(exp, k)]
+    missing += [k for k in ("run_id", "status") if not getattr(record, k)]
+    if missing:
+        return None, f"missing {', '.join(missing)}"
+    problem = impossible_values(record) if record.status == "success" else None
+    return (None, problem) if problem else (record, None)
+
+
+#: Cost fields that are counts, sizes or durations: finite and >= 0 (dotted under ``cost``).
+NON_NEGATIVE_COSTS = (
+    "setup_time_s", "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
+    "peak_mem_bytes.allocated", "peak_mem_bytes.rss", "energy.joules", "energy.joules_per_token",
+)  # fmt: skip
+NON_NEGATIVE_PARAMS = ("base", "total", "trainable", "trainable_pct", "head", "artifact_bytes")
+
+
+def impossible_values(record: Record) -> str | None:
+    """What a success record holds that no run can produce, or None.
+
+    Every metric a run scored lies between its metric's worst and best values
+    (``tasks/metrics.py``: accuracy in [0, 1], mcc in [-1, 1], BLEU in [0, 100]); a metric
+    this code does not know must still be a finite number. Costs and parameter counts are
+    finite and never negative. Checked when records are read, so a hand-edited or damaged
+    record can neither be bolded best in a table nor count as done.
+    """
+    primary = record.primary
+    if primary is None or not _is_number(primary.value):
+        return "success record without a finite metrics.primary.value"
+    scores = {f"primary {primary.name}": (primary.name, primary.value)}
+    for split in ("dev", "test"):
+        section = getattr(record.metrics, split) or {}
+        if not isinstance(section, dict):
+            return f"metrics.{split} is not an object"
+        scores.update({f"{split} {k}": (k, v) for k, v in section.items()})
+    for where, (name, value) in scores.items():
+        problem = _metric_problem(name, value)
+        if problem:
+            return f"{where} = {value!r} {problem}"
+    for key in NON_NEGATIVE_COSTS:
+        value = _dig(record.cost, key)
+        if value is not None and not (_is_number(value) and value >= 0):
+            return f"cost.{key} = {value!r} is not a finite number >= 0"
+    for key in NON_NEGATIVE_PARAMS:
+        value = getattr(record.params, key, None) if record.params else None
+        if value is not None and not (_is_number(value) and value >= 0):
+            return f"params.{key} = {value!r} is not a finite number >= 0"
+    return None
+
+
+def _metric_problem(name: str, value: Any) -> str | None:
+    if not _is_number(value):
+        return "is not a finite number"
+    try:
+        from tasks.metrics import METRICS  # lazy: scikit-learn
+    except ImportError:  # the package's own tasks are not importable: ranges unknown
+        return None
+    metric = METRICS.get(name)
+    if metric is None:
+        return None
+    low, high = sorted((metric.worst, metric.best))
+    return None if low <= value <= high else f"is outside {name}'s range [{low:g}, {high:g}]"
+
+
+def _is_number(value: Any) -> bool:
+    is_real = isinstance(value, int | float) and not isinstance(value, bool)
+    return is_real and math.isfinite(value)
+
+
+def _dig(section: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(section, dict):
+            return None
+        section = section.get(key)
+    return section
+
+
+def write_record(
+    record: dict, results_dir: Path, predictions: Any = None, *, folder: Path | None = None
+) -> Path:
     """Writes the record atomically: a temp file in the same folder, then a hard link.
 
     Linking (unlike a rename) never replaces an existing file, so two writers that pick the
@@ -53,7 +182,7 @@ def write_record(record: dict, results_dir: Path, predictions: Any = None) -> Pa
     example counts (``predictions`` section): the record appears only once its predictions
     file is whole, so a reader never sees a record whose file is missing or half-written.
     """
-    folder = records_dir(results_dir)
+    folder = records_dir(results_dir) if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
     staged, section = _stage_predictions(folder, predictions)
@@ -161,6 +290,76 @@ def load_predictions(record_path: Path, record: Any) -> Any:
     return pd.read_parquet(io.BytesIO(data))
 
 
+#: Where a record goes when ``<results>/records`` cannot take it (full disk, a folder that
+#: became a file, lost permissions): the finished run is kept, and the line says where.
+FALLBACK_ENV = "PEFTBENCH_FALLBACK_DIR"
+
+
+def fallback_dirs() -> list[Path]:
+    """Folders tried in order when the records folder refuses a record."""
+    folders = [Path(os.environ[FALLBACK_ENV])] if os.environ.get(FALLBACK_ENV) else []
+    folders.append(Path.home() / ".cache" / "peftbench" / "unsaved-records")
+    folders.append(Path(tempfile.gettempdir()) / "peftbench-unsaved-records")
+    return folders
+
+
+def save_record(
+    record: dict, results_dir: Path, predictions: Any = None
+) -> tuple[Path | None, str | None]:
+    """Writes the record; if the records folder refuses it, into a fallback folder.
+
+    A run that finished must not be lost because its last write failed: the record then goes
+    to the first of :func:`fallback_dirs` that takes it.
+
+    Returns:
+        ``(path, None)`` when written under ``<results>/records``; ``(fallback path or None,
+        why the records folder refused)`` otherwise (None: no folder took it).
+    """
+    try:
+        return write_record(record, results_dir, predictions), None
+    except OSError as error:
+        why = f"{type(error).__name__}: {error.strerror or error}"
+    for folder in fallback_dirs():
+        try:
+            return write_record(record, folder, predictions, folder=folder), why
+        except OSError:
+            continue
+    return None, why
+
+
+def keep_record(record: dict, results_dir: Path, predictions: Any = None) -> Path | None:
+    """:func:`save_record`, saying in one line on stderr where the record went if not home.
+
+    Returns:
+        The record's path (under a fallback folder when the records folder refused it), or
+        None when no folder took it.
+    """
+    path, why = save_record(record, results_dir, predictions)
+    if why is None:
+        return path
+    home = records_dir(results_dir)
+    primary = (record.get("metrics") or {}).get("primary") or {}
+    if path is not None:
+        where = f"kept at {path}; move it into {home}/ once that is fixed"
+    else:
+        where = (
+            f"no fallback folder took it either ({', '.join(map(str, fallback_dirs()))}); "
+            f"its {record['status']} result was {primary.get('name')}={primary.get('value')}"
+        )
+    print(
+        f"peftbench: error: {record['run_id']}: the {record['status']} record could not be "
+        f"written to {home} ({why}); {where}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return path
+
+
+def is_saved(path: Path | None, results_dir: Path) -> bool:
+    """Whether a record path is in ``<results>/records`` (not a fallback folder, not lost)."""
+    return path is not None and path.parent == records_dir(results_dir)
+
+
 def _umask() -> int:
     """The process's umask (Linux reports it; elsewhere read by setting and restoring it)."""
     try:
@@ -263,3 +462,51 @@ def env_info(device: Any) -> dict:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- one run at a time
+
+LOCKS_DIR = "locks"
+_HELD: dict[str, Any] = {}  # lock path -> open file: this process's claims (re-entrant)
+
+
+@contextmanager
+def claim_run(results_dir: Path, run_id: str, *, enabled: bool = True) -> Iterator[str | None]:
+    """Holds ``<results>/locks/<run_id>.lock`` while a run of this id trains in this process.
+
+    Two processes started with the same run (two terminals, two identical sweeps sharing the
+    work) would otherwise both train it, the second resuming from the first's live
+    checkpoint. ``flock`` is released by the kernel when its holder dies, even by SIGKILL, so
+    no stale lock outlives a crash; the file itself stays (removing it would race).
+
+    Yields:
+        None when this process holds the claim (or ``enabled`` is false: a data-parallel
+        rank other than 0), else who holds it (``host pid N``): the caller skips the run.
+    """
+    if not enabled:
+        yield None
+        return
+    path = Path(results_dir) / LOCKS_DIR / f"{run_id}.lock"
+    if str(path) in _HELD:  # this process already holds it (a sweep listing a run twice)
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        yield holder
+        return
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{socket.gethostname()} pid {os.getpid()}")
+    handle.flush()
+    _HELD[str(path)] = handle
+    try:
+        yield None
+    finally:
+        _HELD.pop(str(path), None)
+        handle.close()  # closing the file releases the lock

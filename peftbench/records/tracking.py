@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from peftbench.records.redact import scrub
+
 log = logging.getLogger(__name__)
 
 
@@ -57,6 +59,9 @@ class WandbTracker:
         self._wandb = wandb
         wandb_dir = Path(cfg.get("dir") or results_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)
+        # Everything wandb is handed goes through the record's scrubbing: its run file is
+        # as much an output as the record (a token in a data path reached it verbatim).
+        run_id, config, experiment = scrub(run_id), scrub(config), scrub(experiment)
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.get("entity"),
@@ -72,11 +77,12 @@ class WandbTracker:
         )
 
     def log(self, row: dict) -> None:
-        self.run.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        clean = scrub({k: v for k, v in row.items() if k != "step"})
+        self.run.log(clean, step=int(row["step"]))
 
     def finish(self, record: dict) -> None:
         summary = flatten({k: v for k, v in record.items() if k not in ("history", "config")})
-        self.run.summary.update(summary)
+        self.run.summary.update(scrub(summary))
         self.run.finish(exit_code=0 if record["status"] == "success" else 1)
 
 
@@ -132,7 +138,9 @@ def log_report(cfg: Any, *, group: str, results_dir: Path, report: list[Path]) -
             name=f"report-{group}",
             group=group,
             job_type=REPORT_JOB_TYPE,
-            config={"sweep_id": group, "report_dir": str(report[0].parent) if report else None},
+            config=scrub(
+                {"sweep_id": group, "report_dir": str(report[0].parent) if report else None}
+            ),
             reinit="finish_previous",
             settings=_settings(wandb, cfg),
         )

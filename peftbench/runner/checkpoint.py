@@ -137,21 +137,38 @@ class Checkpointer:
         self.seconds += time.perf_counter() - start
 
     def restore(self, model, optimizer, scheduler, sampler) -> LoopState | None:
-        """Puts a matching checkpoint's state back everywhere; None when there is none."""
+        """Puts a matching checkpoint's state back everywhere; None when there is none.
+
+        A checkpoint that cannot be read back whole (truncated, overwritten, from another
+        model) is set aside and the run starts from step 1: it is read and checked in full
+        before anything of it is applied, so a bad file never half-restores a model.
+        """
         loaded = self._load()
         if loaded is None:
             return None
         meta, tensors = loaded
-        _load_trainable(model, _unflatten(meta["model"], tensors))
-        optimizer.load_state_dict(_unflatten(meta["optimizer"], tensors))
-        scheduler.load_state_dict(_unflatten(meta["scheduler"], tensors))
-        sampler.load_state_dict(_unflatten(meta["sampler"], tensors), skip=meta["sampler_skip"])
+        try:
+            parts = {k: _unflatten(meta[k], tensors) for k in _STATE_PARTS}
+            extras = {
+                name: _unflatten(meta["extras"][name], tensors)
+                for name in self.extras
+                if name in meta["extras"]  # a checkpoint of older code lacks newer extras
+            }
+            _check_trainable(model, parts["model"])
+            state = LoopState(**meta["loop"], best_state=parts["best_state"])
+            skip, seconds = int(meta["sampler_skip"]), float(meta["checkpoint_s"])
+        except (KeyError, TypeError, ValueError) as error:
+            self._set_aside(f"{type(error).__name__}: {error}")
+            return None
+        _load_trainable(model, parts["model"])
+        optimizer.load_state_dict(parts["optimizer"])
+        scheduler.load_state_dict(parts["scheduler"])
+        sampler.load_state_dict(parts["sampler"], skip=skip)
         for name, extra in self.extras.items():
-            if name in meta["extras"]:  # a checkpoint of older code lacks newer extras
-                extra.load_state_dict(_unflatten(meta["extras"][name], tensors))
-        _set_rng_state(_unflatten(meta["rng"], tensors))
-        self.seconds = meta["checkpoint_s"]
-        state = LoopState(**meta["loop"], best_state=_unflatten(meta["best_state"], tensors))
+            if name in extras:  # a checkpoint of older code lacks newer extras
+                extra.load_state_dict(extras[name])
+        _set_rng_state(parts["rng"])
+        self.seconds = seconds
         log.info("%s: resuming from step %d", self.path.stem, state.step)
         self.resumed_from = state.step
         return state
@@ -159,10 +176,17 @@ class Checkpointer:
     def _load(self) -> tuple[dict, dict[str, torch.Tensor]] | None:
         if not self.path.is_file():
             return None
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("peftbench", "{}"))
-            names = list(f.keys())  # a safe_open handle is not iterable
-            tensors = {name: f.get_tensor(name) for name in names}
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("peftbench", "{}"))
+                names = list(f.keys())  # a safe_open handle is not iterable
+                tensors = {name: f.get_tensor(name) for name in names}
+        except Exception as error:  # safetensors' own error types, OSError, bad JSON
+            self._set_aside(f"{type(error).__name__}: {error}")
+            return None
+        if not isinstance(meta, dict):
+            self._set_aside("its metadata is not an object")
+            return None
         if meta.get("format") != FORMAT_VERSION or meta.get("run_id") != self.run_id:
             log.warning(
                 "%s: checkpoint %s was written for another run; starting fresh",
@@ -171,6 +195,37 @@ class Checkpointer:
             )
             return None
         return meta, tensors
+
+    def _set_aside(self, why: str) -> None:
+        """Renames an unreadable checkpoint ``<name>.corrupt`` (kept, never resumed) and says
+        so in one line: the run starts over instead of failing the same way on every try."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt")
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            aside = None
+        log.warning(
+            "%s: checkpoint %s cannot be resumed (%s); %s; starting from step 1",
+            self.path.stem,
+            self.path,
+            " ".join(why.split())[:200],
+            f"set aside as {aside}" if aside else "removed",
+        )
+
+
+#: The state sections of a checkpoint's metadata, each read back before any is applied.
+_STATE_PARTS = ("model", "best_state", "optimizer", "scheduler", "sampler", "rng")
+
+
+def _check_trainable(model: torch.nn.Module, state: Any) -> None:
+    """The saved trainable tensors must be this model's, name and shape (else ValueError)."""
+    if not isinstance(state, dict):
+        raise ValueError("no trainable state")
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name, value in state.items():
+        if name not in tensors or tensors[name].shape != value.shape:
+            raise ValueError(f"tensor {name!r} does not fit this model")
 
 
 def checkpoint_path(results_dir: Path, run_id: str) -> Path:

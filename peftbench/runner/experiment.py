@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from peftbench.assets import cache_root
-from peftbench.config.checks import validate
+from peftbench.config.checks import check_model_limits, validate
 from peftbench.config.identity import recipe, recipe_hash
 from peftbench.config.identity import run_id as make_run_id
 from peftbench.errors import ConfigError
@@ -39,11 +39,13 @@ from peftbench.records.predictions import TABLE_KEY, predictions_table
 from peftbench.records.redact import scrub
 from peftbench.records.schema import SCHEMA_VERSION, Experiment, Metrics, Params, Primary, to_json
 from peftbench.records.store import (
+    claim_run,
     code_info,
     env_info,
     find_success,
+    is_saved,
+    keep_record,
     utc_now,
-    write_record,
 )
 from peftbench.records.tracking import make_tracker
 from peftbench.runner import assembly, data_parallel
@@ -124,6 +126,15 @@ def run(cfg: Any) -> dict:
         experiment["seed"],
         experiment["recipe_hash"],
     )
+    with claim_run(results_dir, run_id, enabled=data_parallel.is_main()) as holder:
+        if holder is not None:  # the same run is training in another process: not twice
+            log.warning("%s: skipped: the same run is under way (%s)", run_id, holder)
+            return {"run_id": run_id, "status": "skipped", "path": None}
+        return _run_claimed(cfg, results_dir, config, experiment, run_id)
+
+
+def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, run_id: str) -> dict:
+    """The run, once this process holds its run id: skip if done, else train and record."""
     done = None if cfg.force else find_success(results_dir, run_id)
     if done is not None:
         log.info("%s: already done, skipping (%s)", run_id, done)
@@ -149,11 +160,12 @@ def run(cfg: Any) -> dict:
     )
     _attempt(cfg, task, record, tracker)
     path = _finish(record, results_dir, tracker)
-    if record["status"] == "success" and not cfg.train.get("keep_checkpoints"):
+    saved = not data_parallel.is_main() or is_saved(path, results_dir)  # or in a fallback
+    if saved and record["status"] == "success" and not cfg.train.get("keep_checkpoints"):
         remove_checkpoint(results_dir, run_id)  # the record now holds everything
     return {
         "run_id": run_id,
-        "status": record["status"],
+        "status": record["status"] if saved else "unsaved",
         "path": str(path) if path else None,  # None on data-parallel ranks other than 0
         "primary": record.get("metrics", {}).get("primary"),
         "dev": record.get("metrics", {}).get("dev"),  # at the selected step: what tuning ranks
@@ -235,8 +247,9 @@ def _prepare(cfg: Any) -> Any:
             f"use train.batch_size of at most {n_train} (the recipe's default is 16)",
         )
     if cfg.model.source.get("asset"):
-        fetch(cfg.model.source.asset)  # the archive's sha256 checked when first fetched
+        folder = fetch(cfg.model.source.asset)  # the archive's sha256 checked when fetched
         check_weights(cfg.model.source.asset)  # and the unpacked weights before every run
+        check_model_limits(cfg, folder)  # max_length and rank against its config.json
     return task
 
 
@@ -244,7 +257,7 @@ def _finish(record: dict, results_dir: Path, tracker: Any) -> Path | None:
     if not data_parallel.is_main():
         return None  # a data-parallel run has one record, written by rank 0
     record["finished_at"] = utc_now()
-    path = write_record(record, results_dir, predictions=record.pop(TABLE_KEY, None))
+    path = keep_record(record, results_dir, predictions=record.pop(TABLE_KEY, None))
     tracker.finish(record)
     if record["status"] == "success":
         primary, cost = record["metrics"]["primary"], record["cost"]

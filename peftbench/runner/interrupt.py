@@ -1,10 +1,11 @@
 """Stopping a run on a signal: a record that says so, and a checkpoint to resume from.
 
 Schedulers end a job with SIGTERM (SLURM, Kubernetes, ``kill``), a user with Ctrl-C
-(SIGINT); SLURM warns before its time limit with the signal a job asks for: SIGUSR2 under
-the ``slurm`` launcher preset (submitit's ``--signal=USR2@120``), SIGUSR1 for a hand-written
-``#SBATCH --signal=B:USR1@120``. While a training step (with
-its logging, evaluation and checkpoint) is under way the stop waits for the step to end, so
+(SIGINT) or by closing the terminal or ssh session the run was started from (SIGHUP); SLURM
+warns before its time limit with the signal a job asks for: SIGUSR2 under the ``slurm``
+launcher preset (submitit's ``--signal=USR2@120``), SIGUSR1 for a hand-written ``#SBATCH
+--signal=B:USR1@120``. While a training step (with its logging, evaluation and checkpoint)
+is under way the stop waits for the step to end, so
 the checkpoint written on the way out is a consistent state; anywhere else (loading, the test
 pass) the run stops at once.
 """
@@ -17,7 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+#: SIGHUP: the terminal or ssh session a run was started from closed (without nohup/tmux),
+#: which otherwise kills it silently: no record, no checkpoint (exit 129).
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(BaseException):  # noqa: N818 (not an error of the run: a request to stop)

@@ -22,7 +22,14 @@ def is_oom(error: BaseException) -> bool:
 def failure(error: Exception, cfg: Any) -> dict:
     """The record fields of a run that raised: status failed, oom or diverged, and the step."""
     status, message = "failed", f"{type(error).__name__}: {error}"
-    if is_oom(error):
+    if is_oom(error) and getattr(error, "step", None) is None:  # not in the training loop
+        status = "oom"
+        message += (
+            "; out of memory outside the training loop (set-up or evaluation), where "
+            "train.batch_size does not count: make the method smaller (e.g. method.peft.r) "
+            f"or lower train.eval_batch_size (now {cfg.train.get('eval_batch_size')})"
+        )
+    elif is_oom(error):
         status = "oom"
         message += (
             f"; to fit, lower train.batch_size (now {cfg.train.batch_size}) or "
