@@ -615,14 +615,13 @@ def _power_note(table: ComparisonTable, style: _Style) -> str:
         if power is None:
             continue
         size = f"{power.n_seeds} seeds"
-        need = _needed(power.seeds_needed, "seeds per method")
+        options = [_option(power.seeds_needed, "seeds per method", power.n_examples, "examples")]
         if power.n_examples:
             size += f" {style.times} {power.n_examples:,} test examples"
-            need += f" at {power.n_examples:,} examples, or "
-            need += _needed(power.examples_needed, "test examples") + f" at {power.n_seeds} seeds"
+            options.append(_option(power.examples_needed, "test examples", power.n_seeds, "seeds"))
         parts.append(
             f"{style.escape(task.name)}: {size} detect {_number(power.mdd, task.scale, style)}"
-            f"; {table.detect:g} needs {need}"
+            f"; {table.detect:g}: {', or '.join(options)}"
         )
     if not parts:
         return ""
@@ -636,8 +635,13 @@ def _power_note(table: ComparisonTable, style: _Style) -> str:
     )
 
 
-def _needed(value: float, unit: str) -> str:
-    return f"no number of {unit}" if math.isinf(value) else f"{value:,.0f} {unit}"
+def _option(needed: float, unit: str, held: int | None, held_unit: str) -> str:
+    """One way to reach the planned difference, or that this way cannot (infinite need: the
+    variance of what is held fixed already exceeds the difference's budget)."""
+    at = f" at {held:,} {held_unit}" if held else ""
+    if math.isinf(needed):
+        return f"out of reach with more {unit.split(' per ')[0]} alone{at}"
+    return f"{needed:,.0f} {unit}{at}"
 
 
 def rank_test_note(test: RankTest | None, style: _Style | None = None) -> str:

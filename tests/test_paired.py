@@ -327,7 +327,7 @@ def test_report_with_reference_and_power(tmp_path: Path) -> None:
                      "--reference", "bitfit", "--detect", "5"]) == 0  # fmt: skip
     markdown = (out / "comparison.md").read_text()
     assert "Differences from the best" in markdown and "Differences from bitfit" in markdown
-    assert "Power (80% at 95%" in markdown and "; 5 needs " in markdown
+    assert "Power (80% at 95%" in markdown and "; 5: " in markdown
     header = (out / "comparison.csv").read_text().splitlines()[0].split(",")
     assert "reference" in header and "polarity/diff_vs_ref" in header
 
