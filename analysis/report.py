@@ -36,6 +36,7 @@ from analysis.tables import (
     to_markdown,
 )
 from peftbench.records.redact import scrub
+from peftbench.records.store import process_alive
 
 FAILURES_FILE = "failures.md"
 REJECTED_FILE = "rejected.md"
@@ -188,7 +189,7 @@ def staged(out_dir: Path) -> Iterator[Path]:
     """
     for old in out_dir.glob(f"{STAGING_PREFIX}*"):
         pid = old.name.removeprefix(STAGING_PREFIX)
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not process_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     stage = out_dir / f"{STAGING_PREFIX}{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -202,14 +203,6 @@ def staged(out_dir: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

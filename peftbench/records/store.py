@@ -390,14 +390,16 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob(".tmp-*"):
         match = _TEMP_NAME.match(path.name)
-        if match is None or match["host"] != socket.gethostname() or _alive(int(match["pid"])):
+        ours = match is not None and match["host"] == socket.gethostname()
+        if not ours or process_alive(int(match["pid"])):
             continue  # another host's writer, or a live one: not ours to judge
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
