@@ -206,3 +206,29 @@ def test_bench_scoped_overrides_reach_only_their_method():
         "method.calibration_examples=8",
     ]
     assert overhead._split_overrides(given, "lora") == ["train.batch_size=8"]
+
+
+def test_a_record_says_where_its_wall_time_went(compose, tmp_path, monkeypatch):
+    """Every stage of a run is timed, in order, and together they are the run's wall time:
+    a slow forgetting probe shows up as its own part, not as training or an unknown rest."""
+    from peftbench.measure.forgetting import ForgettingProbe
+
+    real_result = ForgettingProbe.result
+
+    def slow_result(self, model):
+        time.sleep(1.0)
+        return real_result(self, model)
+
+    monkeypatch.setattr(ForgettingProbe, "result", slow_result)
+    cost = _run(compose("method=lora", "instrument.forgetting=true", results_dir=tmp_path))["cost"]
+    parts = cost["wall_parts_s"]
+    assert list(parts) == [
+        "startup_s", "setup_s", "train_s", "dev_eval_s", "loop_other_s", "test_s",
+        "flop_count_s", "artifact_s", "forgetting_s", "inference_s", "predictions_s",
+    ]  # fmt: skip
+    assert parts["forgetting_s"] >= 1.0
+    assert parts["train_s"] == cost["train_time_s"] and parts["train_s"] > 0
+    assert parts["dev_eval_s"] + parts["test_s"] >= cost["eval_time_s"] - 1e-6
+    timed = sum(v for k, v in parts.items() if k != "startup_s")
+    assert timed == pytest.approx(cost["wall_s"], abs=1e-3)
+    assert cost["wall_s"] >= cost["train_time_s"] + parts["forgetting_s"]

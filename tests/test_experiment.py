@@ -71,6 +71,29 @@ def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
     assert [row["step"] for row in record["history"] if "dev/accuracy" in row] == [2, 4]
 
 
+def test_inference_latency_is_measured_once_per_recipe_unless_every_seed_is_asked(
+    compose, tmp_path
+):
+    """The seed cannot change forward latency: under ``once`` (the default) the second seed
+    of a recipe points at the first's figures instead of spending its time again."""
+    first, second = (
+        json.loads(Path(experiment.run(compose("method=lora", f"seed={s}",
+                                               "instrument.inference=once"))["path"]).read_text())
+        for s in (0, 1)
+    )  # fmt: skip
+    assert first["cost"]["inference"]["unmerged"]["samples_per_s"] > 0
+    assert first["cost"]["inference_measured_in"] is None
+    assert second["cost"]["inference"] is None
+    assert second["cost"]["inference_measured_in"] == first["run_id"]
+    other = compose("method=lora", "seed=2", "method.lr=1e-3", "instrument.inference=once")
+    third = json.loads(Path(experiment.run(other)["path"]).read_text())  # another recipe
+    assert third["cost"]["inference"] is not None
+    every = compose("method=lora", "seed=3", "instrument.inference=every")
+    fourth = json.loads(Path(experiment.run(every)["path"]).read_text())
+    assert fourth["cost"]["inference"] is not None
+    assert fourth["cost"]["inference_measured_in"] is None
+
+
 def test_a_second_run_skips_a_done_cell(compose, tmp_path):
     cfg = compose("method=lora")
     assert experiment.run(cfg)["status"] == "success"

@@ -43,7 +43,8 @@ class Rule:
     """What one value must be.
 
     Attributes:
-        kind: ``int``, ``float`` (ints accepted), ``bool``, ``str`` or ``list``.
+        kind: ``int``, ``float`` (ints accepted), ``bool``, ``str``, ``list`` or ``object``
+            (any kind: ``test`` decides).
         test: extra condition on a value of the right kind.
         expect: the condition in words, for the message ("an integer >= 1").
         example: a valid value, for the fix ("16").
@@ -66,6 +67,8 @@ class Rule:
 
 
 def _has_kind(value: Any, kind: type) -> bool:
+    if kind is object:  # a rule over several kinds: its test decides
+        return True
     if isinstance(value, bool):  # bool is an int subclass; true is never a batch size
         return kind is bool
     if kind is float:
@@ -148,13 +151,20 @@ SCHEMA: dict[str, Rule] = {
     "train.evaluate_test": _BOOL,
     "train.threads": Rule(
         object,
-        lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+        lambda v: v == "auto" or (type(v) is int and v >= 1),
         "auto or an integer >= 1",
         "auto",
     ),
     "data_cache": _BOOL,
     "memory_guard": _BOOL,
-    "instrument.inference": _BOOL,
+    # once: the first seed of a recipe in results_dir (latency does not depend on the seed);
+    # true is every (what it meant before once existed)
+    "instrument.inference": Rule(
+        object,
+        lambda v: isinstance(v, bool) or v in ("once", "every"),
+        "once, every or false",
+        "once",
+    ),
     "instrument.measured_peak": _BOOL,
     "instrument.peak_tflops": Rule(float, lambda v: v > 0, "TFLOP/s > 0", "989", nullable=True),
     "method.name": _NAME,

@@ -85,7 +85,16 @@ def device_kind(device: str) -> str:
     return str(device).split(":", 1)[0]
 
 
-def recipe(config: Mapping[str, Any], *, device: str | None = None) -> dict[str, Any]:
+#: What ``train.precision=auto`` trained in on each device kind before it could pick bf16 on a
+#: CPU with native bf16 (issue 35): where it still resolves so, the recipe keeps ``auto`` and
+#: the run keeps the id it always had; where it resolves otherwise, the recipe holds the
+#: resolved precision, so those runs never share an id (or skip-if-done) with fp32 ones.
+AUTO_PRECISION_BEFORE = {"cuda": "bf16"}  # every other kind: fp32
+
+
+def recipe(
+    config: Mapping[str, Any], *, device: str | None = None, precision: str | None = None
+) -> dict[str, Any]:
     """The flat ``{dotted key: value}`` of every value in the recipe, sorted by key.
 
     Args:
@@ -93,6 +102,9 @@ def recipe(config: Mapping[str, Any], *, device: str | None = None) -> dict[str,
             hash never depends on a credential).
         device: The device the run uses (``auto`` resolved); its kind (cpu, cuda, mps) is
             part of the recipe, its index is not.
+        precision: ``train.precision`` as resolved on that device (``runner.device.
+            resolve_precision``); it replaces ``auto`` where auto meant otherwise before
+            (:data:`AUTO_PRECISION_BEFORE`).
     """
     flat = {k: v for k, v in _flatten(config).items() if not _out(k) and k != "device"}
     for key, values in AS_BEFORE.items():
@@ -103,6 +115,9 @@ def recipe(config: Mapping[str, Any], *, device: str | None = None) -> dict[str,
     if flat.get("task.metric_impl", "builtin") == "builtin":
         flat = {k: v for k, v in flat.items() if not k.startswith("task.evaluate.")}
     flat["device"] = device_kind(device or config.get("device", "auto"))
+    before = AUTO_PRECISION_BEFORE.get(flat["device"], "fp32")
+    if flat.get("train.precision") == "auto" and precision not in (None, before):
+        flat["train.precision"] = precision
     flat["harness_version"] = HARNESS_VERSION
     return dict(sorted(flat.items()))
 

@@ -425,7 +425,7 @@ def recipe_of(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict:
 
     from peftbench.config.identity import recipe
     from peftbench.records.redact import scrub
-    from peftbench.runner.device import device_kind
+    from peftbench.runner.device import device_kind, resolve_precision
 
     job = [o for o in overrides if not _key(o).startswith("hydra")]
     GlobalHydra.instance().clear()
@@ -435,7 +435,8 @@ def recipe_of(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict:
         config = scrub(OmegaConf.to_container(cfg, resolve=True))
     finally:
         GlobalHydra.instance().clear()
-    return recipe(config, device=device_kind(str(cfg.device)))
+    kind = device_kind(str(cfg.device))
+    return recipe(config, device=kind, precision=resolve_precision(cfg.train.precision, kind))
 
 
 def check_recipes(finals: Sequence[FinalCommand]) -> None:

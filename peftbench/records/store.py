@@ -39,6 +39,20 @@ def records_dir(results_dir: Path) -> Path:
     return Path(results_dir) / RECORDS_DIR
 
 
+def recipe_siblings(results_dir: Path, run_id: str) -> Iterator[dict]:
+    """The success records of the other seeds of ``run_id``'s recipe (same task, model,
+    method and recipe hash), oldest first; files that do not read as JSON are passed over."""
+    stem, _, hash_ = run_id.rpartition("--")
+    cell = stem.rpartition("--s")[0]
+    for path in sorted(records_dir(results_dir).glob(f"{cell}--s*--{hash_}__*__success.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("run_id") != run_id:
+            yield record
+
+
 def find_success(results_dir: Path, run_id: str, *, set_aside_bad: bool = True) -> Path | None:
     """Returns the newest success record of ``run_id`` that reads as the schema (skip-if-done).
 

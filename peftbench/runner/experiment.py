@@ -45,12 +45,13 @@ from peftbench.records.store import (
     find_success,
     is_saved,
     keep_record,
+    recipe_siblings,
     utc_now,
 )
 from peftbench.records.tracking import make_tracker
 from peftbench.runner import assembly, data_parallel
 from peftbench.runner.checkpoint import Checkpointer, Replay, remove_checkpoint
-from peftbench.runner.device import device_kind, pick_device, seed_everything
+from peftbench.runner.device import device_kind, pick_device, resolve_precision, seed_everything
 from peftbench.runner.interrupt import Interrupted, stop_on_signals
 from peftbench.runner.memory_guard import capped_memory
 from peftbench.runner.outcomes import failure, interruption
@@ -70,7 +71,8 @@ def _hydra_overrides() -> list[str]:
 def experiment_info(cfg: Any, config: dict) -> dict:
     """What the run is: its names, seed and recipe (the values that define its result)."""
     budget = cfg.method.get("budget_pct")
-    values = recipe(config, device=device_kind(cfg.device))
+    kind = device_kind(cfg.device)
+    values = recipe(config, device=kind, precision=resolve_precision(cfg.train.precision, kind))
     info = Experiment(
         task=cfg.task.name,
         model=cfg.model.name,
@@ -291,6 +293,7 @@ class SetUp:
     memory: PhasedPeakMemory
     fresh_process: bool
     forgetting: ForgettingProbe | None  # its reference read on the backbone, before the method
+    startup_s: float | None  # process start to this run (its first run only)
 
 
 @dataclass
@@ -317,16 +320,49 @@ class Measures:
     compute: dict
     peak_memory: dict
     inference: dict | None
+    inference_measured_in: str | None  # instrument.inference=once: the seed that has it
     forgetting: dict | None
 
 
 def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
-    """The cell's stages: set up, fit, evaluate on test once, measure, then the record."""
+    """The cell's stages: set up, fit, evaluate on test once, measure, then the record;
+    each stage's wall time goes into ``cost.wall_parts_s`` (what a run spends where)."""
+    clock = _PartClock()
     setup = _set_up(cfg, task)
+    clock.part("setup_s")
     fit = _fit(cfg, run_id, tracker, task, setup)
+    clock.part("fit_s")
+    dev_eval_s = fit.eval_clock.seconds  # the test evaluation books to the same clock
     test = _evaluate_test(cfg, task, setup, fit)
-    measures = _measure(cfg, setup, fit)
-    return _record_sections(task, setup, fit, test, measures)
+    clock.part("test_s")
+    measures = _measure(cfg, run_id, setup, fit, clock)
+    sections = _record_sections(task, setup, fit, test, measures)
+    clock.part("predictions_s")
+    sections["cost"]["wall_s"] = clock.total()
+    sections["cost"]["wall_parts_s"] = _wall_parts(clock.parts, fit, dev_eval_s, setup.startup_s)
+    return sections
+
+
+def _wall_parts(parts: dict[str, float], fit: Fit, dev_eval_s: float, startup: float | None):
+    """The run's stages in order, the fit split into training steps, dev evaluations and the
+    loop's own rest (logging, checkpoints); ``startup_s`` came before the run."""
+    parts = dict(parts)
+    fit_s, train_s = parts.pop("fit_s"), fit.result.train_s
+    return {
+        "startup_s": startup,
+        "setup_s": parts.pop("setup_s"),
+        "train_s": train_s,
+        "dev_eval_s": dev_eval_s,
+        "loop_other_s": max(0.0, fit_s - train_s - dev_eval_s),
+        **parts,
+    }
+
+
+def _process_startup_s() -> float:
+    """Seconds from this process's start to its first run: imports, config composition."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def _set_up(cfg: Any, task: Any) -> SetUp:
@@ -340,6 +376,7 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
     seed_everything(int(cfg.seed))
     ensure_idle(device)  # a leak from the previous job of this process would skew this one
     fresh_process = runs_before() == 0
+    startup_s = _process_startup_s() if fresh_process else None  # later runs pay none of it
     memory = PhasedPeakMemory(device, "setup")  # set-up, training and evaluation apart
     clock = _PartClock()
 
@@ -355,7 +392,7 @@ def _set_up(cfg: Any, task: Any) -> SetUp:
     return SetUp(
         device, adapted.model, backbone, loaded.loaders, loaded.data_facts, adapted.budget,
         adapted.autocast_dtype, base_params, head_params, clock.total(), clock.parts, memory,
-        fresh_process, probe,
+        fresh_process, probe, startup_s,
     )  # fmt: skip
 
 
@@ -462,7 +499,7 @@ def _evaluate_test(cfg: Any, task: Any, setup: SetUp, fit: Fit) -> tuple[dict, d
     return test, outputs
 
 
-def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
+def _measure(cfg: Any, run_id: str, setup: SetUp, fit: Fit, clock: _PartClock) -> Measures:
     from peftbench.methods import save_trainable
     from peftbench.methods.base import count_params, count_trainable
 
@@ -471,12 +508,14 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
     # (and a fault at step k stays at step k); its memory is neither phase's.
     with setup.memory.phase("flop_count"):
         counted = count_flops(model, setup.loaders["train"], device, setup.autocast_dtype)
+    clock.part("flop_count_s")
     trainable, total = count_params(model, lambda _, p: p.requires_grad), count_params(model)
     if setup.budget is not None:  # what the sized method really trains, head excluded
         reached = count_trainable(model, setup.backbone.head_modules)[0]
         setup.budget["reached_pct"] = 100.0 * reached / setup.budget["base"]
     with tempfile.TemporaryDirectory() as tmp:
         artifact_bytes = save_trainable(model, Path(tmp) / "trainable.safetensors")
+    clock.part("artifact_s")
     # per phase, before the inference measurements; the top level is training's peak
     peak_memory = {**setup.memory.summary(), "fresh_process": setup.fresh_process}
     compute = compute_cost(
@@ -486,12 +525,28 @@ def _measure(cfg: Any, setup: SetUp, fit: Fit) -> Measures:
     if setup.forgetting is not None:  # before inference: merging rewrites the model
         with setup.memory.phase("forgetting"):
             forgetting = setup.forgetting.result(model)
+    clock.part("forgetting_s")
+    measured_in = _inference_measured_in(cfg, run_id)
     inference = (
         inference_cost(model, setup.loaders["test"], device, cfg.method)
-        if cfg.instrument.inference and data_parallel.is_main()  # rank 0 records; others skip
-        else None
+        if cfg.instrument.inference and measured_in is None and data_parallel.is_main()
+        else None  # off, another seed's record has it, or a rank other than 0
     )
-    return Measures(trainable, total, artifact_bytes, compute, peak_memory, inference, forgetting)
+    clock.part("inference_s")
+    return Measures(
+        trainable, total, artifact_bytes, compute, peak_memory, inference, measured_in, forgetting
+    )
+
+
+def _inference_measured_in(cfg: Any, run_id: str) -> str | None:
+    """Under ``instrument.inference=once``: the run id of another seed of this recipe whose
+    record in results_dir holds the inference latency (the seed cannot change it), else None."""
+    if cfg.instrument.inference != "once":
+        return None
+    for record in recipe_siblings(Path(cfg.results_dir), run_id):
+        if (record.get("cost") or {}).get("inference") is not None:
+            return record["run_id"]
+    return None
 
 
 def _record_sections(
@@ -569,6 +624,7 @@ def _cost_section(setup: SetUp, fit: Fit, measures: Measures) -> dict:
         **measures.compute,
         "peak_mem_bytes": measures.peak_memory,
         "inference": measures.inference,
+        "inference_measured_in": measures.inference_measured_in,
         # training's energy (evaluations apart), per padded token as FLOPs count them
         "energy": fit.energy.summary(fit.timer.padded_tokens_all),
     }
