@@ -174,6 +174,30 @@ def test_a_choice_at_the_grids_edge_is_flagged_not_extended(tmp_path):
     ]
 
 
+def test_selection_counts_the_chosen_runs_still_improving_at_their_last_evaluation(tmp_path):
+    """A run whose best dev step is its last evaluation was still improving when it stopped;
+    when most chosen runs of a task are, the protocol doubles the task's step budget."""
+    grid = tmp_path / "grid"
+
+    def history(best_last: bool) -> list[dict]:
+        return [{"step": 2, "dev/accuracy": 0.5}, {"step": 3, "train/loss": 0.1},
+                {"step": 4 if best_last else 6, "dev/accuracy": 0.6}]  # fmt: skip
+
+    for method, last in (("lora", True), ("prefix", True), ("adapter", False)):
+        for scale, dev in ((0.3, 0.5), (1.0, 0.8), (3.0, 0.7)):
+            _record(grid, method, scale, dev=dev, test=0.5, history=history(last))
+    cells = protocol.select_cells(grid, [0.3, 1, 3])
+    chosen = {c.method: c.chosen.selected_last for c in cells}
+    assert chosen == {"lora": True, "prefix": True, "adapter": False}  # selected_step is 4
+    assert protocol.still_improving(cells) == (2, 3)
+    markdown = protocol.to_markdown(cells, [])
+    assert "2 of 3 chosen runs selected their last dev evaluation" in markdown
+    assert "doubles this task's step budget" in markdown
+    adapter = [c for c in cells if c.method == "adapter"]
+    assert protocol.still_improving(adapter) == (0, 1)
+    assert "doubles" not in protocol.to_markdown(adapter, [])
+
+
 def test_runs_off_the_grid_are_kept_as_data_but_are_not_points_of_the_search(tmp_path, capsys):
     grid = tmp_path / "grid"
     for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5), (30.0, 0.9)):  # x30: off the grid

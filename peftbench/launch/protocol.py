@@ -92,6 +92,8 @@ class GridPoint:
     path: str
     overrides: list[str] = field(default_factory=list)
     seed_devs: dict[int, float] = field(default_factory=dict)  # per selection seed
+    # whether its best dev step was the run's last evaluation (still improving at the end)
+    selected_last: bool | None = None
 
 
 @dataclass
@@ -162,10 +164,30 @@ def _seed_point(entry: dict) -> tuple[GridPoint, str | None, bool]:
         recipe_hash=str(experiment.get("recipe_hash") or ""),
         path=entry["path"],
         overrides=list(experiment.get("overrides") or []),
+        selected_last=selected_last_evaluation(record) if ok else None,
     )
     if ok:
         point.seed_devs = {int(experiment.get("seed") or 0): float(dev)}
     return point, name, bool(primary.get("higher_is_better", True))
+
+
+def selected_last_evaluation(record: dict) -> bool | None:
+    """Whether a run's dev-selected step is its last dev evaluation: the score was still
+    improving when training stopped, so a longer budget might have scored higher."""
+    steps = [row["step"] for row in record.get("history") or []
+             if any(key.startswith("dev/") for key in row)]  # fmt: skip
+    selected = (record.get("metrics") or {}).get("selected_step")
+    return None if not steps or selected is None else selected == max(steps)
+
+
+def still_improving(cells: Sequence[Cell]) -> tuple[int, int]:
+    """Of the chosen cells, how many chose a run whose best dev step was its last
+    evaluation, and how many were chosen (the protocol doubles a task's step budget when
+    most still improve: docs/benchmarks/README.md, version 2, step 3)."""
+    chosen = [
+        c.chosen for c in cells if c.chosen is not None and c.chosen.selected_last is not None
+    ]
+    return sum(p.selected_last for p in chosen), len(chosen)
 
 
 def _point(entries: list[dict], seeds: Sequence[int]) -> tuple[GridPoint, str | None, bool]:
@@ -549,6 +571,15 @@ def to_markdown(
         scales = sorted({s for c in group for s in c.scales})  # extend widens some cells
         head = [f"x{s:g}" for s in scales]
         lines += [f"## {task} (dev {metric}; lr x {_scales_text(scales)})", ""]
+        last, chosen_n = still_improving(group)
+        if chosen_n:
+            lines += [
+                f"{last} of {chosen_n} chosen runs selected their last dev evaluation (still "
+                "improving when training stopped)"
+                + (": most did, so the protocol doubles this task's step budget." if
+                   2 * last > chosen_n else "."),
+                "",
+            ]  # fmt: skip
         lines.append("| method | model | " + " | ".join(head) + " | chosen | lr |")
         lines.append("|---" * (len(head) + 4) + "|")
         for cell in group:
