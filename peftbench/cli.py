@@ -109,7 +109,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         "dev only (test sealed), in <results>/grid",
     )  # fmt: skip
     grid.add_argument("--results", type=Path, required=True, help="the benchmark folder")
-    grid.add_argument("--tasks", default=None, help="these tasks only (a,b); default: all three")
+    grid.add_argument("--tasks", default=None, help="these tasks only (a,b); default: the preset's")
     grid.add_argument("--methods", default=None, help="these methods only (a,b); default: all")
     _selection_seeds_argument(grid)
     grid.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
@@ -150,6 +150,8 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     extend.add_argument("--methods", default=None, help="these methods only (a,b)")
     _selection_seeds_argument(extend)
     extend.add_argument("--dry-run", action="store_true", help="print the commands only")
+    extend.add_argument("--no-finals", action="store_true", help="train the new grid points and "
+                        "select again, but leave the final runs to select")  # fmt: skip
     extend.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="added to every grid and final command, e.g. hydra/launcher=processes",
@@ -188,6 +190,7 @@ def _cmd_benchmark_extend(args: argparse.Namespace) -> int:
         methods=args.methods.split(",") if args.methods else None,
         selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
         dry_run=args.dry_run,
+        finals=not args.no_finals,
     )
 
 

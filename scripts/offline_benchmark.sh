@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 18's offline benchmark in resumable stages (docs/benchmarks/README.md is the protocol):
+# The offline benchmark in resumable stages (docs/benchmarks/README.md is the protocol;
+# version 2, issue 38, since 2026-12-05):
 #
 #   scripts/offline_benchmark.sh DIR [STAGE...]     e.g. DIR=docs/benchmarks/offline-2026-12-02
 #
@@ -7,23 +8,28 @@
 #                 dev only (test sealed), on each task (or one task), one task at a time,
 #                 into DIR/grid
 #   select        choose each cell's scale on dev -> DIR/selection.{md,json} (trains nothing)
-#   final[:TASK]  seeds 0,1,2 of each chosen recipe (or one task's), into DIR/final
-#   report        DIR/report (the benchmark: chosen recipes, 3 seeds) and DIR/grid/report
+#   extend        one scale beyond the grid's edge for every cell chosen there, then select
+#   final[:TASK]  seeds $SEEDS (default 0,1,2,3,4) of each chosen recipe (or one task's),
+#                 into DIR/final
+#   report        DIR/report (the benchmark: chosen recipes, all seeds) and DIR/grid/report
 #                 (the whole search)
 #
-# No stage means all of them, in order. Every stage is resumable: a run whose record says
+# No stage means grid, select, extend, final, report, in order. Every stage is resumable: a run whose record says
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
 # Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
 # Environment: N_JOBS (runs at once; default 2 = this machine's cores, on a GPU machine the
-# number of GPUs), COMMIT=1 (git-commit DIR's records after each chunk), PYTHON.
+# number of GPUs), SEEDS (final seeds), COMMIT=1 (git-commit DIR's records after each
+# chunk), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DIR=${1:?usage: scripts/offline_benchmark.sh DIR [grid[:TASK]|select|final[:TASK]|report ...]}
 shift
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select final report)
-TASKS=(wnut16 polarity hedge)   # wnut16 first: the shortest, and its recipe is the one to check
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select extend final report)
+# the preset's tasks, in its order (wnut16 first: its recipe is the one to check early)
+read -r -a TASKS <<< "$(sed -n 's/^ *task: *//p' conf/experiment/offline-benchmark.yaml | tr , ' ')"
+SEEDS=${SEEDS:-0,1,2,3,4}
 PYTHON=${PYTHON:-python}
 PARALLEL=(hydra/launcher=processes "hydra.launcher.n_jobs=${N_JOBS:-2}" train.threads=auto)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
@@ -51,12 +57,16 @@ for stage in "${STAGES[@]}"; do
     select)
       "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --dry-run
       commit "selection" ;;
+    extend)
+      "$PYTHON" -m peftbench.cli benchmark extend --results "$DIR" --seeds "$SEEDS" --no-finals \
+        "${PARALLEL[@]}"
+      commit "extension" ;;
     final)
       for task in "${TASKS[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] final: $task"
         "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --tasks "$task" \
-          "${PARALLEL[@]}"
+          --seeds "$SEEDS" "${PARALLEL[@]}"
         commit "final $task"
       done ;;
     report)
@@ -64,7 +74,7 @@ for stage in "${STAGES[@]}"; do
       "$PYTHON" -m peftbench.cli report --results "$DIR/grid" --out "$DIR/grid/report"
       commit "report" ;;
     *)
-      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, final, report)" >&2
+      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, report)" >&2
       exit 2 ;;
   esac
 done

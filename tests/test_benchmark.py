@@ -61,16 +61,17 @@ def test_wnut16_trains_10_epochs_by_default_and_the_command_line_still_wins(comp
     assert compose("task=wnut16", "train.epochs=3").train.epochs == 3
 
 
-def test_the_benchmark_preset_composes_with_21_methods_3_task_kinds_and_one_grid(compose):
+def test_the_benchmark_preset_composes_with_21_methods_5_tasks_and_one_grid(compose):
     preset = OmegaConf.load(ROOT / "conf" / "experiment" / "offline-benchmark.yaml")
     params = preset.hydra.sweeper.params
     methods, tasks = params.method.split(","), params.task.split(",")
     assert len(set(methods)) == 21 and "qlora" not in methods  # qlora needs CUDA
     kinds = {compose(f"task={t}").task.kind for t in tasks}
     names = {compose(f"task={t}").task.name for t in tasks}
-    assert names == {"polarity", "hedge", "wnut16"}
+    assert names == {"polarity", "hedge", "wnut16", "verse-paraphrase", "bbc-news"}
     assert kinds == {"classification", "token_classification"}
-    assert len(tasks) == 3  # sentiment, hedge cues, NER: three kinds of problem
+    # sentiment, hedge cues, NER, sentence pairs, long-document topics (version 2, issue 38)
+    assert len(tasks) == 5
     assert protocol.preset_scales() == [0.3, 1.0, 3.0, 10.0]
     assert str(params.seed) == str(protocol.SELECTION_SEED) == "100"  # no final seed
     assert preset.train.evaluate_test is False  # the grid sees dev only
@@ -409,3 +410,29 @@ def test_extend_adds_one_scale_beyond_the_edge_and_selection_says_which_choice_m
     assert "## Choices moved since the previous selection" in markdown
     assert "- polarity--tiny--lora: x10 -> x30" in markdown and "prefix: x0.3" not in markdown
     assert "| n/a |" in markdown  # ia3 has no x30 or x0.1 point
+
+
+def test_extend_without_finals_trains_the_new_points_and_leaves_the_finals_to_select(
+    tmp_path, monkeypatch
+):
+    """scripts/offline_benchmark.sh extends every task before any final seed trains."""
+    monkeypatch.setattr(protocol, "check_recipes", lambda finals: None)  # made-up recipes
+    results = tmp_path / "bench"
+    grid = results / "grid"
+    for scale, dev in ((0.3, 0.5), (1.0, 0.6), (3.0, 0.7), (10.0, 0.8)):  # still rising at x10
+        _record(grid, "lora", scale, dev=dev, test=0.5)
+    calls = []
+
+    def train(overrides, *, tag, dry_run=False):
+        calls.append((tag, dry_run))
+        if tag == "extend" and not dry_run:
+            _record(grid, "lora", 30.0, dev=0.85, test=0.5)
+        return 0
+
+    monkeypatch.setattr(protocol.commands, "call", train)
+    assert main(["benchmark", "extend", "--results", str(results), "--no-finals"]) == 0
+    assert ("extend", False) in calls  # the new point trained
+    finals = [dry for tag, dry in calls if tag == "select"]
+    assert finals and all(finals)  # every final command only printed
+    assert not (results / "final").exists() or not any((results / "final").rglob("*.json"))
+    assert "| x30 |" in (results / "selection.md").read_text()  # selected on the wider grid

@@ -836,12 +836,14 @@ def extend_flow(
     results: Path, *, seeds: Sequence[int], overrides: Sequence[str] = (),
     tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
     selection_seeds: Sequence[int] = SELECTION_SEEDS, dry_run: bool = False, verify: bool = True,
+    finals: bool = True,
 ) -> int:  # fmt: skip
     """``peftbench benchmark extend``: one more grid point beyond the edge for every cell whose
     choice lies at it (:func:`edge_extensions`), recorded in ``extensions.json`` beside
     ``selection.json``; the points are trained (sealed, on the selection seeds), then
     :func:`select_flow` selects on the wider grid and ``selection.md`` lists the choices that
-    moved. Returns 0 or the first failing command's exit code."""
+    moved, then the final seeds train (``finals=False``: selection written, finals left to
+    ``select``). Returns 0 or the first failing command's exit code."""
     check_methods(methods)
     check_seeds(seeds, selection_seeds)
     grid_dir = results / "grid"
@@ -869,5 +871,5 @@ def extend_flow(
         return 0
     return select_flow(
         results, seeds=seeds, overrides=overrides, tasks=tasks, verify=verify,
-        selection_seeds=selection_seeds,
+        selection_seeds=selection_seeds, dry_run=not finals,
     ) or failed  # fmt: skip
