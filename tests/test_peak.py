@@ -51,12 +51,17 @@ def test_the_rate_counts_two_flops_per_multiply_add(monkeypatch):
     assert peak_module._rate(10, torch.float32, CPU) == pytest.approx(3 * 2 * 10**3)
 
 
-def test_a_cpu_record_carries_mfu_against_the_measured_peak(quick, compose, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cpu_record_carries_mfu_against_the_measured_peak(
+    quick, compose, tmp_path, monkeypatch, precision
+):
+    """Against the peak of the dtype the run computed in (bf16 autocast: bf16's peak)."""
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
-    summary = experiment.run(compose("method=lora", results_dir=tmp_path / "r"))
+    cfg = compose("method=lora", f"train.precision={precision}", results_dir=tmp_path / "r")
+    summary = experiment.run(cfg)
     cost = json.loads(Path(summary["path"]).read_text())["cost"]
     measured = cost["peak"]["measured"]
-    assert measured["dtype"] == "fp32" and measured["threads"] == torch.get_num_threads()
+    assert measured["dtype"] == precision and measured["threads"] == torch.get_num_threads()
     assert cost["peak"]["mfu_uses"] == "measured" and cost["peak"]["datasheet_tflops"] is None
     assert cost["mfu"] == pytest.approx(cost["achieved_tflops"] / measured["tflops"])
     assert cost["mfu_measured"] == cost["mfu"]
