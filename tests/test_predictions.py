@@ -140,6 +140,7 @@ def test_a_run_at_a_far_too_high_lr_is_flagged_collapsed_and_stays_a_success(com
         "metric": "accuracy",
         "value": 0.5,
         "prediction": "negative",
+        "margin": pytest.approx(1.645 * (0.25 / record["data"]["n"]["dev"]) ** 0.5),
     }
     assert run(compose(*high))["status"] == "skipped"  # done: the same recipe collapses again
 
@@ -162,6 +163,24 @@ def test_collapse_rules_for_every_kind():
     assert collapse_reason(Ner, evaluations, best) is None
     # a kind without a constant baseline (translation) is judged by rule 1 only
     assert collapse_reason(Ner, [{"step": 1, "distinct": 4, "value": 0.0}], None) is None
+    assert best["margin"] == 0.0  # entity F1: no closed-form chance spread, no margin
+
+
+def test_accuracy_near_the_majority_rate_counts_as_collapsed():
+    """Issue 34's UniPELT seed 0: dev 0.5175 on 400 balanced examples, two classes
+    predicted, 'beat' the constant 0.5 by 0.0175; chance alone reaches +0.041."""
+    from peftbench.measure.quality import baseline, collapse_reason
+
+    class Binary:
+        kind, labels, primary_metric = "classification", ["neg", "pos"], "accuracy"
+        higher_is_better, metric_impl = True, "builtin"
+
+    best = baseline(Binary, [0, 1] * 200)
+    assert best["value"] == 0.5 and best["margin"] == pytest.approx(0.0411, abs=1e-4)
+    near_chance = [{"step": s, "distinct": 2, "value": 0.5175} for s in (100, 200, 400)]
+    assert "by more than chance (+0.0411)" in collapse_reason(Binary, near_chance, best)
+    learnt = [*near_chance, {"step": 500, "distinct": 2, "value": 0.545}]
+    assert collapse_reason(Binary, learnt, best) is None
 
 
 @pytest.fixture(scope="module")

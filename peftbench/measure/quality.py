@@ -11,7 +11,10 @@ A run is **collapsed** when, on dev,
    of every sentence; one text; one value), or
 2. its primary metric never beat the split's constant-prediction baseline: the best score
    any single constant prediction reaches on that split (each label; each tag for every
-   word; for regression a constant, whose correlation the metrics define as 0).
+   word; for regression a constant, whose correlation the metrics define as 0). For
+   accuracy "beat" means by more than chance does: the one-sided 95% binomial margin
+   ``1.645 * sqrt(b (1 - b) / n)`` above the baseline b on n examples (+0.041 at 0.5 on
+   400), so a run that guesses near the majority rate (dev 0.5175 on 400) counts too.
 
 It stays a ``success`` (skip-if-done treats it as done: re-running the same recipe would
 collapse again); the record carries ``quality: {"collapsed": ..., "reason": ...,
@@ -26,6 +29,8 @@ from typing import Any
 
 #: A score must beat the baseline by more than this to count (float noise, not a margin).
 EPSILON = 1e-9
+#: One-sided 95% normal quantile: accuracy must beat the baseline by more than chance would.
+Z_ONE_SIDED_95 = 1.645
 
 
 def units(task: Any, preds: Sequence) -> set:
@@ -66,7 +71,18 @@ def baseline(task: Any, refs: Sequence) -> dict | None:
         value = _primary(task, preds, list(refs))
         if best is None or sign * value > sign * best["value"]:
             best = {"metric": task.primary_metric, "value": value, "prediction": name}
+    if best is not None:
+        best["margin"] = chance_margin(task.primary_metric, best["value"], len(refs))
     return best
+
+
+def chance_margin(metric: str, value: float, n: int) -> float:
+    """How far above a constant's accuracy a guesser still lands by chance (one-sided 95%
+    binomial, normal approximation); 0 for other metrics, whose chance spread has no
+    closed form here (entity F1, BLEU, correlations)."""
+    if metric != "accuracy" or n < 1:
+        return 0.0
+    return Z_ONE_SIDED_95 * math.sqrt(value * (1.0 - value) / n)
 
 
 def _primary(task: Any, preds: list, refs: list) -> float:
@@ -147,11 +163,14 @@ def collapse_reason(
         return None
     sign = 1.0 if task.higher_is_better else -1.0
     scores = [float(e["value"]) for e in evaluations if _finite(e["value"])]
-    if scores and all(sign * (s - dev_baseline["value"]) <= EPSILON for s in scores):
+    margin = float(dev_baseline.get("margin") or 0.0)
+    if scores and all(sign * (s - dev_baseline["value"]) <= margin + EPSILON for s in scores):
         best = max(scores) if sign > 0 else min(scores)
+        by_chance = f" by more than chance (+{margin:.4f})" if margin else ""
         return (
             f"dev {dev_baseline['metric']} never beat the constant prediction "
-            f"{dev_baseline['prediction']!r} ({dev_baseline['value']:.4f}); best {best:.4f}"
+            f"{dev_baseline['prediction']!r} ({dev_baseline['value']:.4f}){by_chance}; "
+            f"best {best:.4f}"
         )
     return None
 
