@@ -188,7 +188,8 @@ def test_performance_doc_is_a_template_that_render_fills_between_its_markers(tmp
     cost_table.fill_doc(filled, "| a table |")
     text = filled.read_text()
     assert f"{cost_table.BEGIN}\n| a table |\n{cost_table.END}" in text
-    assert "No GPU run yet." not in text and text.startswith("# Performance on a GPU")
+    assert "No GPU run yet." not in text and text.startswith("# Performance")
+    assert "## On this project's 2-core CPU" in text  # the CPU figures survive a fill
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         cost_table.fill_doc(tmp_path / "plain.md", "x")
