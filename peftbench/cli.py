@@ -160,6 +160,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _selection_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """The grid's seeds and scales: every stage of one benchmark folder takes the same."""
     from peftbench.launch.protocol import SELECTION_SEED
 
     parser.add_argument(
@@ -167,6 +168,23 @@ def _selection_seeds_argument(parser: argparse.ArgumentParser) -> None:
         help=f"the grid's seeds, none of them a final seed (default {SELECTION_SEED}); with "
         "two or more the selection ranks the mean dev over them",
     )  # fmt: skip
+    parser.add_argument(
+        "--scales", default=None,
+        help="the grid's lr scales, e.g. 0.3,1,3 (default: the preset's 0.3,1,3,10); give "
+        "every stage of one benchmark folder the same",
+    )  # fmt: skip
+
+
+def _scales(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise _UserError(f"--scales must be numbers like 0.3,1,3, got {text!r}") from None
+    if not scales or min(scales) <= 0:
+        raise _UserError(f"--scales must be positive numbers like 0.3,1,3, got {text!r}")
+    return sorted(set(scales))
 
 
 def _seeds(text: str, flag: str) -> list[int]:
@@ -191,6 +209,7 @@ def _cmd_benchmark_extend(args: argparse.Namespace) -> int:
         selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
         dry_run=args.dry_run,
         finals=not args.no_finals,
+        scales=_scales(args.scales),
     )
 
 
@@ -202,6 +221,7 @@ def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
         args.results, tasks=tasks, overrides=list(args.overrides), dry_run=args.dry_run,
         methods=args.methods.split(",") if args.methods else None,
         selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
+        scales=_scales(args.scales),
     )  # fmt: skip
 
 
@@ -217,6 +237,7 @@ def _cmd_benchmark_select(args: argparse.Namespace) -> int:
         grid_dir=args.grid,
         final_dir=args.final,
         dry_run=args.dry_run,
+        scales=_scales(args.scales),
     )
 
 

@@ -18,8 +18,12 @@
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
 # Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
 # Environment: N_JOBS (runs at once; default 2 = this machine's cores, on a GPU machine the
-# number of GPUs), SEEDS (final seeds), COMMIT=1 (git-commit DIR's records after each
-# chunk), PYTHON.
+# number of GPUs), SEEDS (final seeds), SCALES (the grid's lr scales, e.g. 0.3,1,3 for the
+# SmolLM2 subset in its own DIR; default the preset's), METHODS (a subset, a,b), EXTRA
+# (KEY=VALUE overrides for every run, e.g. model=smollm2-135m), COMMIT=1 (git-commit DIR's
+# records after each chunk), PYTHON. The SmolLM2 subset (docs/benchmarks/README.md, v2, 7):
+#   SCALES=0.3,1,3 SEEDS=0,1,2 METHODS=full,lora,... EXTRA=model=smollm2-135m \
+#     scripts/offline_benchmark.sh DIR/smollm2 grid:polarity select extend final:polarity
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,11 @@ STAGES=("$@")
 # the preset's tasks, in its order (wnut16 first: its recipe is the one to check early)
 read -r -a TASKS <<< "$(sed -n 's/^ *task: *//p' conf/experiment/offline-benchmark.yaml | tr , ' ')"
 SEEDS=${SEEDS:-0,1,2,3,4}
+GRID=()  # the grid's scales, passed to every stage alike
+[ -z "${SCALES:-}" ] || GRID=(--scales "$SCALES")
+SUBSET=()  # grid and extend: these methods only
+[ -z "${METHODS:-}" ] || SUBSET=(--methods "$METHODS")
+read -r -a EXTRA <<< "${EXTRA:-}"
 PYTHON=${PYTHON:-python}
 PARALLEL=(hydra/launcher=processes "hydra.launcher.n_jobs=${N_JOBS:-2}" train.threads=auto)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
@@ -51,22 +60,23 @@ for stage in "${STAGES[@]}"; do
       for task in "${TASKS[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] grid: $task"
-        "$PYTHON" -m peftbench.cli benchmark grid --results "$DIR" --tasks "$task" "${PARALLEL[@]}"
+        "$PYTHON" -m peftbench.cli benchmark grid --results "$DIR" --tasks "$task" "${GRID[@]}" \
+          "${SUBSET[@]}" "${PARALLEL[@]}" "${EXTRA[@]}"
         commit "grid $task"
       done ;;
     select)
-      "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --dry-run
+      "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --dry-run "${GRID[@]}"
       commit "selection" ;;
     extend)
-      "$PYTHON" -m peftbench.cli benchmark extend --results "$DIR" --seeds "$SEEDS" --no-finals \
-        "${PARALLEL[@]}"
+      "$PYTHON" -m peftbench.cli benchmark extend --results "$DIR" --seeds "$SEEDS" --no-finals "${GRID[@]}" \
+        "${SUBSET[@]}" "${PARALLEL[@]}" "${EXTRA[@]}"
       commit "extension" ;;
     final)
       for task in "${TASKS[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] final: $task"
         "$PYTHON" -m peftbench.cli benchmark select --results "$DIR" --tasks "$task" \
-          --seeds "$SEEDS" "${PARALLEL[@]}"
+          --seeds "$SEEDS" "${GRID[@]}" "${PARALLEL[@]}" "${EXTRA[@]}"
         commit "final $task"
       done ;;
     report)

@@ -436,3 +436,43 @@ def test_extend_without_finals_trains_the_new_points_and_leaves_the_finals_to_se
     assert finals and all(finals)  # every final command only printed
     assert not (results / "final").exists() or not any((results / "final").rglob("*.json"))
     assert "| x30 |" in (results / "selection.md").read_text()  # selected on the wider grid
+
+
+def test_a_second_grid_of_other_scales_runs_selects_and_extends_on_its_own_scales(
+    tmp_path, monkeypatch, capsys
+):
+    """The SmolLM2 subset's 3-point grid (x0.3, 1, 3) in its own folder: every stage takes
+    --scales, an edge choice there is x3 and extends to x10, and nothing asks for x10
+    before that."""
+    monkeypatch.setattr(protocol, "check_recipes", lambda finals: None)  # made-up recipes
+    results = tmp_path / "smollm2"
+    code = main(["benchmark", "grid", "--results", str(results), "--tasks", "polarity",
+                 "--scales", "0.3,1,3", "--dry-run", "model=smollm2-135m"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "method.lr_scale=0.3,1,3 " in printed and "model=smollm2-135m" in printed
+    grid = results / "grid"
+    for scale, dev in ((0.3, 0.6), (1.0, 0.7), (3.0, 0.8)):  # best at the top of this grid
+        _record(grid, "lora", scale, dev=dev, test=0.5)
+    assert main(["benchmark", "select", "--results", str(results), "--dry-run",
+                 "--scales", "0.3,1,3"]) == 0  # fmt: skip
+    selection = json.loads((results / "selection.json").read_text())
+    (cell,) = selection["cells"]
+    assert cell["status"] == "selected" and cell["missing_scales"] == []  # no x10 asked for
+    assert cell["chosen"]["lr_scale"] == 3.0 and cell["at_grid_edge"]
+    trained = []
+
+    def train(overrides, *, tag, dry_run=False):
+        trained.append((tag, dry_run, list(overrides)))
+        if tag == "extend":
+            _record(grid, "lora", 10.0, dev=0.75, test=0.5)
+        return 0
+
+    monkeypatch.setattr(protocol.commands, "call", train)
+    assert main(["benchmark", "extend", "--results", str(results), "--scales", "0.3,1,3",
+                 "--no-finals"]) == 0  # fmt: skip
+    (extension,) = [o for tag, _, o in trained if tag == "extend"]
+    assert "method.lr_scale=10" in extension
+    (cell,) = json.loads((results / "selection.json").read_text())["cells"]
+    assert cell["scales"] == [0.3, 1.0, 3.0, 10.0] and cell["chosen"]["lr_scale"] == 3.0
+    assert main(["benchmark", "select", "--results", str(results), "--scales", "0,1"]) == 2
+    assert "--scales must be positive" in capsys.readouterr().err

@@ -236,7 +236,7 @@ def select_cells(
     """Every cell of the grid with its points and its choice (see the module docstring).
 
     Args:
-        scales: The grid; default: the preset's (:func:`preset_scales`) and the scales
+        scales: The grid (default: the preset's, :func:`preset_scales`), and the scales
             ``peftbench benchmark extend`` added to a cell (``extensions.json`` beside
             ``selection.json``). Records
             at a scale outside it are kept as data (``Cell.off_grid``) but are not points of
@@ -248,7 +248,7 @@ def select_cells(
             rank, epoch count...): the selection would compare different searches.
     """
     base_scales = preset_scales() if scales is None else [float(s) for s in scales]
-    extensions = read_extensions(grid_dir) if scales is None else {}
+    extensions = read_extensions(grid_dir)
     cells = []
     for (task, model, method), entries in sorted(grid_points(grid_dir, seeds).items()):
         added = extensions.get(f"{task}--{model}--{method}", [])
@@ -311,12 +311,13 @@ def read_extensions(grid_dir: Path) -> dict[str, list[float]]:
 def grid_command(
     task: str, grid_dir: Path, extra: Sequence[str] = (), *,
     methods: Sequence[str] | None = None, seeds: Sequence[int] = SELECTION_SEEDS,
+    scales: Sequence[float] | None = None,
 ) -> list[str]:  # fmt: skip
     """Stage 1 of one task: every method of the preset (or ``methods``) at every scale of the
     grid, on the selection seeds, test sealed (dev only: no test metric, no test predictions).
 
     The sweep's overrides (:func:`peftbench.launch.commands.sweep` makes the command line)."""
-    scales = ",".join(f"{s:g}" for s in preset_scales())
+    scales = ",".join(f"{s:g}" for s in (scales or preset_scales()))
     chosen = [f"method={','.join(methods)}"] if methods else []
     return [
         "+experiment=offline-benchmark", f"task={task}", *chosen, f"{SCALE_KEY}={scales}",
@@ -328,7 +329,7 @@ def grid_command(
 def grid_flow(
     results: Path, *, tasks: Sequence[str] | None = None, overrides: Sequence[str] = (),
     dry_run: bool = False, methods: Sequence[str] | None = None,
-    selection_seeds: Sequence[int] = SELECTION_SEEDS,
+    selection_seeds: Sequence[int] = SELECTION_SEEDS, scales: Sequence[float] | None = None,
 ) -> int:  # fmt: skip
     """Runs (or prints) stage 1 for each task, one task at a time; returns the first failure's
     exit code. Resumable: the runs whose success record exists are skipped by identity."""
@@ -338,8 +339,9 @@ def grid_flow(
     failed = 0  # a diverged lr is a recorded outcome: the grid goes on, exit 1 at the end
     for task in tasks or known:
         argv = grid_command(
-            task, results / "grid", overrides, methods=methods, seeds=selection_seeds
-        )
+            task, results / "grid", overrides, methods=methods, seeds=selection_seeds,
+            scales=scales,
+        )  # fmt: skip
         code = commands.call(argv, tag="grid", dry_run=dry_run)
         if not exit_codes.carry_on(code):
             return code
@@ -836,7 +838,7 @@ def extend_flow(
     results: Path, *, seeds: Sequence[int], overrides: Sequence[str] = (),
     tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
     selection_seeds: Sequence[int] = SELECTION_SEEDS, dry_run: bool = False, verify: bool = True,
-    finals: bool = True,
+    finals: bool = True, scales: Sequence[float] | None = None,
 ) -> int:  # fmt: skip
     """``peftbench benchmark extend``: one more grid point beyond the edge for every cell whose
     choice lies at it (:func:`edge_extensions`), recorded in ``extensions.json`` beside
@@ -848,7 +850,7 @@ def extend_flow(
     check_seeds(seeds, selection_seeds)
     grid_dir = results / "grid"
     cells = [
-        c for c in select_cells(grid_dir, seeds=selection_seeds) if not tasks or c.task in tasks
+        c for c in select_cells(grid_dir, scales, selection_seeds) if not tasks or c.task in tasks
     ]
     added = edge_extensions(cells, methods)
     if not added:
@@ -871,5 +873,5 @@ def extend_flow(
         return 0
     return select_flow(
         results, seeds=seeds, overrides=overrides, tasks=tasks, verify=verify,
-        selection_seeds=selection_seeds, dry_run=not finals,
+        selection_seeds=selection_seeds, dry_run=not finals, scales=scales,
     ) or failed  # fmt: skip
