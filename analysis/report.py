@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 import analysis.provenance as provenance
+from analysis import clean_costs
 from analysis.collapse import COLLAPSED_FILE, collapsed_markdown
 from analysis.comparisons import (
     plot_average_rank,
@@ -51,6 +52,10 @@ PLOT_CAPTIONS = {
     "score_vs_params": "Score vs % trainable parameters (log x). " + _UNCERTAINTY,
     "score_vs_memory": "Score vs peak memory. " + _UNCERTAINTY,
     "score_vs_time": "Score vs training time. " + _UNCERTAINTY,
+    "score_vs_step": "Score vs the median training step of a clean cost run (each method "
+    "alone on an idle machine). " + _UNCERTAINTY,
+    "score_vs_train_memory": "Score vs training memory in a clean cost run (resident-set rise "
+    "above the process before the method was built; on a GPU, the allocated peak). " + _UNCERTAINTY,
     "score_vs_train_size": "Score vs training examples (task.train_size; log x), a line per "
     "method. Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from "
     "10 seeds; none for 1 seed), as in the table.",
@@ -76,6 +81,7 @@ def build_report(
     target_fraction: float = TARGET_FRACTION,
     reference: str | None = None,
     detect: float = DETECT,
+    costs: list[Path] | None = None,
 ) -> list[Path]:
     """Builds the comparison report from the run records under ``results_dir``.
 
@@ -99,6 +105,8 @@ def build_report(
         reference: A method label every method is also compared against (CSV columns
             ``<task>/*_vs_ref``, a differences table in ``comparison.md``).
         detect: The difference (displayed units) the power statement plans for.
+        costs: Files of clean cost runs (``peftbench costs methods --out``): their step time
+            and training memory replace the records' time and memory (``clean_costs``).
 
     Returns:
         The paths written.
@@ -106,7 +114,8 @@ def build_report(
     Raises:
         ValueError: If no successful run on real weights is left after filtering, the
             reference is not a method, or a predictions file was altered
-            (``paired.PredictionsError``).
+            (``paired.PredictionsError``), or a cost file is unusable
+            (``clean_costs.CostsFileError``).
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
@@ -116,6 +125,8 @@ def build_report(
     runs = quality_runs(records)
     if runs.empty:
         raise ValueError(_nothing_to_report(results_dir, records, filters))
+    if costs:
+        runs = clean_costs.attach(runs, clean_costs.load(costs))
     out_dir.mkdir(parents=True, exist_ok=True)
     with staged(out_dir) as stage:  # all or nothing: the previous report stays till then
         written = _write_all(
