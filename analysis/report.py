@@ -25,6 +25,7 @@ from analysis.frame import REJECTED, SUCCESS, SYNTHETIC, load_records, quality_r
 from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
 from analysis.paired import load_predictions
+from analysis.pairs import PAIRS_CSV, PAIRS_FILE, pair_tests, pairs_markdown
 from analysis.plots import plot_all, plot_score_vs_train_size
 from analysis.stats import aggregate
 from analysis.tables import (
@@ -93,8 +94,9 @@ def build_report(
     ``time_to_target.{md,csv}`` (when full fine-tuning ran on a task), ``average_rank``,
     ``budget_matched`` (when runs carry budgets), ``score_vs_train_size`` (when runs of a task
     differ in ``task.train_size``), ``reproducibility.md``, ``report.html``
-    (everything in one self-contained page) and, when some runs did not succeed,
-    ``failures.md``. Every text output is scrubbed of secrets.
+    (everything in one self-contained page), ``pairs.{md,csv}`` (every pair of methods
+    tested, when runs stored predictions: ``analysis.pairs``) and, when some runs did not
+    succeed, ``failures.md``. Every text output is scrubbed of secrets.
 
     Args:
         results_dir: Directory of run records (searched recursively).
@@ -134,7 +136,7 @@ def build_report(
             reference=reference, detect=detect,
         )  # fmt: skip
     # A failure, rejection or collapse list left by an earlier report would now be false.
-    for name in (FAILURES_FILE, REJECTED_FILE, COLLAPSED_FILE):
+    for name in (FAILURES_FILE, REJECTED_FILE, COLLAPSED_FILE, PAIRS_FILE, PAIRS_CSV):
         if name not in {p.name for p in written}:
             (out_dir / name).unlink(missing_ok=True)
     return [out_dir / p.relative_to(stage) for p in written]
@@ -153,9 +155,9 @@ def _write_all(
 ) -> list[Path]:
     agg = aggregate(runs)
     # Runs that stored per-example predictions are compared example by example (issue 33)
-    tables = build_tables(
-        agg, predictions=load_predictions(runs), reference=reference, detect=detect
-    )
+    predictions = load_predictions(runs)
+    tables = build_tables(agg, predictions=predictions, reference=reference, detect=detect)
+    pairs = pair_tests(agg, predictions)
     rows = provenance.repro_rows(runs)
     plots = [
         *plot_all(agg, out_dir),
@@ -178,6 +180,9 @@ def _write_all(
     failures = records[records["status"] != SUCCESS]
     if not failures.empty:
         written.append(_write(out_dir / FAILURES_FILE, failures_markdown(failures, records)))
+    if not pairs.empty:  # every pair of methods, not only each against its column's best
+        written.append(_write(out_dir / PAIRS_FILE, pairs_markdown(pairs, agg)))
+        written.append(_write(out_dir / PAIRS_CSV, pairs.to_csv(index=False)))
     collapsed = collapsed_markdown(runs)  # successes that learnt no more than a constant
     if collapsed is not None:
         written.append(_write(out_dir / COLLAPSED_FILE, collapsed))
