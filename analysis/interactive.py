@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from analysis.plots import COST_AXES, CostAxis, method_colors
+from analysis.plots import CostAxis, method_colors, shown_axes
 from analysis.stats import GROUP, near_front, pareto_front
 from analysis.tables import TaskInfo, task_infos
 
@@ -46,6 +46,8 @@ CHART_TITLES = {
     "score_vs_params": "Score vs % trainable parameters (log x)",
     "score_vs_memory": "Score vs peak training memory",
     "score_vs_time": "Score vs training time",
+    "score_vs_step": "Score vs training step time (clean cost run)",
+    "score_vs_train_memory": "Score vs training memory (clean cost run)",
 }
 _APP_JS = Path(__file__).with_name("explore.js")
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -96,9 +98,7 @@ def render_charts(agg: pd.DataFrame, runs: pd.DataFrame) -> str:
     tasks = task_infos(agg)
     colors = {m: to_hex(c) for m, c in method_colors(agg).items()}
     charts = [
-        _chart_html(stem, axis, points, tasks, colors)
-        for stem, axis in COST_AXES.items()
-        if points[axis.column].notna().any()
+        _chart_html(stem, axis, points, tasks, colors) for stem, axis in shown_axes(points).items()
     ]
     return (
         '<section id="explore">\n<h2>Interactive charts</h2>\n<p class="meta">Hover a point '
@@ -168,7 +168,8 @@ def hover_text(point: pd.Series, task: TaskInfo) -> str:
 
     Returns:
         Lines joined by ``<br>``: label and panel, run ids, recipe, seeds, mean and
-        interval, % params, peak memory, train time.
+        interval, % params, peak memory and train time (a clean cost run's training
+        memory and step where the report was given one).
     """
     e = html.escape
     scale = task.scale
@@ -192,10 +193,22 @@ def hover_text(point: pd.Series, task: TaskInfo) -> str:
         f"seeds: {int(point['n'])}",
         f"{e(task.metric)}{unit}: {score}",
         f"% params: {_number(point['trainable_pct'], '{:.3g}')}",
-        f"peak mem: {_number(point['peak_mem_bytes'] / 1e6, '{:,.1f} MB')}",
-        f"train time: {_number(point['train_time_s'], '{:,.1f} s')}",
+        *_cost_lines(point),
     ]
     return "<br>".join(lines)
+
+
+def _cost_lines(point: pd.Series) -> list[str]:
+    """Memory and time: a clean cost run's where the report was given one, else the records'."""
+    if "train_mem_clean_bytes" in point and not math.isnan(point["train_mem_clean_bytes"]):
+        memory = f"train mem (clean run): {point['train_mem_clean_bytes'] / 1e6:,.1f} MB"
+    else:
+        memory = f"peak mem: {_number(point['peak_mem_bytes'] / 1e6, '{:,.1f} MB')}"
+    if "step_ms_clean" in point and not math.isnan(point["step_ms_clean"]):
+        time = f"step (clean run): {point['step_ms_clean']:,.1f} ms"
+    else:
+        time = f"train time: {_number(point['train_time_s'], '{:,.1f} s')}"
+    return [memory, time]
 
 
 def _number(value: float, pattern: str) -> str:

@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
+from analysis import clean_costs
 from analysis.stats import near_front, pareto_front
 from analysis.tables import TaskInfo, task_infos
 
@@ -36,6 +37,12 @@ COST_AXES = {
     "score_vs_params": CostAxis("trainable_pct", "% trainable parameters", log=True),
     "score_vs_time": CostAxis("train_time_s", "train time (s)", log=False),
     "score_vs_memory": CostAxis("peak_mem_bytes", "peak memory (MB)", log=False, divisor=1e6),
+    # a clean cost run's figures, where the report was given one (analysis.clean_costs): they
+    # replace the two above, which runs sharing the machine inflate
+    "score_vs_step": CostAxis("step_ms_clean", "training step, clean cost run (ms)", log=False),
+    "score_vs_train_memory": CostAxis(
+        "train_mem_clean_bytes", "training memory, clean cost run (MB)", log=False, divisor=1e6
+    ),
     # record.forgetting.value: one measure per panel (a task has one head); docs/MEASUREMENT.md
     "score_vs_forgetting": CostAxis(
         "forgetting", "forgetting (1 - linear CKA, or LM-loss delta in nats)", log=False
@@ -45,7 +52,8 @@ FORMATS = ("png", "svg")
 
 
 def plot_all(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Writes every plot of :data:`COST_AXES` whose cost was recorded by some run.
+    """Writes every plot of :data:`COST_AXES` whose cost was recorded by some run (a clean
+    cost run's step and memory replace the records' time and memory: ``clean_costs``).
 
     Args:
         agg: Output of ``stats.aggregate``.
@@ -54,11 +62,23 @@ def plot_all(agg: pd.DataFrame, out_dir: Path) -> list[Path]:
     Returns:
         Paths written (PNG and SVG per plot).
     """
-    written = []
-    for stem, axis in COST_AXES.items():
-        if axis.column in agg and agg[axis.column].notna().any():
-            written += plot_score_vs_cost(agg, axis, out_dir / stem)
-    return written
+    return [
+        path
+        for stem, axis in shown_axes(agg).items()
+        for path in plot_score_vs_cost(agg, axis, out_dir / stem)
+    ]
+
+
+def shown_axes(frame: pd.DataFrame) -> dict[str, CostAxis]:
+    """The :data:`COST_AXES` that ``frame`` has values for, less those a clean cost run's
+    columns replace."""
+    present = {
+        stem: axis
+        for stem, axis in COST_AXES.items()
+        if axis.column in frame and frame[axis.column].notna().any()
+    }
+    replaced = clean_costs.hidden([axis.column for axis in present.values()])
+    return {stem: axis for stem, axis in present.items() if axis.column not in replaced}
 
 
 def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 import analysis.provenance as provenance
+from analysis import clean_costs
 from analysis.collapse import COLLAPSED_FILE, collapsed_markdown
 from analysis.comparisons import (
     plot_average_rank,
@@ -24,6 +25,7 @@ from analysis.frame import REJECTED, SUCCESS, SYNTHETIC, load_records, quality_r
 from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
 from analysis.paired import load_predictions
+from analysis.pairs import PAIRS_CSV, PAIRS_FILE, pair_tests, pairs_markdown
 from analysis.plots import plot_all, plot_score_vs_train_size
 from analysis.stats import aggregate
 from analysis.tables import (
@@ -51,6 +53,10 @@ PLOT_CAPTIONS = {
     "score_vs_params": "Score vs % trainable parameters (log x). " + _UNCERTAINTY,
     "score_vs_memory": "Score vs peak memory. " + _UNCERTAINTY,
     "score_vs_time": "Score vs training time. " + _UNCERTAINTY,
+    "score_vs_step": "Score vs the median training step of a clean cost run (each method "
+    "alone on an idle machine). " + _UNCERTAINTY,
+    "score_vs_train_memory": "Score vs training memory in a clean cost run (resident-set rise "
+    "above the process before the method was built; on a GPU, the allocated peak). " + _UNCERTAINTY,
     "score_vs_train_size": "Score vs training examples (task.train_size; log x), a line per "
     "method. Points: mean over seeds; bars: 95% interval of the mean (Student's t, BCa from "
     "10 seeds; none for 1 seed), as in the table.",
@@ -76,6 +82,7 @@ def build_report(
     target_fraction: float = TARGET_FRACTION,
     reference: str | None = None,
     detect: float = DETECT,
+    costs: list[Path] | None = None,
 ) -> list[Path]:
     """Builds the comparison report from the run records under ``results_dir``.
 
@@ -87,8 +94,9 @@ def build_report(
     ``time_to_target.{md,csv}`` (when full fine-tuning ran on a task), ``average_rank``,
     ``budget_matched`` (when runs carry budgets), ``score_vs_train_size`` (when runs of a task
     differ in ``task.train_size``), ``reproducibility.md``, ``report.html``
-    (everything in one self-contained page) and, when some runs did not succeed,
-    ``failures.md``. Every text output is scrubbed of secrets.
+    (everything in one self-contained page), ``pairs.{md,csv}`` (every pair of methods
+    tested, when runs stored predictions: ``analysis.pairs``) and, when some runs did not
+    succeed, ``failures.md``. Every text output is scrubbed of secrets.
 
     Args:
         results_dir: Directory of run records (searched recursively).
@@ -99,6 +107,8 @@ def build_report(
         reference: A method label every method is also compared against (CSV columns
             ``<task>/*_vs_ref``, a differences table in ``comparison.md``).
         detect: The difference (displayed units) the power statement plans for.
+        costs: Files of clean cost runs (``peftbench costs methods --out``): their step time
+            and training memory replace the records' time and memory (``clean_costs``).
 
     Returns:
         The paths written.
@@ -106,7 +116,8 @@ def build_report(
     Raises:
         ValueError: If no successful run on real weights is left after filtering, the
             reference is not a method, or a predictions file was altered
-            (``paired.PredictionsError``).
+            (``paired.PredictionsError``), or a cost file is unusable
+            (``clean_costs.CostsFileError``).
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
@@ -116,6 +127,8 @@ def build_report(
     runs = quality_runs(records)
     if runs.empty:
         raise ValueError(_nothing_to_report(results_dir, records, filters))
+    if costs:
+        runs = clean_costs.attach(runs, clean_costs.load(costs))
     out_dir.mkdir(parents=True, exist_ok=True)
     with staged(out_dir) as stage:  # all or nothing: the previous report stays till then
         written = _write_all(
@@ -123,7 +136,7 @@ def build_report(
             reference=reference, detect=detect,
         )  # fmt: skip
     # A failure, rejection or collapse list left by an earlier report would now be false.
-    for name in (FAILURES_FILE, REJECTED_FILE, COLLAPSED_FILE):
+    for name in (FAILURES_FILE, REJECTED_FILE, COLLAPSED_FILE, PAIRS_FILE, PAIRS_CSV):
         if name not in {p.name for p in written}:
             (out_dir / name).unlink(missing_ok=True)
     return [out_dir / p.relative_to(stage) for p in written]
@@ -142,9 +155,9 @@ def _write_all(
 ) -> list[Path]:
     agg = aggregate(runs)
     # Runs that stored per-example predictions are compared example by example (issue 33)
-    tables = build_tables(
-        agg, predictions=load_predictions(runs), reference=reference, detect=detect
-    )
+    predictions = load_predictions(runs)
+    tables = build_tables(agg, predictions=predictions, reference=reference, detect=detect)
+    pairs = pair_tests(agg, predictions)
     rows = provenance.repro_rows(runs)
     plots = [
         *plot_all(agg, out_dir),
@@ -167,6 +180,9 @@ def _write_all(
     failures = records[records["status"] != SUCCESS]
     if not failures.empty:
         written.append(_write(out_dir / FAILURES_FILE, failures_markdown(failures, records)))
+    if not pairs.empty:  # every pair of methods, not only each against its column's best
+        written.append(_write(out_dir / PAIRS_FILE, pairs_markdown(pairs, agg)))
+        written.append(_write(out_dir / PAIRS_CSV, pairs.to_csv(index=False)))
     collapsed = collapsed_markdown(runs)  # successes that learnt no more than a constant
     if collapsed is not None:
         written.append(_write(out_dir / COLLAPSED_FILE, collapsed))

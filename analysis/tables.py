@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis import clean_costs
 from analysis.paired import (
     N_RESAMPLES,
     TEST_BOOTSTRAP,
@@ -400,15 +401,19 @@ _COST_HEADERS = {
     "artifact_bytes": "Artifact",
     "forgetting": "Forgetting",
     "energy_j": "Energy (J)",
+    "step_ms_clean": "Step (ms)",
+    "train_mem_clean_bytes": "Train mem",
 }
 #: Measures shown after the costs where a record of the table has them (older records and
-#: CPUs without RAPL have none: no empty column).
-_SHOWN_MEASURES = ("forgetting", "energy_j")
+#: CPUs without RAPL have none: no empty column); a clean cost run's columns replace the
+#: records' time and memory (``analysis.clean_costs``).
+_SHOWN_MEASURES = ("step_ms_clean", "train_mem_clean_bytes", "forgetting", "energy_j")
 
 
 def _columns(table: ComparisonTable) -> list[str]:
     shown = [c for c in _SHOWN_MEASURES if c in table.cost and table.cost[c].notna().any()]
-    return [*COST_COLUMNS, *shown]
+    replaced = clean_costs.hidden(shown)
+    return [*(c for c in COST_COLUMNS if c not in replaced), *shown]
 
 
 def _headers(table: ComparisonTable, style: _Style) -> list[str]:
@@ -475,7 +480,7 @@ def _format_cost(column: str, value: float, unit: tuple[str, float], style: _Sty
     if column.endswith("_bytes"):
         digits = 2 if unit[0] == "GB" else 1  # 0.85 GB, not 0.8 GB
         return f"{value / unit[1]:,.{digits}f} {unit[0]}"
-    if column in ("train_time_s", "energy_j"):
+    if column in ("train_time_s", "energy_j") or (column == "step_ms_clean" and value < 100):
         return f"{value:,.1f}"
     return f"{value:,.0f}"
 
@@ -535,6 +540,14 @@ def _measure_note(table: ComparisonTable) -> str:
         notes.append(f" Forgetting: {meaning}; lower is better.")
     if "energy_j" in columns:
         notes.append(" Energy: training energy per run (NVML on GPUs, RAPL on CPUs).")
+    if "step_ms_clean" in columns:
+        notes.append(
+            " Step and Train mem: from a clean cost run per task (`peftbench costs methods`: "
+            "every method alone in turn in one process on an idle machine, medians over "
+            "interleaved rounds), not from the training runs, which shared the machine; Step: "
+            "the median training step; Train mem: the resident-set rise during training above "
+            "what the process held before the method was built (on a GPU, the allocated peak)."
+        )
     return "".join(notes)
 
 
@@ -699,11 +712,13 @@ def _legend(table: ComparisonTable, style: _Style) -> str:
             "constant prediction; the mean counts them, the median is shown beside it "
             "(collapsed.md lists them)."
         )
+    peak = "peak_mem_bytes" in _columns(table)  # a clean cost run's Train mem replaces it
+    memory = " Peak mem: accelerator allocated peak, or process RSS on CPU;" if peak else ""
     return (
         f"{style.bold('Bold')}: best mean per column. {_test_note(table, style)}"
         f"{_power_note(table, style)} "
-        f"{rank_test_note(table.rank_test, style)}{style.missing}: not run. Peak mem: "
-        f"accelerator allocated peak, or process RSS on CPU; 1 MB = 1,000,000 bytes.{avg_note}"
+        f"{rank_test_note(table.rank_test, style)}{style.missing}: not run.{memory} "
+        f"1 MB = 1,000,000 bytes.{avg_note}"
     )
 
 

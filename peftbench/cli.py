@@ -356,6 +356,11 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
         "--detect", type=float, default=1.0, metavar="D",
         help="power: the difference, in displayed points, to plan seeds/examples for (default 1)",
     )  # fmt: skip
+    report.add_argument(
+        "--costs", nargs="+", type=Path, default=None, metavar="FILE",
+        help="clean cost runs (`peftbench costs methods --out FILE`): their step time and "
+        "training memory replace the records' time and memory",
+    )  # fmt: skip
     report.set_defaults(handler=_cmd_report)
 
 
@@ -389,6 +394,11 @@ def _add_costs_command(commands: argparse._SubParsersAction) -> None:
     methods.add_argument("--steps", type=int, default=5, help="timed steps per method per round")
     methods.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
     methods.add_argument(
+        "--out", type=Path, default=None, metavar="FILE",
+        help="also write the result as JSON (for `peftbench report --costs`) and the table "
+        "beside it (.md)",
+    )  # fmt: skip
+    methods.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="config overrides for every method, or METHOD:KEY=VALUE for one",
     )  # fmt: skip
@@ -420,10 +430,12 @@ def _cmd_costs_overhead(args: argparse.Namespace) -> int:
 
 def _cmd_costs_methods(args: argparse.Namespace) -> int:
     from peftbench.errors import ConfigError
-    from peftbench.measure.overhead import format_methods, methods_bench  # lazy: torch
+    from peftbench.measure.overhead import format_methods, methods_bench, write_methods
 
     if args.steps < 1 or args.repeats < 1:
         raise _UserError("--steps and --repeats must be at least 1")
+    if args.out is not None and (args.out.is_dir() or args.out.suffix != ".json"):
+        raise _UserError(f"--out {args.out}: give a .json file, e.g. costs/polarity.json")
     try:
         result = methods_bench(
             list(args.overrides),
@@ -434,6 +446,9 @@ def _cmd_costs_methods(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise _UserError(str(exc)) from None
     print(format_methods(result))
+    if args.out is not None:
+        for path in write_methods(result, args.out):
+            print(f"wrote {path}")
     return 0
 
 
@@ -571,8 +586,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 target_fraction=args.target_fraction,
                 reference=args.reference,
                 detect=args.detect,
+                costs=args.costs,
             )
-    except ValueError as exc:  # build_report's "nothing to report" (and bad records)
+    except ValueError as exc:  # nothing to report, bad records, an unusable cost file
         raise _UserError(str(exc)) from None
     except OSError as exc:  # a full disk, a folder that refuses: the staged files are gone
         raise _UserError(

@@ -11,10 +11,13 @@
 #   extend        one scale beyond the grid's edge for every cell chosen there, then select
 #   final[:TASK]  seeds $SEEDS (default 0,1,2,3,4) of each chosen recipe (or one task's),
 #                 into DIR/final
-#   report        DIR/report (the benchmark: chosen recipes, all seeds) and DIR/grid/report
-#                 (the whole search)
+#   costs[:TASK]  a clean cost run per task (every method alone in turn, one process, one
+#                 thread as the runs train): DIR/costs/TASK.{json,md}; run it on an idle
+#                 machine, nothing else running
+#   report        DIR/report (the benchmark: chosen recipes, all seeds; time and memory from
+#                 DIR/costs when measured) and DIR/grid/report (the whole search)
 #
-# No stage means grid, select, extend, final, report, in order. Every stage is resumable: a run whose record says
+# No stage means grid, select, extend, final, costs, report, in order. Every stage is resumable: a run whose record says
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
 # Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
 # Environment: N_JOBS (runs at once; default 2 = this machine's cores, on a GPU machine the
@@ -27,10 +30,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DIR=${1:?usage: scripts/offline_benchmark.sh DIR [grid[:TASK]|select|final[:TASK]|report ...]}
+DIR=${1:?usage: scripts/offline_benchmark.sh DIR [grid[:TASK]|select|extend|final[:TASK]|costs[:TASK]|report ...]}
 shift
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select extend final report)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select extend final costs report)
 # the preset's tasks, in its order (wnut16 first: its recipe is the one to check early)
 read -r -a TASKS <<< "$(sed -n 's/^ *task: *//p' conf/experiment/offline-benchmark.yaml | tr , ' ')"
 SEEDS=${SEEDS:-0,1,2,3,4}
@@ -79,12 +82,24 @@ for stage in "${STAGES[@]}"; do
           --seeds "$SEEDS" "${GRID[@]}" "${PARALLEL[@]}" "${EXTRA[@]}"
         commit "final $task"
       done ;;
+    costs)
+      for task in "${TASKS[@]}"; do
+        [ -z "$only" ] || [ "$only" = "$task" ] || continue
+        echo "[bench] costs: $task (load average now: $(cut -d' ' -f1 /proc/loadavg); idle is ~0)"
+        "$PYTHON" -m peftbench.cli costs methods ${METHODS:+--methods "$METHODS"} --steps 20 \
+          --repeats 3 --out "$DIR/costs/$task.json" +experiment=offline-benchmark "task=$task" \
+          train.threads=1 "${EXTRA[@]}"
+        commit "costs $task"
+      done ;;
     report)
-      "$PYTHON" -m peftbench.cli report --results "$DIR/final" --out "$DIR/report"
+      CLEAN=()  # the clean cost runs measured so far replace the records' time and memory
+      for file in "$DIR"/costs/*.json; do [ -e "$file" ] && CLEAN+=("$file"); done
+      [ ${#CLEAN[@]} -eq 0 ] || CLEAN=(--costs "${CLEAN[@]}")
+      "$PYTHON" -m peftbench.cli report --results "$DIR/final" --out "$DIR/report" "${CLEAN[@]}"
       "$PYTHON" -m peftbench.cli report --results "$DIR/grid" --out "$DIR/grid/report"
       commit "report" ;;
     *)
-      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, report)" >&2
+      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, costs, report)" >&2
       exit 2 ;;
   esac
 done

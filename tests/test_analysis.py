@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.clean_costs import CostsFileError
 from analysis.frame import (
     COLUMNS,
     RecordWarning,
@@ -51,6 +52,7 @@ from analysis.frame import (
 from analysis.report import build_report
 from analysis.stats import aggregate, pareto_front, summarize
 from analysis.tables import build_tables, latex_escape, to_markdown
+from peftbench.measure.overhead import write_methods
 from tests.conftest import BuiltReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
@@ -422,6 +424,54 @@ def test_report_filters_and_removes_a_stale_failure_list(results_dir: Path, tmp_
     cells = _table_cells((out / "comparison.md").read_text())
     assert set(cells["lora"]) >= {"polarity"} and "topic" not in cells["lora"]
     assert cells["lora"]["Avg. rank"] == "**1.00**"
+
+
+def _cost_file(path: Path, task: str, medians: dict[str, tuple[float, float]]) -> Path:
+    """A `peftbench costs methods --out` file: (step seconds, train RSS rise) per method."""
+    rows = {
+        m: {"step_p50_s": step, "flops_per_token": 1e6, "achieved_flops_per_s": 1e9,
+            "train_peak_bytes": 2e9, "train_rise_bytes": rise, "mfu": None, "peak_dtype": None}
+        for m, (step, rise) in medians.items()
+    }  # fmt: skip
+    result = {"medians": rows, "errors": {}, "device": "cpu", "steps": 20, "repeats": 3,
+              "task": task, "model": "minilm-l6", "threads": 1, "load_1min_before": 0.1,
+              "measured_at": "2026-12-05T08:00:00Z"}  # fmt: skip
+    write_methods(result, path)
+    return path
+
+
+def test_a_clean_cost_run_replaces_the_records_time_and_memory(
+    results_dir: Path, tmp_path: Path
+) -> None:
+    """Runs that shared the cores time each other: the report shows the clean cost run's step
+    and training memory instead of the records' train time, throughput and peak memory."""
+    costs = [
+        _cost_file(tmp_path / "c" / "polarity.json", "polarity",
+                   {"lora": (0.2, 30e6), "bitfit": (0.1, 10e6)}),
+        _cost_file(tmp_path / "c" / "topic.json", "topic", {"lora": (0.4, 50e6)}),
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    written = {p.name for p in build_report(results_dir, out, costs=costs)}
+    markdown = (out / "comparison.md").read_text()
+    cells = _table_cells(markdown)
+    assert cells["lora"]["Step (ms)"] == "300"  # mean over tasks of 200 and 400 ms
+    assert cells["bitfit"]["Step (ms)"] == "100"  # topic's bitfit was not measured
+    assert cells["lora"]["Train mem"] == "40.0 MB" and cells["prompt"]["Train mem"] == "–"
+    assert not {"Peak mem", "Train time (s)", "Tokens/s"} & set(cells["lora"])
+    assert "clean cost run per task" in markdown and "Peak mem:" not in markdown
+    assert {"score_vs_step.png", "score_vs_train_memory.png"} <= written
+    assert not {"score_vs_time.png", "score_vs_memory.png"} & written
+    with open(out / "comparison.csv", newline="") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    assert float(rows["lora"]["step_ms_clean"]) == pytest.approx(300)
+    assert "step (clean run): 200.0 ms" in (out / "report.html").read_text()  # lora, polarity
+
+    with pytest.raises(CostsFileError, match="both measured polarity on minilm-l6"):
+        build_report(results_dir, out, costs=[costs[0], costs[0]])
+    (tmp_path / "other.json").write_text('{"medians": {}}')
+    with pytest.raises(CostsFileError, match="not a `peftbench costs methods --out` file"):
+        build_report(results_dir, out, costs=[tmp_path / "other.json"])
+    assert "Step (ms)" in (out / "comparison.md").read_text()  # the good report stays
 
 
 def test_report_without_successes_says_where_and_what_it_found(tmp_path: Path) -> None:

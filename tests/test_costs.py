@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import peftbench.methods.selective
 import peftbench.runner.train
+from analysis import clean_costs
 from peftbench.cli import main
 from peftbench.measure import costs, overhead
 from peftbench.measure.instrument import (
@@ -197,6 +198,18 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     assert main(["costs", "methods", "--methods", "nosuch", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("peftbench: error: unknown method nosuch;")
+
+    # --out: the JSON the report reads (analysis.clean_costs) and the table beside it
+    assert (result["task"], result["model"]) == ("polarity", "tiny-bert")
+    path = tmp_path / "costs" / "polarity.json"
+    assert overhead.write_methods(result, path) == [path, path.with_suffix(".md")]
+    clean = clean_costs.load([path]).set_index("method")
+    assert set(clean.index) == {"full", "lora", "vera"}
+    assert clean.loc["vera", "step_ms_clean"] == pytest.approx(1e3 * medians["vera"]["step_p50_s"])
+    assert clean.loc["vera", "train_mem_clean_bytes"] == medians["vera"]["train_rise_bytes"]
+    assert "| vera |" in path.with_suffix(".md").read_text()
+    assert main(["costs", "methods", "--out", str(tmp_path / "costs.txt"), *overrides]) == 2
+    assert "give a .json file" in capsys.readouterr().err
 
 
 def test_bench_scoped_overrides_reach_only_their_method():

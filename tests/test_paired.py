@@ -29,6 +29,8 @@ from analysis.paired import (
     seed_effect,
     seed_weights,
 )
+from analysis.pairs import pair_tests, pairs_markdown
+from analysis.report import build_report
 from analysis.stats import aggregate, rank_null, rank_test
 from analysis.tables import build_tables, to_csv, to_markdown
 from tasks.metrics import METRICS
@@ -392,3 +394,27 @@ def test_a_column_without_example_level_tests_shows_no_empty_differences(tmp_pat
     markdown = to_markdown([table])
     assert "Differences from the best" not in markdown
     assert "Differences from lora" in markdown and "0.0 [0.0, 0.0] p=1 (boot)" in markdown
+
+
+def test_every_pair_is_tested_and_holm_corrected_over_the_task(tmp_path: Path) -> None:
+    """Two perfect methods and one wrong on half the examples: the perfect pair is not
+    separated (difference 0, p = 1), each perfect one is separated from the half-wrong one
+    at the smallest p a bootstrap gives, 2 / (B + 1), times Holm's 2 and 1."""
+    gold = ["1"] * 40
+    for method, pred in (("a", gold), ("b", gold), ("c", ["1"] * 20 + ["0"] * 20)):
+        for seed in range(2):
+            _write_run(tmp_path, method, seed, gold, pred)
+    runs = quality_runs(load_records(tmp_path))
+    agg = aggregate(runs)
+    pairs = pair_tests(agg, paired.load_predictions(runs)).set_index(["better", "worse"])
+    assert list(pairs.index) == [("a", "b"), ("a", "c"), ("b", "c")]  # better mean first
+    assert pairs.loc[("a", "b"), ["diff", "p", "separated"]].tolist() == [0.0, 1.0, False]
+    smallest = 2 / (paired.N_RESAMPLES + 1)
+    assert pairs.loc[("a", "c"), "diff"] == pytest.approx(-0.5)
+    assert pairs["p_holm"].tolist() == pytest.approx([1.0, 3 * smallest, 3 * smallest])
+    assert pairs.loc[("b", "c"), "separated"]
+    markdown = pairs_markdown(pairs.reset_index(), agg)
+    assert "2 of 3 pairs separated" in markdown
+    assert "| 1 | a | 100.0 |  | · | > |" in markdown
+    assert "| 3 | c | 50.0 | < | < |  |" in markdown
+    assert {"pairs.md", "pairs.csv"} <= {p.name for p in build_report(tmp_path)}

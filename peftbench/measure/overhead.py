@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -294,6 +295,7 @@ def methods_bench(
         for m in names
     }
     device = pick_device(cfgs[names[0]].device)
+    load_before = os.getloadavg()[0]  # a clean measurement needs an idle machine: say if not
     runs: dict[str, list[dict]] = {m: [] for m in names}
     errors: dict[str, str] = {}
     for i in range(repeats):
@@ -316,13 +318,40 @@ def methods_bench(
         achieved = medians[m]["achieved_flops_per_s"]
         medians[m]["mfu"] = achieved / (ceiling["tflops"] * 1e12) if ceiling else None
         medians[m]["peak_dtype"] = ceiling and ceiling["dtype"]
+    cfg = cfgs[names[0]]
     return {
         "medians": medians,
         "errors": errors,
         "device": str(device),
         "steps": steps,
         "repeats": repeats,
+        "task": cfg.task.name,
+        "task_version": cfg.task.get("version"),
+        "model": cfg.model.name,
+        "overrides": overrides,
+        "threads": torch.get_num_threads(),
+        "load_1min_before": load_before,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch": torch.__version__,
     }
+
+
+def write_methods(result: dict, path: Path) -> list[Path]:
+    """Writes ``result`` as JSON at ``path`` (what ``peftbench report --costs`` reads) and its
+    table beside it (``.md``); each file appears whole or not at all."""
+    from analysis.clean_costs import KIND
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for target, text in (
+        (path, json.dumps({"kind": KIND, **result}, indent=1, default=str) + "\n"),
+        (path.with_suffix(".md"), format_methods(result) + "\n"),
+    ):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+        written.append(target)
+    return written
 
 
 def _measured_peak(device: torch.device, dtype: torch.dtype | None, threads: int) -> dict:
@@ -363,8 +392,9 @@ def format_methods(result: dict) -> str:
     for m, error in sorted(result["errors"].items()):
         lines.append(f"| {m} | not run: {error} |" + " |" * 10)
     lines.append("")
+    where = f"{result['task']} on {result['model']}, " if "task" in result else ""
     lines.append(
-        f"{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
+        f"{where}{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
         "timed steps per method (1 warm-up step apart), medians over rounds; FLOPs counted "
         "by torch.utils.flop_counter on one real step, per padded token; memory: "
         + (
@@ -376,5 +406,12 @@ def format_methods(result: dict) -> str:
         + "; GFLOP/s: the counted FLOPs of the timed steps over their time; MFU: that over "
         "this machine's measured matmul peak for the run's dtype and threads (peftbench "
         "costs peak)"
+        + (
+            f"; {result['threads']} torch thread(s), 1-minute load average "
+            f"{result['load_1min_before']:.2f} before the first method (an idle machine: ~0); "
+            f"measured {result['measured_at']}"
+            if "threads" in result
+            else ""
+        )
     )
     return "\n".join(lines)
