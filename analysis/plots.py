@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from analysis import clean_costs
+import analysis.clean_costs as clean_costs
 from analysis.stats import near_front, pareto_front
 from analysis.tables import TaskInfo, task_infos
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+import analysis.clean_costs as clean_costs
 import analysis.provenance as provenance
-from analysis import clean_costs
 from analysis.collapse import COLLAPSED_FILE, collapsed_markdown
 from analysis.comparisons import (
     plot_average_rank,

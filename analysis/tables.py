@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis import clean_costs
+import analysis.clean_costs as clean_costs
 from analysis.paired import (
     N_RESAMPLES,
     TEST_BOOTSTRAP,

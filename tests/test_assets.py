@@ -426,10 +426,12 @@ def test_cli_report_passes_filters(tmp_path, monkeypatch, capsys):
     seen = {}
 
     def _build_report(
-        results_dir, out_dir=None, filters=None, target_fraction=None, reference=None, detect=None
-    ):
+        results_dir, out_dir=None, filters=None, target_fraction=None, reference=None,
+        detect=None, costs=None,
+    ):  # fmt: skip
         seen.update(results_dir=results_dir, out_dir=out_dir, filters=filters)
         seen.update(target_fraction=target_fraction, reference=reference, detect=detect)
+        seen.update(costs=costs)
         return [tmp_path / "comparison.md"]
 
     monkeypatch.setattr("analysis.report.build_report", _build_report)
@@ -442,6 +444,7 @@ def test_cli_report_passes_filters(tmp_path, monkeypatch, capsys):
         "target_fraction": 0.95,  # the default share of full fine-tuning's best dev score
         "reference": None,  # no --reference: the best of each column only
         "detect": 1.0,  # power plans for a 1-point difference by default
+        "costs": None,  # no --costs: the records' own time and memory
     }
     assert capsys.readouterr().out == f"{tmp_path / 'comparison.md'}\n"
 
