@@ -1,11 +1,12 @@
-"""Costs from a clean cost run, for the report (issue 38, protocol item 6).
+"""Costs from a clean cost run, for the report (issue 38, protocol item 6 of docs/benchmarks).
 
 A benchmark trains its runs two at a time on two cores, so each run's record times its
 neighbour too (version 1: seed-0 runs of one wnut16 recipe trained 0.94-1.67x as long as
-seeds 1-2). A clean cost run measures every method alone in turn, in one process on an idle
-machine (``peftbench costs methods --out costs/<task>.json``). Given to the report
-(``peftbench report --costs costs/*.json``), its step time and training memory replace the
-records' train time, throughput and peak memory in the table, the CSV and the plots.
+seeds 1-2). A clean cost run measures every method alone in turn, each in a fresh process,
+on an idle machine (``peftbench costs methods --fresh-process --out costs/<task>.json``).
+Given to the report (``peftbench report --costs costs/*.json``), its step time and training
+memory replace the records' train time, throughput and peak memory in the table, the CSV and
+the plots.
 """
 
 from __future__ import annotations

@@ -394,6 +394,11 @@ def _add_costs_command(commands: argparse._SubParsersAction) -> None:
     methods.add_argument("--steps", type=int, default=5, help="timed steps per method per round")
     methods.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
     methods.add_argument(
+        "--fresh-process", action="store_true",
+        help="run each method of each round alone in a new process, so no method's memory "
+        "depends on what ran before it (a clean cost run; slower: each process imports torch)",
+    )  # fmt: skip
+    methods.add_argument(
         "--out", type=Path, default=None, metavar="FILE",
         help="also write the result as JSON (for `peftbench report --costs`) and the table "
         "beside it (.md)",
@@ -442,6 +447,7 @@ def _cmd_costs_methods(args: argparse.Namespace) -> int:
             methods=args.methods.split(",") if args.methods else None,
             steps=args.steps,
             repeats=args.repeats,
+            fresh_process=args.fresh_process,
         )
     except ConfigError as exc:
         raise _UserError(str(exc)) from None

@@ -11,7 +11,7 @@
 #   extend        one scale beyond the grid's edge for every cell chosen there, then select
 #   final[:TASK]  seeds $SEEDS (default 0,1,2,3,4) of each chosen recipe (or one task's),
 #                 into DIR/final
-#   costs[:TASK]  a clean cost run per task (every method alone in turn, one process, one
+#   costs[:TASK]  a clean cost run per task (every method alone in a fresh process, one
 #                 thread as the runs train): DIR/costs/TASK.{json,md}; run it on an idle
 #                 machine, nothing else running
 #   report        DIR/report (the benchmark: chosen recipes, all seeds; time and memory from
@@ -87,7 +87,7 @@ for stage in "${STAGES[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] costs: $task (load average now: $(cut -d' ' -f1 /proc/loadavg); idle is ~0)"
         "$PYTHON" -m peftbench.cli costs methods ${METHODS:+--methods "$METHODS"} --steps 20 \
-          --repeats 3 --out "$DIR/costs/$task.json" +experiment=offline-benchmark "task=$task" \
+          --repeats 3 --fresh-process --out "$DIR/costs/$task.json" +experiment=offline-benchmark "task=$task" \
           train.threads=1 "${EXTRA[@]}"
         commit "costs $task"
       done ;;

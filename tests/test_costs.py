@@ -213,6 +213,35 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     assert "give a .json file" in capsys.readouterr().err
 
 
+def test_a_clean_cost_run_measures_each_method_in_its_own_process(
+    tiny_bert_dir, tmp_path, monkeypatch
+):
+    """--fresh-process: every method of every round is built, trained and measured in a new
+    process (none inherits another's freed heap), and the result says so."""
+    overrides = [
+        o
+        for o in tiny_overrides(tiny_bert_dir, tmp_path)
+        if not o.startswith(("results_dir=", "train.max_steps=", "train.eval_every_steps="))
+    ]
+    pids, real = [], overhead._bench_fresh
+
+    def spy(*args):
+        result = real(*args)
+        pids.append(result["pid"])
+        return result
+
+    monkeypatch.setattr(overhead, "_bench_fresh", spy)
+    result = overhead.methods_bench(
+        [*overrides, "train.threads=1"], methods=["lora"], steps=1, repeats=2,
+        fresh_process=True,
+    )  # fmt: skip
+    assert len(pids) == 4 and len(set(pids)) == 4 and os.getpid() not in pids
+    assert set(result["medians"]) == {"full", "lora"} and not result["errors"]
+    assert result["medians"]["lora"]["train_rise_bytes"] > 0
+    assert result["threads"] == 1  # the children's, as train.threads set it there
+    assert "a fresh process per method and round" in overhead.format_methods(result)
+
+
 def test_bench_scoped_overrides_reach_only_their_method():
     given = ["train.batch_size=8", "fisher_mask:method.calibration_examples=8"]
     assert overhead._split_overrides(given, "fisher_mask") == [

@@ -13,10 +13,12 @@ import contextlib
 import ctypes
 import gc
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -278,12 +280,39 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _bench_in_child(cfg: Any, device: str, steps: int) -> dict:
+    """:func:`_bench_one` in a fresh process, after the imports every method shares, so that
+    the resident set it starts from is the same for every method (an idle baseline)."""
+    import peft  # noqa: F401  (imported by every method's build; not the method's memory)
+
+    import peftbench.runner.assembly  # noqa: F401
+    import tasks  # noqa: F401
+
+    return {**_bench_one(cfg, torch.device(device), steps), "pid": os.getpid()}
+
+
+def _bench_fresh(cfg: Any, device: torch.device, steps: int) -> dict:
+    """:func:`_bench_one` alone in a new (spawned) process: nothing an earlier method
+    allocated, freed or cached is there (in one process, LoRA's RSS rise read 326 or 537 MB
+    depending on which methods ran before it, even with the heap trimmed)."""
+    context = multiprocessing.get_context("spawn")  # fork would inherit this process's heap
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as child:
+        return child.submit(_bench_in_child, cfg, str(device), steps).result()
+
+
 def methods_bench(
-    overrides: list[str], *, methods: list[str] | None, steps: int, repeats: int
+    overrides: list[str],
+    *,
+    methods: list[str] | None,
+    steps: int,
+    repeats: int,
+    fresh_process: bool = False,
 ) -> dict:
     """Every method's step time, FLOPs per token and training peak, relative to full
-    fine-tuning and LoRA, measured in one process: ``repeats`` rounds, each running every
-    method in turn (round ``i`` in reverse order when ``i`` is odd), medians over rounds.
+    fine-tuning and LoRA: ``repeats`` rounds, each running every method in turn (round ``i``
+    in reverse order when ``i`` is odd), medians over rounds. With ``fresh_process``, every
+    method of every round runs alone in a new process (a clean cost run: each method's
+    memory independent of the others); else all run in this one (faster, for a quick look).
 
     Raises:
         ConfigError: an unknown method name.
@@ -312,13 +341,14 @@ def methods_bench(
     device = pick_device(cfgs[names[0]].device)
     load_before = os.getloadavg()[0]  # a clean measurement needs an idle machine: say if not
     runs: dict[str, list[dict]] = {m: [] for m in names}
+    bench = _bench_fresh if fresh_process else _bench_one
     errors: dict[str, str] = {}
     for i in range(repeats):
         for m in names if i % 2 == 0 else names[::-1]:
             if m in errors:
                 continue
             try:
-                runs[m].append(_bench_one(cfgs[m], device, steps))
+                runs[m].append(bench(cfgs[m], device, steps))
             except Exception as error:  # e.g. a method that refuses this model: a row says so
                 errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
                 runs.pop(m)
@@ -344,7 +374,8 @@ def methods_bench(
         "task_version": cfg.task.get("version"),
         "model": cfg.model.name,
         "overrides": overrides,
-        "threads": torch.get_num_threads(),
+        "isolation": "a fresh process per method and round" if fresh_process else "one process",
+        "threads": next((rs[0]["threads"] for rs in runs.values()), torch.get_num_threads()),
         "load_1min_before": load_before,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "torch": torch.__version__,
@@ -410,7 +441,9 @@ def format_methods(result: dict) -> str:
     where = f"{result['task']} on {result['model']}, " if "task" in result else ""
     lines.append(
         f"{where}{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
-        "timed steps per method (1 warm-up step apart), medians over rounds; FLOPs counted "
+        "timed steps per method (1 warm-up step apart), medians over rounds"
+        + (f", {result['isolation']}" if "isolation" in result else "")
+        + "; FLOPs counted "
         "by torch.utils.flop_counter on one real step, per padded token; memory: "
         + (
             "rise of the resident-set peak during training above what the process held "
