@@ -26,6 +26,7 @@ table { border-collapse: collapse; margin: .5em 0; font-variant-numeric: tabular
 th, td { padding: .3em .6em; border-bottom: 1px solid #e4e4e4; vertical-align: top; }
 thead th { border-bottom: 2px solid #444; text-align: left; }
 table.comparison td:not(:first-child) { text-align: right; }
+table.pairs td:nth-child(n+4) { text-align: center; }
 table.repro { font-size: 12px; } table.repro code { word-break: break-all; }
 figure { margin: 1.2em 0; } figcaption, .legend, .meta { color: #555; font-size: .92em; }
 figure.plot img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -58,6 +59,7 @@ def render_page(
     notes: list[str],
     controls_html: str = "",
     charts_html: str = "",
+    pairs_html: str = "",
 ) -> str:
     """Assembles the page from ready HTML fragments and PNG files.
 
@@ -71,13 +73,15 @@ def render_page(
         charts_html: The interactive charts (``interactive.render_charts``), after the
             tables; its script slots are filled by ``interactive.inline_scripts`` once the
             page has been scrubbed.
+        pairs_html: Which pairs of methods are separated (``pairs.pairs_html``), after the
+            tables; empty when no runs stored predictions.
 
     Returns:
         The HTML document. The text fragments are scrubbed of secrets; the embedded images
         are not, since a chance match inside base64 would corrupt a plot.
     """
-    title, table_html, repro_html, notes, controls_html, charts_html = scrub(
-        [title, table_html, repro_html, notes, controls_html, charts_html]
+    title, table_html, repro_html, notes, controls_html, charts_html, pairs_html = scrub(
+        [title, table_html, repro_html, notes, controls_html, charts_html, pairs_html]
     )
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = "".join(f'<p class="meta">{html.escape(n)}</p>\n' for n in notes)
@@ -98,6 +102,7 @@ def render_page(
 <h2>Comparison</h2>
 {table_html}
 </section>
+{pairs_html}
 {charts_html}
 <section id="plots">
 <h2>Plots</h2>

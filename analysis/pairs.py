@@ -11,8 +11,10 @@ p is at least 2 / (B + 1), so B grows with the family as in the table (2.5 pairs
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -87,41 +89,86 @@ def _task_pairs(
     return frame
 
 
+INTRO = (
+    "Every pair of methods of a task, compared on the stored test predictions by the "
+    "two-level bootstrap over seeds and test examples (the table's test), Holm-corrected "
+    "over the task's pairs at 95%. Rows and columns in order of mean score, best first; "
+    "a cell reads row vs column: `>` the row is better and separated, `<` worse and "
+    "separated, `·` not separated."
+)
+
+
+@dataclass(frozen=True)
+class PairMatrix:
+    """One task's pairs as a matrix, for either format: who beats whom, best mean first."""
+
+    heading: str
+    summary: str
+    rows: list[list[str]]  # rank, method, mean, then one mark per method in the same order
+
+
 def pairs_markdown(pairs: pd.DataFrame, agg: pd.DataFrame) -> str:
     """Per task: how many pairs are separated, and a matrix of which (best mean first)."""
-    parts = [
-        "## Which pairs of methods are separated\n\n"
-        "Every pair of methods of a task, compared on the stored test predictions by the "
-        "two-level bootstrap over seeds and test examples (the table's test), Holm-corrected "
-        "over the task's pairs at 95%. Rows and columns in order of mean score, best first; "
-        "a cell reads row vs column: `>` the row is better and separated, `<` worse and "
-        "separated, `·` not separated."
-    ]
-    for (task, model), frame in pairs.groupby(["task", "model"], sort=True):
-        parts.append(_task_matrix(task, model, frame, agg))
+    parts = ["## Which pairs of methods are separated\n\n" + INTRO]
+    for matrix in _matrices(pairs, agg):
+        n = len(matrix.rows)
+        lines = ["| | method | mean | " + " | ".join(str(i + 1) for i in range(n)) + " |",
+                 "| --: | :-- | --: |" + " :-: |" * n]  # fmt: skip
+        lines += ["| " + " | ".join(row) + " |" for row in matrix.rows]
+        parts.append(f"### {matrix.heading}\n\n{matrix.summary}\n\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
-def _task_matrix(task: str, model: str, frame: pd.DataFrame, agg: pd.DataFrame) -> str:
+def pairs_html(pairs: pd.DataFrame, agg: pd.DataFrame) -> str:
+    """The same matrices as :func:`pairs_markdown`, as a section of the report's page."""
+    if pairs.empty:
+        return ""
+    intro = html.escape(INTRO).replace("`", "")
+    parts = ['<section id="pairs">', "<h2>Which pairs of methods are separated</h2>",
+             f'<p class="legend">{intro}</p>']  # fmt: skip
+    for matrix in _matrices(pairs, agg):
+        n = len(matrix.rows)
+        head = "".join(f"<th>{i + 1}</th>" for i in range(n))
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+            for row in matrix.rows
+        )
+        parts += [f"<h3>{html.escape(matrix.heading)}</h3>",
+                  f"<p>{html.escape(matrix.summary)}</p>",
+                  '<table class="comparison pairs"><thead><tr><th></th><th>method</th>'
+                  f"<th>mean</th>{head}</tr></thead><tbody>{body}</tbody></table>"]  # fmt: skip
+    return "\n".join([*parts, "</section>"])
+
+
+def _matrices(pairs: pd.DataFrame, agg: pd.DataFrame) -> list[PairMatrix]:
+    return [
+        _task_matrix(task, model, frame, agg)
+        for (task, model), frame in pairs.groupby(["task", "model"], sort=True)
+    ]
+
+
+def _task_matrix(task: str, model: str, frame: pd.DataFrame, agg: pd.DataFrame) -> PairMatrix:
     cells = agg[(agg["task"] == task) & (agg["model"] == model)]
     info = task_infos(cells)[task]
     means = cells.set_index("method_label")["mean"]
     order = list(dict.fromkeys([*frame["better"], *frame["worse"]]))  # best mean first
     separated = {(r.better, r.worse) for r in frame.itertuples() if r.separated}
     width = (frame["ci_high"] - frame["ci_low"]).median() * info.scale
-    head = (
-        f"### {task} ({model}; {info.metric}, {int(frame['n_examples'].iloc[0]):,} test "
-        f"examples, B = {int(frame['n_resamples'].iloc[0]):,})\n\n"
-        f"{len(separated)} of {len(frame)} pairs separated; the median pair's 95% interval "
-        f"is {width:.1f} wide (in the table's units).\n\n"
+    return PairMatrix(
+        heading=f"{task} ({model}; {info.metric}, {int(frame['n_examples'].iloc[0]):,} test "
+        f"examples, B = {int(frame['n_resamples'].iloc[0]):,})",
+        summary=f"{len(separated)} of {len(frame)} pairs separated; the median pair's 95% "
+        f"interval is {width:.1f} wide (in the table's units).",
+        rows=[
+            [
+                str(i + 1),
+                row,
+                f"{means[row] * info.scale:.1f}",
+                *(_mark(row, c, separated) for c in order),
+            ]
+            for i, row in enumerate(order)
+        ],
     )
-    lines = ["| | method | mean | " + " | ".join(str(i + 1) for i in range(len(order))) + " |",
-             "| --: | :-- | --: |" + " :-: |" * len(order)]  # fmt: skip
-    for i, row in enumerate(order):
-        marks = [_mark(row, col, separated) for col in order]
-        mean = means[row] * info.scale
-        lines.append(f"| {i + 1} | {row} | {mean:.1f} | " + " | ".join(marks) + " |")
-    return head + "\n".join(lines)
 
 
 def _mark(row: str, col: str, separated: set[tuple[str, str]]) -> str:

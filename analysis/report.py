@@ -25,7 +25,7 @@ from analysis.frame import REJECTED, SUCCESS, SYNTHETIC, load_records, quality_r
 from analysis.interactive import inline_scripts, render_charts, render_controls
 from analysis.page import PAGE, Plot, render_page
 from analysis.paired import load_predictions
-from analysis.pairs import PAIRS_CSV, PAIRS_FILE, pair_tests, pairs_markdown
+from analysis.pairs import PAIRS_CSV, PAIRS_FILE, pair_tests, pairs_html, pairs_markdown
 from analysis.plots import plot_all, plot_score_vs_train_size
 from analysis.stats import aggregate
 from analysis.tables import (
@@ -167,7 +167,7 @@ def _write_all(
         *plot_critical_difference(tables, agg, out_dir),
         *plot_budget_matched(agg, out_dir),
     ]
-    page = _page(tables, agg, plots, rows, runs, records, filters, rejected)
+    page = _page(tables, agg, plots, rows, runs, records, filters, rejected, pairs)
     written = [
         _write(out_dir / "comparison.md", to_markdown(tables)),
         _write(out_dir / "comparison.csv", to_csv(tables)),
@@ -242,6 +242,7 @@ def _page(
     records: pd.DataFrame,
     filters: dict[str, Any],
     rejected: list[tuple[Path, str]] = (),
+    pairs: pd.DataFrame | None = None,
 ) -> str:
     pngs = {p.stem: p for p in plots if p.suffix == ".png"}
     embedded = [
@@ -258,6 +259,7 @@ def _page(
         notes=[note, *_rejected_notes(rejected), *_filter_notes(filters), *_metric_notes(runs)],
         controls_html=render_controls(agg, runs),
         charts_html=render_charts(agg, runs),
+        pairs_html="" if pairs is None else pairs_html(pairs, agg),
     )
 
 

@@ -418,3 +418,6 @@ def test_every_pair_is_tested_and_holm_corrected_over_the_task(tmp_path: Path) -
     assert "| 1 | a | 100.0 |  | · | > |" in markdown
     assert "| 3 | c | 50.0 | < | < |  |" in markdown
     assert {"pairs.md", "pairs.csv"} <= {p.name for p in build_report(tmp_path)}
+    page = (tmp_path / "report" / "report.html").read_text()  # the page shows them too
+    assert '<section id="pairs">' in page and "2 of 3 pairs separated" in page
+    assert "<tr><td>3</td><td>c</td><td>50.0</td><td>&lt;</td><td>&lt;</td><td></td></tr>" in page
