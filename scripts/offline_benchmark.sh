@@ -44,6 +44,9 @@ SUBSET=()  # grid and extend: these methods only
 read -r -a EXTRA <<< "${EXTRA:-}"
 PYTHON=${PYTHON:-python}
 PARALLEL=(hydra/launcher=processes "hydra.launcher.n_jobs=${N_JOBS:-2}" train.threads=auto)
+# grid and extend: no latency probe (a quarter of a polarity grid run's wall time, 22 of 88 s;
+# selection reads dev only, costs come from the costs stage; instrument.* is not in a run's id)
+TUNING=(instrument.inference=false)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
 commit() {  # $1: what finished
@@ -64,7 +67,7 @@ for stage in "${STAGES[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] grid: $task"
         "$PYTHON" -m peftbench.cli benchmark grid --results "$DIR" --tasks "$task" "${GRID[@]}" \
-          "${SUBSET[@]}" "${PARALLEL[@]}" "${EXTRA[@]}"
+          "${SUBSET[@]}" "${PARALLEL[@]}" "${TUNING[@]}" "${EXTRA[@]}"
         commit "grid $task"
       done ;;
     select)
@@ -72,7 +75,7 @@ for stage in "${STAGES[@]}"; do
       commit "selection" ;;
     extend)
       "$PYTHON" -m peftbench.cli benchmark extend --results "$DIR" --seeds "$SEEDS" --no-finals "${GRID[@]}" \
-        "${SUBSET[@]}" "${PARALLEL[@]}" "${EXTRA[@]}"
+        "${SUBSET[@]}" "${PARALLEL[@]}" "${TUNING[@]}" "${EXTRA[@]}"
       commit "extension" ;;
     final)
       for task in "${TASKS[@]}"; do
