@@ -57,7 +57,8 @@ def test_lr_scale_defaults_to_1_for_every_method_and_must_be_positive(compose):
 def test_wnut16_trains_10_epochs_by_default_and_the_command_line_still_wins(compose):
     assert compose("task=wnut16").train.epochs == 10
     assert compose("task=polarity").train.epochs == 4  # v2: 1,600 x 4 = v1's 400 steps
-    assert compose("task=hedge").train.epochs == 2  # every other task: the shared 2
+    assert compose("task=hedge").train.epochs == 4  # v2: 600 steps, v1's budget doubled
+    assert compose("task=bbc-news").train.epochs == 2  # every other task: the shared 2
     assert compose("task=wnut16", "train.epochs=3").train.epochs == 3
 
 
