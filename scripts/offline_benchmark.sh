@@ -11,7 +11,7 @@
 #   extend        one scale beyond the grid's edge for every cell chosen there, then select
 #   final[:TASK]  seeds $SEEDS (default 0,1,2,3,4) of each chosen recipe (or one task's),
 #                 into DIR/final
-#   costs[:TASK]  a clean cost run per task (every method alone in a fresh process, one
+#   costs[:TASK]  a clean cost run per task (each benchmarked method alone in a fresh process, one
 #                 thread as the runs train): DIR/costs/TASK.{json,md}; run it on an idle
 #                 machine, nothing else running
 #   report        DIR/report (the benchmark: chosen recipes, all seeds; time and memory from
@@ -36,6 +36,8 @@ STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select extend final costs report)
 # the preset's tasks, in its order (wnut16 first: its recipe is the one to check early)
 read -r -a TASKS <<< "$(sed -n 's/^ *task: *//p' conf/experiment/offline-benchmark.yaml | tr , ' ')"
+# and its methods: the costs stage measures these only (not every registered method)
+BENCHMARKED=$(sed -n 's/^ *method: *//p' conf/experiment/offline-benchmark.yaml)
 SEEDS=${SEEDS:-0,1,2,3,4}
 GRID=()  # the grid's scales, passed to every stage alike
 [ -z "${SCALES:-}" ] || GRID=(--scales "$SCALES")
@@ -89,7 +91,7 @@ for stage in "${STAGES[@]}"; do
       for task in "${TASKS[@]}"; do
         [ -z "$only" ] || [ "$only" = "$task" ] || continue
         echo "[bench] costs: $task (load average now: $(cut -d' ' -f1 /proc/loadavg); idle is ~0)"
-        "$PYTHON" -m peftbench.cli costs methods ${METHODS:+--methods "$METHODS"} --steps 20 \
+        "$PYTHON" -m peftbench.cli costs methods --methods "${METHODS:-$BENCHMARKED}" --steps 20 \
           --repeats 3 --fresh-process --out "$DIR/costs/$task.json" +experiment=offline-benchmark "task=$task" \
           train.threads=1 "${EXTRA[@]}"
         commit "costs $task"

@@ -271,6 +271,32 @@ def test_select_dry_run_writes_the_selection_and_copies_nothing(tmp_path, capsys
     assert not (results / "final").exists()  # a dry run copies and trains nothing
 
 
+def _script_calls(tmp_path: Path, *stages: str, **env: str) -> list[str]:
+    """What scripts/offline_benchmark.sh asks Python to run, with a PYTHON that only logs."""
+    tmp_path.mkdir(exist_ok=True)
+    calls, fake = tmp_path / "calls", tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(calls), **env}
+    script = ROOT / "scripts" / "offline_benchmark.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "bench"), *stages], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    return calls.read_text().splitlines()
+
+
+def test_the_cost_stage_measures_the_benchmarked_methods_not_every_registered_one(tmp_path):
+    """26 methods are registered; the costs stage times the preset's 21 (or METHODS)."""
+    preset = OmegaConf.load(ROOT / "conf" / "experiment" / "offline-benchmark.yaml")
+    benchmarked = preset.hydra.sweeper.params.method
+    [call] = _script_calls(tmp_path, "costs:hedge")
+    assert f"--methods {benchmarked} " in call and "task=hedge" in call
+    assert "--fresh-process" in call and "train.threads=1" in call
+    [call] = _script_calls(tmp_path / "subset", "costs:hedge", METHODS="full,lora")
+    assert "--methods full,lora " in call
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
