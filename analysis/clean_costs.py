@@ -25,6 +25,8 @@ REPLACES = {
     "train_mem_clean_bytes": ("peak_mem_bytes",),
 }
 KEYS = ("task", "model", "method")
+#: How a file's methods were kept apart (``costs methods`` writes it since --fresh-process).
+ISOLATION = "clean_isolation"
 
 
 class CostsFileError(ValueError):
@@ -54,8 +56,9 @@ def load(paths: list[Path]) -> pd.DataFrame:
                 "task": result["task"], "model": result["model"], "method": method,
                 "step_ms_clean": row["step_p50_s"] * 1e3,
                 "train_mem_clean_bytes": math.nan if memory is None else float(memory),
+                ISOLATION: result.get("isolation", "one process"),  # older files: one process
             })  # fmt: skip
-    return pd.DataFrame(rows, columns=[*KEYS, *REPLACES])
+    return pd.DataFrame(rows, columns=[*KEYS, *REPLACES, ISOLATION])
 
 
 def _read(path: Path) -> dict:

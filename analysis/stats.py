@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.clean_costs import ISOLATION as CLEAN_ISOLATION
 from analysis.clean_costs import REPLACES as CLEAN_COST_COLUMNS
 from analysis.frame import SUCCESS, SYNTHETIC
 
@@ -462,6 +463,7 @@ def aggregate(runs: pd.DataFrame, *, value: str = "primary_value") -> pd.DataFra
             **{c: _seed_mean(group, c) for c in MEASURE_COLUMNS},
             # one head per task, so one measure per group (None: not recorded)
             "forgetting_measure": _first(group, "forgetting_measure"),
+            CLEAN_ISOLATION: _first(group, CLEAN_ISOLATION),  # how its clean cost run ran
         })  # fmt: skip
     return pd.DataFrame(rows)
 

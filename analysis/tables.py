@@ -104,6 +104,9 @@ class ComparisonTable:
     detect: float = DETECT  # the planned difference, displayed units
     n_resamples: int = N_RESAMPLES
     reference: str | None = None  # --reference METHOD
+    # how the clean cost runs behind Step and Train mem kept methods apart ("one process",
+    # "a fresh process per method and round"); empty without clean costs
+    clean_isolation: tuple[str, ...] = ()
     ref_tests: dict[str, pd.DataFrame] = field(default_factory=dict)  # as ``tests``
 
     @property
@@ -264,6 +267,7 @@ def _build_one(
         n_resamples=used_resamples,
         reference=reference,
         ref_tests=ref_tests,
+        clean_isolation=tuple(sorted(set(agg.get(clean_costs.ISOLATION, pd.Series()).dropna()))),
     )
 
 
@@ -541,9 +545,10 @@ def _measure_note(table: ComparisonTable) -> str:
     if "energy_j" in columns:
         notes.append(" Energy: training energy per run (NVML on GPUs, RAPL on CPUs).")
     if "step_ms_clean" in columns:
+        isolation = " or ".join(table.clean_isolation) or "one process"
         notes.append(
             " Step and Train mem: from a clean cost run per task (`peftbench costs methods`: "
-            "every method alone in turn in one process on an idle machine, medians over "
+            f"every method alone in turn, {isolation}, on an idle machine, medians over "
             "interleaved rounds), not from the training runs, which shared the machine; Step: "
             "the median training step; Train mem: the resident-set rise during training above "
             "what the process held before the method was built (on a GPU, the allocated peak)."

@@ -426,7 +426,9 @@ def test_report_filters_and_removes_a_stale_failure_list(results_dir: Path, tmp_
     assert cells["lora"]["Avg. rank"] == "**1.00**"
 
 
-def _cost_file(path: Path, task: str, medians: dict[str, tuple[float, float]]) -> Path:
+def _cost_file(
+    path: Path, task: str, medians: dict[str, tuple[float, float]], **fields: object
+) -> Path:
     """A `peftbench costs methods --out` file: (step seconds, train RSS rise) per method."""
     rows = {
         m: {"step_p50_s": step, "flops_per_token": 1e6, "achieved_flops_per_s": 1e9,
@@ -435,7 +437,7 @@ def _cost_file(path: Path, task: str, medians: dict[str, tuple[float, float]]) -
     }  # fmt: skip
     result = {"medians": rows, "errors": {}, "device": "cpu", "steps": 20, "repeats": 3,
               "task": task, "model": "minilm-l6", "threads": 1, "load_1min_before": 0.1,
-              "measured_at": "2026-12-05T08:00:00Z"}  # fmt: skip
+              "measured_at": "2026-12-05T08:00:00Z", **fields}  # fmt: skip
     write_methods(result, path)
     return path
 
@@ -447,8 +449,9 @@ def test_a_clean_cost_run_replaces_the_records_time_and_memory(
     and training memory instead of the records' train time, throughput and peak memory."""
     costs = [
         _cost_file(tmp_path / "c" / "polarity.json", "polarity",
-                   {"lora": (0.2, 30e6), "bitfit": (0.1, 10e6)}),
-        _cost_file(tmp_path / "c" / "topic.json", "topic", {"lora": (0.4, 50e6)}),
+                   {"lora": (0.2, 30e6), "bitfit": (0.1, 10e6)},
+                   isolation="a fresh process per method and round"),
+        _cost_file(tmp_path / "c" / "topic.json", "topic", {"lora": (0.4, 50e6)}),  # older
     ]  # fmt: skip
     out = tmp_path / "out"
     written = {p.name for p in build_report(results_dir, out, costs=costs)}
@@ -459,6 +462,8 @@ def test_a_clean_cost_run_replaces_the_records_time_and_memory(
     assert cells["lora"]["Train mem"] == "40.0 MB" and cells["prompt"]["Train mem"] == "–"
     assert not {"Peak mem", "Train time (s)", "Tokens/s"} & set(cells["lora"])
     assert "clean cost run per task" in markdown and "Peak mem:" not in markdown
+    # the footnote says how each file kept its methods apart (a file without the field: one)
+    assert "alone in turn, a fresh process per method and round or one process," in markdown
     assert {"score_vs_step.png", "score_vs_train_memory.png"} <= written
     assert not {"score_vs_time.png", "score_vs_memory.png"} & written
     with open(out / "comparison.csv", newline="") as f:
