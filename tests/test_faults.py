@@ -383,3 +383,75 @@ def test_a_kept_checkpoint_resumes_in_process_to_the_same_result(compose, tmp_pa
     assert _learned(resumed["history"]) == _learned(whole["history"])
     assert resumed["metrics"] == whole["metrics"]
     assert resumed["cost"]["step_time_s"]["n"] == whole["cost"]["step_time_s"]["n"]
+
+
+#: AdaLoRA over 12 steps: warm-up to step 1, the budget shrinks until step 7 (re-allocated
+#: every step), ranks final after it (peftbench/methods/peft_backend.py adalora_schedule).
+ADALORA_CHECKPOINTED = ("method=adalora", *CHECKPOINTED[1:])
+
+
+@pytest.mark.parametrize(
+    "every, last_saved",
+    [(6, 6), (5, 10)],  # 6: while the budget shrinks; 10: after the ranks are final
+)
+def test_adalora_resumes_to_the_same_result_from_either_phase(compose, tmp_path, every, last_saved):
+    # The allocator's importance averages and the final rank pattern are not parameters:
+    # a checkpoint must carry them, or the budget phase prunes from fresh averages and, past
+    # it, peft masks with no pattern (AttributeError, as wnut16's grid met on a resume).
+    overrides = (*ADALORA_CHECKPOINTED, f"train.checkpoint_every_steps={every}")
+    _assert_resumes_to_the_same_result(compose, tmp_path, overrides, last_saved)
+
+
+def _assert_resumes_to_the_same_result(compose, tmp_path, overrides, last_saved: int) -> None:
+    """A run, then the same run again from its kept last checkpoint: the same record."""
+    results = tmp_path / "results"
+    whole = experiment.run(compose(*overrides, "train.keep_checkpoints=true", results_dir=results))
+    resumed = experiment.run(compose(*overrides, "force=true", results_dir=results))
+    whole, resumed = (json.loads(Path(r["path"]).read_text()) for r in (whole, resumed))
+    assert resumed["cost"]["checkpoint"]["resumed_from_step"] == last_saved
+    assert _learned(resumed["history"]) == _learned(whole["history"])
+    assert resumed["metrics"] == whole["metrics"]
+
+
+#: The benchmark's 21 methods (conf/experiment/offline-benchmark.yaml), as it sweeps them.
+BENCHMARKED = next(
+    line.split(":", 1)[1].strip().split(",")
+    for line in (ROOT / "conf/experiment/offline-benchmark.yaml").read_text().splitlines()
+    if line.strip().startswith("method:")
+)
+
+
+@pytest.mark.slow  # 42 short runs; CI runs it with `pytest -m slow`
+@pytest.mark.parametrize("method", BENCHMARKED)
+def test_every_benchmarked_method_resumes_to_the_same_result(compose, tmp_path, method):
+    # A benchmark chunk stopped mid-run resumes it; the record must not depend on that. Any
+    # training state outside the saved tensors (as AdaLoRA's allocator was) breaks this.
+    overrides = (f"method={method}", *CHECKPOINTED[1:])
+    _assert_resumes_to_the_same_result(compose, tmp_path, overrides, last_saved=10)
+
+
+def test_a_checkpoint_without_the_methods_state_starts_over(compose, tmp_path, caplog):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from peftbench.runner.checkpoint import checkpoint_path
+
+    results = tmp_path / "results"
+    whole = experiment.run(
+        compose(*ADALORA_CHECKPOINTED, "train.keep_checkpoints=true", results_dir=results)
+    )
+    path = checkpoint_path(results, whole["run_id"])
+    with safe_open(str(path), framework="pt") as f:  # as older code wrote it: no method state
+        meta = json.loads(f.metadata()["peftbench"])
+    del meta["extras"]["method"]
+    save_file(load_file(str(path)), str(path), metadata={"peftbench": json.dumps(meta)})
+
+    caplog.set_level("WARNING", logger="peftbench")
+    again = experiment.run(compose(*ADALORA_CHECKPOINTED, "force=true", results_dir=results))
+    record = json.loads(Path(again["path"]).read_text())
+    assert again["status"] == "success"
+    assert record["cost"]["checkpoint"]["resumed_from_step"] is None  # from step 1
+    assert any("holds no method state" in r.getMessage() for r in caplog.records)
+    assert path.with_name(f"{path.name}.corrupt").is_file()  # set aside, not resumed
+    whole_record = json.loads(Path(whole["path"]).read_text())
+    assert _learned(record["history"]) == _learned(whole_record["history"])

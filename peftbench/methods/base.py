@@ -27,6 +27,12 @@ SELECT_FROM_ATTR = "peftbench_select_from_step"
 #: for the record's ``params`` section (fisher_mask: ``mask_by_module``, where its mask lies).
 PARAMS_FACTS_ATTR = "peftbench_params_facts"
 
+#: Name of the optional model attribute holding the method's training state that lives
+#: outside the model's tensors (AdaLoRA: its importance averages and final rank pattern), as
+#: an object with ``state_dict()`` / ``load_state_dict()``. A checkpoint saves it, and a
+#: checkpoint without it is not resumed: the run would go on from a different state.
+CHECKPOINT_STATE_ATTR = "peftbench_checkpoint_state"
+
 
 class MethodNotApplicable(ValueError):
     """A method cannot be applied to this model, task or machine (a config error, not a bug).
@@ -98,6 +104,11 @@ def count_trainable(model: nn.Module, head_modules: list[str]) -> tuple[int, int
 def step_hook(model: nn.Module) -> Callable[[int], None] | None:
     """The per-step hook a method installed on ``model``, if any (see :data:`STEP_HOOK_ATTR`)."""
     return getattr(model, STEP_HOOK_ATTR, None)
+
+
+def checkpoint_state(model: nn.Module) -> Any:
+    """The method state a checkpoint must carry, if any (see :data:`CHECKPOINT_STATE_ATTR`)."""
+    return getattr(model, CHECKPOINT_STATE_ATTR, None)
 
 
 def select_from_step(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from peftbench.methods.base import (
+    CHECKPOINT_STATE_ATTR,
     SELECT_FROM_ATTR,
     STEP_HOOK_ATTR,
     MethodContext,
@@ -105,6 +106,36 @@ def adalora_final_step(args: dict) -> int:
     """
     total, tfinal = int(args["total_step"]), int(args["tfinal"])
     return min(total, total - tfinal + 1)
+
+
+class AdaLoraAllocation:
+    """AdaLoRA's budget state that peft keeps outside the parameters, for checkpoints.
+
+    The rank allocator's importance averages (``exp_avg_ipt``, ``exp_avg_unc``, and the last
+    ``ipt``) decide which ranks the budget phase prunes, and the final ``rank_pattern`` masks
+    every step after it. Neither is a parameter or buffer: without them a resumed run prunes
+    from fresh averages, and past the final step peft masks with no pattern and fails.
+    """
+
+    TABLES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model  # peft's AdaLoraModel
+
+    def _config(self) -> Any:
+        return self.model.peft_config[self.model.trainable_adapter_name]
+
+    def state_dict(self) -> dict:
+        allocator = self.model.rankallocator
+        tables = {name: dict(getattr(allocator, name)) for name in self.TABLES}
+        return {**tables, "rank_pattern": self._config().rank_pattern}
+
+    def load_state_dict(self, state: dict) -> None:
+        params = dict(self.model.model.named_parameters())  # the allocator's names
+        for name in self.TABLES:
+            table = {n: t.to(params[n].device, params[n].dtype) for n, t in state[name].items()}
+            setattr(self.model.rankallocator, name, table)
+        self._config().rank_pattern = state["rank_pattern"]
 
 
 def align_virtual_tokens(model: nn.Module, n_virtual: int) -> None:
@@ -208,6 +239,7 @@ def peft_method(model: nn.Module, cfg: Any, ctx: MethodContext) -> nn.Module:
         # peft: call after optimizer.step() and before zero_grad(), with the step index.
         setattr(wrapped, STEP_HOOK_ATTR, wrapped.base_model.update_and_allocate)
         setattr(wrapped, SELECT_FROM_ATTR, adalora_final_step(args))
+        setattr(wrapped, CHECKPOINT_STATE_ATTR, AdaLoraAllocation(wrapped.base_model))
     if ctx.peft_task_type == "TOKEN_CLS" and peft_type(args["peft_type"]).prepends_tokens:
         align_virtual_tokens(wrapped, int(args["num_virtual_tokens"]))
     return wrapped

@@ -9,7 +9,8 @@ unpickled: safetensors and JSON only.
 
 A resumed run on CPU with the same seed ends with the same metrics and history as one that
 was never interrupted: the data order (the sampler's epoch and position), dropout (torch's
-RNG) and the optimiser all continue from the same state. A checkpoint written under another
+RNG), the optimiser and a method's state outside its tensors (AdaLoRA's rank allocator) all
+continue from the same state. A checkpoint written under another
 recipe (another run id, peftbench/config/identity.py) is never resumed.
 """
 
@@ -83,19 +84,34 @@ class Checkpointer:
         every: save after every ``every`` optimisation steps; 0 = never.
         run_id: the run's id, recipe hash included (peftbench/config/identity.py); a checkpoint
             written under another id is not resumed.
-        extras: run-level state kept outside the loop (history, step timer, evaluation clock).
+        extras: run-level state kept outside the loop (history, step timer, evaluation clock);
+            a checkpoint of older code without one of them still resumes.
+        required: state a resume cannot do without (a method's, e.g. AdaLoRA's allocator):
+            a checkpoint that lacks it is set aside and the run starts from step 1.
     """
 
-    def __init__(self, path: Path, *, every: int, run_id: str, extras: dict[str, Stateful]) -> None:
-        self.path, self.every, self.run_id, self.extras = Path(path), every, run_id, extras
+    def __init__(
+        self,
+        path: Path,
+        *,
+        every: int,
+        run_id: str,
+        extras: dict[str, Stateful],
+        required: dict[str, Stateful] | None = None,
+    ) -> None:
+        self.path, self.every, self.run_id = Path(path), every, run_id
+        self.extras = {**extras, **(required or {})}
+        self.required = set(required or ())
         self.seconds = 0.0  # spent saving: not training time
         self.resumed_from: int | None = None  # the step a resumed run started from
 
     @classmethod
-    def for_run(cls, cfg: Any, run_id: str, extras: dict[str, Stateful]) -> Checkpointer:
+    def for_run(
+        cls, cfg: Any, run_id: str, extras: dict[str, Stateful], required: dict[str, Stateful]
+    ) -> Checkpointer:
         path = checkpoint_path(Path(cfg.results_dir), run_id)
         every = int(cfg.train.get("checkpoint_every_steps") or 0)
-        return cls(path, every=every, run_id=run_id, extras=extras)
+        return cls(path, every=every, run_id=run_id, extras=extras, required=required)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -148,6 +164,9 @@ class Checkpointer:
             return None
         meta, tensors = loaded
         try:
+            missing = sorted(self.required - set(meta["extras"]))
+            if missing:
+                raise ValueError(f"it holds no {', '.join(missing)} state (older code)")
             parts = {k: _unflatten(meta[k], tensors) for k in _STATE_PARTS}
             extras = {
                 name: _unflatten(meta["extras"][name], tensors)

@@ -429,7 +429,7 @@ class _PartClock:
 
 
 def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
-    from peftbench.methods.base import step_hook
+    from peftbench.methods.base import checkpoint_state, step_hook
     from peftbench.runner.train import train
 
     history: list[dict] = []
@@ -450,7 +450,9 @@ def _fit(cfg: Any, run_id: str, tracker: Any, task: Any, setup: SetUp) -> Fit:
 
     watch = DevWatch(task)
     extras = {"history": Replay(history, tracker.log), "timer": timer, "clock": eval_clock}
-    checkpoint = Checkpointer.for_run(cfg, run_id, {**extras, "dev_watch": watch})
+    method = checkpoint_state(setup.model)
+    required = {"method": method} if method is not None else {}
+    checkpoint = Checkpointer.for_run(cfg, run_id, {**extras, "dev_watch": watch}, required)
     with energy.measure():  # the counter read at start and end (RAPL: polled in between)
         result = train(
             data_parallel.wrap(setup.model, setup.device),  # gradients averaged across ranks
