@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import re
 from collections.abc import Callable
 from typing import NamedTuple
@@ -27,7 +28,13 @@ from transformers import (
 
 from peftbench.methods import MethodContext, apply_method, load_trainable, save_trainable
 from peftbench.methods.adapters import BottleneckAdapter
-from peftbench.methods.base import MethodNotApplicable, count_trainable, step_hook
+from peftbench.methods.base import (
+    MethodNotApplicable,
+    checkpoint_state,
+    count_trainable,
+    step_hook,
+    trainable_state,
+)
 from tests.conftest import METHOD_YAMLS
 
 
@@ -471,6 +478,46 @@ def test_adalora_installs_a_step_hook_that_reallocates_ranks():
     hook = step_hook(model)
     assert hook is not None and hook.__name__ == "update_and_allocate"
     assert model.peft_config["default"].total_step == TOTAL_STEPS
+
+
+def _adalora_steps(model: torch.nn.Module, steps: range) -> None:
+    """Steps as the loop takes them: backward, optimiser, AdaLoRA's hook, zero_grad (plain
+    SGD holds no state and dropout is off, so only the allocator's state can differ)."""
+    hook, optimizer = step_hook(model), torch.optim.SGD(model.parameters(), lr=0.5)
+    model.eval()
+    for step in steps:
+        model(**_batch(step)).loss.backward()
+        optimizer.step()
+        hook(step)
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("stop", [4, 8])  # of 10: 4 while the budget shrinks, 8 past its end
+def test_adalora_continues_from_its_checkpoint_state_as_if_never_stopped(stop):
+    from peftbench.runner.checkpoint import _flatten, _unflatten
+
+    cfg = OmegaConf.load(next(p for p in METHOD_YAMLS if p.stem == "adalora"))
+    whole = apply_method(_tiny_classifier(), cfg, CONTEXT)
+    _adalora_steps(whole, range(stop))
+    tensors: dict = {}  # the state as a checkpoint writes it: JSON plus named tensors
+    saved = json.loads(json.dumps(_flatten(checkpoint_state(whole).state_dict(), "m", tensors)))
+    weights = {k: v.clone() for k, v in trainable_state(whole).items()}
+    _adalora_steps(whole, range(stop, TOTAL_STEPS))
+
+    def resumed(with_state: bool) -> torch.nn.Module:
+        model = apply_method(_tiny_classifier(), cfg, CONTEXT)
+        assert not model.load_state_dict(weights, strict=False).unexpected_keys
+        if with_state:
+            checkpoint_state(model).load_state_dict(_unflatten(saved, tensors))
+        _adalora_steps(model, range(stop, TOTAL_STEPS))
+        return model
+
+    final = trainable_state(whole)
+    assert all(torch.equal(final[k], v) for k, v in trainable_state(resumed(True)).items())
+    assert (
+        resumed(True).peft_config["default"].rank_pattern
+        == whole.peft_config["default"].rank_pattern
+    )
 
 
 def test_qlora_refuses_without_cuda_in_one_line():
