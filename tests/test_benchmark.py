@@ -438,6 +438,13 @@ def test_extend_adds_one_scale_beyond_the_edge_and_selection_says_which_choice_m
     assert "- polarity--tiny--lora: x10 -> x30" in markdown and "prefix: x0.3" not in markdown
     assert "| n/a |" in markdown  # ia3 has no x30 or x0.1 point
 
+    # Once per cell: lora's choice moved to x30, a new edge, and a later extend (the next
+    # task's) leaves it there rather than adding x100.
+    ran.clear()
+    assert main(["benchmark", "extend", "--results", str(results)]) == 0
+    assert not ran and "nothing to add" in capsys.readouterr().out
+    assert json.loads((results / "extensions.json").read_text())["polarity--tiny--lora"] == [30.0]
+
 
 def test_extend_without_finals_trains_the_new_points_and_leaves_the_finals_to_select(
     tmp_path, monkeypatch

@@ -33,7 +33,7 @@ import json
 import math
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -817,13 +817,18 @@ def next_scale(scale: float, *, up: bool) -> float:
 
 
 def edge_extensions(
-    cells: Sequence[Cell], methods: Sequence[str] | None = None
-) -> dict[str, float]:
+    cells: Sequence[Cell], methods: Sequence[str] | None = None,
+    extended: Collection[str] = (),
+) -> dict[str, float]:  # fmt: skip
     """Per cell whose chosen scale is its grid's largest (smallest): the next scale above
-    (below). The same rule for every method; bracketed cells get nothing."""
+    (below). The same rule for every method; bracketed cells get nothing, and neither do the
+    cells in ``extended``: a cell is extended once (x30 above x10, x0.1 below x0.3), so a
+    choice that moved to its new point stays there and is reported at the edge."""
     added = {}
     for cell in cells:
         if not at_grid_edge(cell) or (methods and cell.method not in methods):
+            continue
+        if cell.name in extended:
             continue
         assert cell.chosen is not None
         up = math.isclose(cell.chosen.lr_scale, max(cell.scales))
@@ -873,14 +878,17 @@ def extend_flow(
     cells = [
         c for c in select_cells(grid_dir, scales, selection_seeds) if not tasks or c.task in tasks
     ]
-    added = edge_extensions(cells, methods)
+    extensions = read_extensions(grid_dir)
+    added = edge_extensions(cells, methods, extended=extensions)
     if not added:
-        print("[extend] no chosen scale lies at its grid's edge: nothing to add", flush=True)
+        print(
+            "[extend] no chosen scale lies at its grid's edge unextended: nothing to add",
+            flush=True,
+        )
         return 0
     for name, scale in sorted(added.items()):
         print(f"[extend] {name}: adds x{scale:g}", flush=True)
     if not dry_run:
-        extensions = read_extensions(grid_dir)
         for name, scale in added.items():
             extensions[name] = sorted({*extensions.get(name, []), scale})
         (results / EXTENSIONS_JSON).write_text(json.dumps(extensions, indent=1) + "\n")
