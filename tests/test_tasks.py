@@ -454,7 +454,7 @@ REAL = {
     # name: (rows per split, labels seen)
     "hedge": ({"train": 2400, "dev": 300, "test": 300}, {0, 1}),
     "bbc-news": ({"train": 1699, "dev": 212, "test": 214}, {0, 1, 2, 3, 4}),
-    "verse-paraphrase": ({"train": 3800, "dev": 968, "test": 4732}, {0, 1}),  # version 2
+    "verse-paraphrase": ({"train": 3800, "dev": 968, "test": 4732}, {0, 1}),  # versions 2-3
     "wnut16": ({"train": 1915, "dev": 239, "test": 240}, set(range(21))),
 }
 
