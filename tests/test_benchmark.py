@@ -200,6 +200,42 @@ def test_selection_counts_the_chosen_runs_still_improving_at_their_last_evaluati
     assert "doubles" not in protocol.to_markdown(adapter, [])
 
 
+def test_a_task_whose_budget_doubles_gets_no_extension_and_no_finals(tmp_path, monkeypatch, capsys):
+    """Most chosen runs still improving: the protocol discards the task's step budget, so
+    extend and the final seeds refuse it (one line, exit 2, nothing trained or recorded),
+    while the dry-run selection still writes the evidence and other tasks go on."""
+    monkeypatch.setattr(protocol, "check_recipes", lambda finals: None)  # made-up recipes
+    results = tmp_path / "bench"
+    grid = results / "grid"
+    last = [{"step": 2, "dev/accuracy": 0.5}, {"step": 4, "dev/accuracy": 0.6}]
+    for method in ("lora", "prefix"):  # both best at their last evaluation; lora at x10
+        for scale, dev in ((0.3, 0.5), (1.0, 0.6), (3.0, 0.7), (10.0, 0.8)):
+            dev = dev if method == "lora" else 0.9 - dev / 2
+            _record(grid, method, scale, dev=dev, test=0.5, history=last, task="hedge")
+    for scale, dev in ((0.3, 0.5), (1.0, 0.6), (3.0, 0.7), (10.0, 0.8)):  # another task
+        _record(grid, "lora", scale, dev=dev, test=0.5)
+    ran = []
+    monkeypatch.setattr(protocol.commands, "call", lambda argv, **kw: ran.append(argv) or 0)
+
+    assert main(["benchmark", "extend", "--results", str(results)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "doubles the step budget of hedge (hedge: 2 of 2" in error
+    assert "extension points" in error and "new version of conf/task/<task>.yaml" in error
+    assert not ran and not (results / "extensions.json").exists()
+
+    assert main(["benchmark", "select", "--results", str(results), "--dry-run"]) == 0
+    assert "doubles this task's step budget" in (results / "selection.md").read_text()
+    ran.clear()
+    assert main(["benchmark", "select", "--results", str(results), "--tasks", "hedge"]) == 2
+    assert "final seeds would train at a discarded budget" in capsys.readouterr().err
+    assert not ran and not (results / "final").exists()
+
+    assert main(["benchmark", "extend", "--results", str(results), "--tasks", "polarity"]) == 0
+    assert json.loads((results / "extensions.json").read_text()) == {
+        "polarity--tiny--lora": [30.0]
+    }  # only the task whose budget holds
+
+
 def test_runs_off_the_grid_are_kept_as_data_but_are_not_points_of_the_search(tmp_path, capsys):
     grid = tmp_path / "grid"
     for scale, dev in ((0.3, 0.2), (1.0, 0.4), (3.0, 0.5), (30.0, 0.9)):  # x30: off the grid

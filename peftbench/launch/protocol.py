@@ -191,6 +191,37 @@ def still_improving(cells: Sequence[Cell]) -> tuple[int, int]:
     return sum(p.selected_last for p in chosen), len(chosen)
 
 
+def budget_doubles(cells: Sequence[Cell]) -> bool:
+    """The protocol's step-budget rule for one task's cells: most chosen runs still improving."""
+    last, chosen = still_improving(cells)
+    return 2 * last > chosen
+
+
+def check_budgets(cells: Sequence[Cell], tasks: Sequence[str] | None, stage: str) -> None:
+    """Refuses ``stage`` (extension points or final seeds) on a task whose step budget the
+    protocol doubles: those runs would train at a budget the protocol has already discarded
+    (docs/benchmarks/README.md, version 2, step 3). Nothing is trained or written first."""
+    by_task: dict[str, list[Cell]] = {}
+    for cell in cells:
+        if not tasks or cell.task in tasks:
+            by_task.setdefault(cell.task, []).append(cell)
+    doubled = [t for t, group in sorted(by_task.items()) if budget_doubles(group)]
+    if doubled:
+        counts = "; ".join(
+            "{}: {} of {} chosen runs selected their last dev evaluation".format(
+                t, *still_improving(by_task[t])
+            )
+            for t in doubled
+        )
+        raise ConfigError(
+            f"the protocol doubles the step budget of {', '.join(doubled)} ({counts}), so "
+            f"its {stage} would train at a discarded budget",
+            "double train_epochs in a new version of conf/task/<task>.yaml, move the old "
+            "grid records aside and run the task's grid again (--tasks leaves a task out "
+            "meanwhile)",
+        )
+
+
 def _point(entries: list[dict], seeds: Sequence[int]) -> tuple[GridPoint, str | None, bool]:
     """One scale's point over the selection seeds: the mean dev when every seed has one,
     else the first failure's status (an lr that fails on one seed is not chosen), or
@@ -601,8 +632,9 @@ def _md_task(group: Sequence[Cell], task: str) -> list[str]:
     last, chosen_n = still_improving(group)
     if chosen_n:
         rule = (
-            ": most did, so the protocol doubles this task's step budget."
-            if 2 * last > chosen_n
+            ": most did, so the protocol doubles this task's step budget (`extend` and its"
+            " final seeds refuse until its grid runs again at the new budget)."
+            if budget_doubles(group)
             else "."
         )
         lines += [
@@ -765,6 +797,7 @@ def select_flow(
             print(f"[select] {cell.name}: {cell.status.upper()}", flush=True)
     print(f"[select] wrote {results / SELECTION_MD} and {results / SELECTION_JSON}", flush=True)
     if not dry_run:
+        check_budgets(cells, tasks, "final seeds")
         for path in copy_into_final(cells, final_dir):
             print(f"[select] copied {path.name} into {path.parent}", flush=True)
     failed = 0
@@ -878,6 +911,8 @@ def extend_flow(
     cells = [
         c for c in select_cells(grid_dir, scales, selection_seeds) if not tasks or c.task in tasks
     ]
+    if not dry_run:
+        check_budgets(cells, None, "extension points")  # cells: these tasks only already
     extensions = read_extensions(grid_dir)
     added = edge_extensions(cells, methods, extended=extensions)
     if not added:
