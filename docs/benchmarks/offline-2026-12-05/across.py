@@ -1,0 +1,104 @@
+"""The benchmark across its tasks, for the write-up's cross-task section:
+
+    python docs/benchmarks/offline-2026-12-05/across.py
+
+per task the design and what it resolves; the pairs of methods separated at the example level
+on more than one task (and any pair whose order flips between tasks); the collapse rate per
+method. Reads `report/comparison.csv` and `report/pairs.csv` only (run the report stage
+first), so every figure re-derives from the records.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPORT = HERE / "report"
+NOT_PEFT = {"full", "linear"}  # the references: "PEFT pairs" leave them out
+
+
+def rows(name: str) -> list[dict]:
+    with open(REPORT / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tasks_of(comparison: list[dict]) -> list[str]:
+    return sorted({key.split("/")[0] for key in comparison[0] if key.endswith("/mean")})
+
+
+def design_table(tasks: list[str], pairs: list[dict]) -> list[str]:
+    """A row per task: test examples, seeds, the smallest difference detected, pairs apart."""
+    text = (REPORT / "comparison.md").read_text()
+    lines = [
+        "| task | test examples | seeds | detects (points) | pairs separated | PEFT pairs |",
+        "| :-- | --: | --: | --: | --: | --: |",
+    ]
+    for task in tasks:
+        power = re.search(rf"{re.escape(task)}: (\d+) seeds × ([\d,]+) test examples detect "
+                          r"([\d.]+)", text)  # fmt: skip
+        own = [p for p in pairs if p["task"] == task]
+        apart = [p for p in own if p["separated"] == "True"]
+        peft = [p for p in own if not {p["better"], p["worse"]} & NOT_PEFT]
+        peft_apart = sum(p["separated"] == "True" for p in peft)
+        seeds, examples, detects = power.groups() if power else ("?", "?", "?")
+        lines.append(
+            f"| {task} | {examples} | {seeds} | {detects} | {len(apart)} of {len(own)} "
+            f"| {peft_apart} of {len(peft)} |"
+        )
+    return lines
+
+
+def repeated_pairs(pairs: list[dict]) -> list[str]:
+    """Pairs separated on two or more tasks, each with the tasks that order it each way."""
+    order: dict[frozenset, dict[tuple[str, str], list[str]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for p in pairs:
+        if p["separated"] == "True":
+            order[frozenset((p["better"], p["worse"]))][(p["better"], p["worse"])].append(p["task"])
+    lines = []
+    for ways in sorted(order.values(), key=lambda w: (-sum(map(len, w.values())), sorted(w))):
+        if sum(map(len, ways.values())) < 2:
+            continue
+        said = "; ".join(
+            f"{a} > {b} on {', '.join(sorted(t))}" for (a, b), t in sorted(ways.items())
+        )
+        flip = " **(the order flips)**" if len(ways) > 1 else ""
+        peft = "" if set().union(*map(set, ways)) & NOT_PEFT else " (PEFT pair)"
+        lines.append(f"- {said}{peft}{flip}")
+    return lines or ["- none"]
+
+
+def collapse_table(tasks: list[str], comparison: list[dict]) -> list[str]:
+    """A row per method with a collapsed final on some task: collapsed of run, per task."""
+    lines = [
+        "| method | " + " | ".join(tasks) + " | all |",
+        "| :-- |" + " --: |" * (len(tasks) + 1),
+    ]
+    for row in comparison:
+        counts = [(int(float(row.get(f"{t}/n_collapsed") or 0)), int(float(row.get(f"{t}/n") or 0)))
+                  for t in tasks]  # fmt: skip
+        collapsed, runs = sum(c for c, _ in counts), sum(n for _, n in counts)
+        if collapsed:
+            cells = [f"{c}/{n}" if n else "–" for c, n in counts]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {collapsed}/{runs} |")
+    return lines if len(lines) > 2 else ["No final run collapsed."]
+
+
+def main() -> None:
+    comparison, pairs = rows("comparison.csv"), rows("pairs.csv")
+    tasks = tasks_of(comparison)
+    print(f"### Across {len(tasks)} tasks (`across.py`)\n")
+    print("\n".join(design_table(tasks, pairs)))
+    print("\nPairs separated on two or more tasks (paired bootstrap over seeds x test examples,")
+    print("Holm-corrected within each task):\n")
+    print("\n".join(repeated_pairs(pairs)))
+    print("\nCollapsed final runs (a constant prediction) per method:\n")
+    print("\n".join(collapse_table(tasks, comparison)))
+
+
+if __name__ == "__main__":
+    main()
