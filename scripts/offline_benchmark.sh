@@ -8,7 +8,8 @@
 #                 dev only (test sealed), on each task (or one task), one task at a time,
 #                 into DIR/grid
 #   select        choose each cell's scale on dev -> DIR/selection.{md,json} (trains nothing)
-#   extend        one scale beyond the grid's edge for every cell chosen there, then select
+#   extend        one scale beyond the grid's edge for every cell chosen there, then select;
+#                 it and final stop (exit 2) at a task whose step budget the protocol doubles
 #   final[:TASK]  seeds $SEEDS (default 0,1,2,3,4) of each chosen recipe (or one task's),
 #                 into DIR/final
 #   costs[:TASK]  a clean cost run per task (each benchmarked method alone in a fresh process, one
