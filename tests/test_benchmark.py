@@ -225,6 +225,10 @@ def test_a_task_whose_budget_doubles_gets_no_extension_and_no_finals(tmp_path, m
 
     assert main(["benchmark", "select", "--results", str(results), "--dry-run"]) == 0
     assert "doubles this task's step budget" in (results / "selection.md").read_text()
+    assert json.loads((results / "selection.json").read_text())["step_budgets"] == {
+        "hedge": {"still_improving": 2, "chosen": 2, "doubles": True},
+        "polarity": {"still_improving": 0, "chosen": 0, "doubles": False},
+    }  # the verdict per task, for scripts that quote it (a run without history: not counted)
     ran.clear()
     assert main(["benchmark", "select", "--results", str(results), "--tasks", "hedge"]) == 2
     assert "final seeds would train at a discarded budget" in capsys.readouterr().err

@@ -12,8 +12,8 @@ a,b`` whose dev scores are averaged) into ``<DIR>/grid``, with test sealed
    1 on a log scale (the method's cited lr), then to the smaller one;
 2. writes ``DIR/selection.json`` and ``DIR/selection.md``: every grid point's dev score and
    status, the chosen scale, the cells that failed at every scale (reported, not dropped) or
-   are still missing grid points (no choice yet), and the choices that moved since the
-   previous selection;
+   are still missing grid points (no choice yet), the choices that moved since the
+   previous selection, and per task whether the step budget doubles (:func:`step_budgets`);
 3. copies a failed cell's records into ``DIR/final/records``, so the final report's failures
    section lists it (a chosen grid run is not copied: it saw no test);
 4. checks that the final command of each chosen cell composes to the chosen run's very recipe
@@ -197,19 +197,35 @@ def budget_doubles(cells: Sequence[Cell]) -> bool:
     return 2 * last > chosen
 
 
+def by_task(cells: Sequence[Cell], tasks: Sequence[str] | None = None) -> dict[str, list[Cell]]:
+    """The cells grouped by task, in task order; ``tasks``: only those (None or empty: all)."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in sorted(cells, key=lambda c: c.task):
+        if not tasks or cell.task in tasks:
+            groups.setdefault(cell.task, []).append(cell)
+    return groups
+
+
+def step_budgets(cells: Sequence[Cell]) -> dict[str, dict]:
+    """Per task, the step-budget rule's evidence and verdict, as ``selection.json`` keeps it
+    (so the write-up's scripts read the verdict instead of re-deriving the rule)."""
+    out = {}
+    for task, group in by_task(cells).items():
+        last, chosen = still_improving(group)
+        out[task] = {"still_improving": last, "chosen": chosen, "doubles": budget_doubles(group)}
+    return out
+
+
 def check_budgets(cells: Sequence[Cell], tasks: Sequence[str] | None, stage: str) -> None:
     """Refuses ``stage`` (extension points or final seeds) on a task whose step budget the
     protocol doubles: those runs would train at a budget the protocol has already discarded
     (docs/benchmarks/README.md, version 2, step 3). Nothing is trained or written first."""
-    by_task: dict[str, list[Cell]] = {}
-    for cell in cells:
-        if not tasks or cell.task in tasks:
-            by_task.setdefault(cell.task, []).append(cell)
-    doubled = [t for t, group in sorted(by_task.items()) if budget_doubles(group)]
+    groups = by_task(cells, tasks)
+    doubled = [t for t, group in groups.items() if budget_doubles(group)]
     if doubled:
         counts = "; ".join(
             "{}: {} of {} chosen runs selected their last dev evaluation".format(
-                t, *still_improving(by_task[t])
+                t, *still_improving(groups[t])
             )
             for t in doubled
         )
@@ -583,8 +599,8 @@ def to_markdown(
 ) -> str:  # fmt: skip
     """``selection.md``: per task, every method's dev score at each scale and its choice."""
     lines = _md_header(cells, seeds)
-    for task in sorted({c.task for c in cells}):
-        lines += _md_task([c for c in cells if c.task == task], task)
+    for task, group in by_task(cells).items():
+        lines += _md_task(group, task)
     for section in (_md_failed, _md_edge, _md_off_grid, _md_incomplete):
         lines += section(cells)
     if moved:
@@ -731,6 +747,7 @@ def to_json(cells: Sequence[Cell], meta: dict, commands: Sequence[str]) -> dict:
             }
             for c in cells
         ],
+        "step_budgets": step_budgets(cells),
         "commands": list(commands),
     }
 

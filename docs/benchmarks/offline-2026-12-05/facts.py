@@ -18,8 +18,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[2]))  # the repository, for the selection's own rule
-from peftbench.launch.protocol import selected_last_evaluation  # noqa: E402
+sys.path.insert(0, str(HERE.parents[2]))  # the repository
+from peftbench.launch import protocol  # noqa: E402  (the selection's own rules)
 
 GRID_SCALES = {0.3, 1.0, 3.0, 10.0}
 NOT_PEFT = {"full", "linear"}  # the references: "PEFT pairs" leave them out
@@ -44,14 +44,16 @@ def hours(runs: list[dict]) -> float:
 
 
 def selection_facts(task: str) -> list[str]:
-    cells = [c for c in json.loads((HERE / "selection.json").read_text())["cells"]
-             if c["task"] == task]  # fmt: skip
+    # The cells as `benchmark select` builds them from the grid records (and extensions.json).
+    cells = protocol.by_task(protocol.select_cells(HERE / "grid"), [task]).get(task, [])
     extended = json.loads((HERE / "extensions.json").read_text())
     extended = {k.split("--")[-1]: v for k, v in extended.items() if k.startswith(f"{task}--")}
     grid = records(HERE / "grid", task)
     on_grid = [r for r in grid if r["config"]["method"]["lr_scale"] in GRID_SCALES]
-    moved = sorted(c["method"] for c in cells if c["chosen"]["lr_scale"] not in GRID_SCALES)
-    last = sorted(c["method"] for c in cells if c["chosen"]["selected_last"])
+    chosen = [c for c in cells if c.chosen]
+    moved = sorted(c.method for c in chosen if c.chosen.lr_scale not in GRID_SCALES)
+    last = sorted(c.method for c in chosen if c.chosen.selected_last)
+    budget = protocol.step_budgets(cells)[task]
     tested = [r["run_id"] for r in grid if r["metrics"].get("test")]
     collapsed = defaultdict(list)  # lr scale -> the methods whose run there collapsed
     for r in grid:
@@ -63,12 +65,12 @@ def selection_facts(task: str) -> list[str]:
         f"({', '.join(f'{m} x{s[0]:g}' for m, s in sorted(extended.items())) or 'none'}), "
         f"{hours([r for r in grid if r not in on_grid]):.2f} h; moved to the new point: "
         f"{', '.join(moved) or 'none'}; still at an edge: "
-        f"{sum(c['at_grid_edge'] for c in cells)} of {len(cells)}.",
-        f"- Chosen grid runs that selected their last dev evaluation: {len(last)} of "
-        f"{len(cells)} ({', '.join(last) or 'none'}): "
+        f"{sum(protocol.at_grid_edge(c) for c in cells)} of {len(cells)}.",
+        f"- Chosen grid runs that selected their last dev evaluation: "
+        f"{budget['still_improving']} of {budget['chosen']} ({', '.join(last) or 'none'}): "
         + (
             "most: the rule asks for a longer budget."
-            if 2 * len(last) > len(cells)
+            if budget["doubles"]
             else "not most: the task keeps its budget."
         ),  # fmt: skip
         "- Collapsed grid runs: "
@@ -90,7 +92,10 @@ def final_facts(task: str) -> list[str]:
     folder = HERE / "final" / "records"
     with_predictions = sum((folder / r["predictions"]["file"]).exists() for r in finals
                            if r.get("predictions"))  # fmt: skip
-    last = {m: sum(bool(selected_last_evaluation(r)) for r in rs) for m, rs in by_method.items()}
+    last = {
+        m: sum(bool(protocol.selected_last_evaluation(r)) for r in rs)
+        for m, rs in by_method.items()
+    }
     collapsed = {m: sum(bool((r.get("quality") or {}).get("collapsed")) for r in rs)
                  for m, rs in by_method.items()}  # fmt: skip
     mostly_last = [
