@@ -106,6 +106,44 @@ def _is_better(new: float, best: float | None, higher_is_better: bool) -> bool:
     return new > best if higher_is_better else new < best
 
 
+def _select(model: nn.Module, state: LoopState, dev: dict[str, float], task: Any) -> bool:
+    """Keeps this evaluation as the run's best (a snapshot of the trainable weights) if its
+    primary metric beats the best so far; says whether it did."""
+    value = dev[task.primary_metric]
+    if not _is_better(value, state.best_value, task.higher_is_better):
+        return False
+    state.best_value, state.best_state = value, _snapshot(model)
+    state.best_step, state.best_dev = state.step, dev
+    return True
+
+
+def _optimisation_step(
+    model: nn.Module,
+    batch: dict,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    params: Sequence[nn.Parameter],
+    max_grad_norm: float,
+    step: int,
+    *,
+    step_hook: Callable[[int], None] | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Step ``step`` (1-based): one forward, backward and clipped AdamW update; returns the
+    batch's loss."""
+    with autocast(device, autocast_dtype):
+        loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if step_hook is not None:  # e.g. AdaLoRA: reads gradients, so before zeroing
+        step_hook(step - 1)  # 0-based, as peft's examples count
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 #: Method tensors whose identity (no change to the backbone) is not zero, by the name of the
 #: module that holds them: decay would pull them toward a very different model, not toward
 #: "no adaptation". (IA)^3's scaling vectors start at 1 (Liu et al. 2022, Sec. 3.3; peft's
@@ -237,6 +275,14 @@ def train(
     def train_s() -> float:
         return time.perf_counter() - start - eval_clock.seconds - saving.seconds
 
+    def history_row(values: dict) -> dict:
+        return {"step": state.step, **values, "elapsed_s": time.perf_counter() - start,
+                "train_s": train_s()}  # fmt: skip
+
+    def save_checkpoint() -> None:
+        elapsed = time.perf_counter() - start
+        checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+
     model.train()
     # Off when stderr is not a terminal (CI logs stay readable).
     bar = tqdm(
@@ -252,62 +298,35 @@ def train(
                 state.step += 1
                 step = state.step
                 with timer.step(batch):
-                    with autocast(device, autocast_dtype):
-                        loss = model(**batch).loss
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, float(cfg.max_grad_norm))
-                    optimizer.step()
-                    if step_hook is not None:  # e.g. AdaLoRA: reads gradients, so before zeroing
-                        step_hook(step - 1)  # 0-based, as peft's examples count
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    loss = _optimisation_step(
+                        model, batch, optimizer, scheduler, params, float(cfg.max_grad_norm),
+                        step, step_hook=step_hook, device=device, autocast_dtype=autocast_dtype,
+                    )  # fmt: skip
                 loss_value = data_parallel.mean(loss.item())  # the global batch's loss
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss is {loss_value} at step {step}")
                 bar.update()
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
                 if step % int(cfg.log_every_steps) == 0:
-                    log(
-                        {
-                            "step": step,
-                            "train/loss": loss_value,
-                            "train/lr": scheduler.get_last_lr()[0],
-                            "elapsed_s": time.perf_counter() - start,
-                            "train_s": train_s(),
-                        }
-                    )
+                    lr_now = scheduler.get_last_lr()[0]
+                    log(history_row({"train/loss": loss_value, "train/lr": lr_now}))
                 if step % eval_every == 0 or step == steps:
                     outputs = {} if observe is not None else None
                     with eval_clock.measure():
                         dev = evaluate(model, dev_loader, task, device, autocast_dtype, outputs)
-                    log(
-                        {
-                            "step": step,
-                            **{f"dev/{k}": v for k, v in dev.items()},
-                            "elapsed_s": time.perf_counter() - start,
-                            "train_s": train_s(),
-                        }
-                    )
-                    value = dev[task.primary_metric]
-                    selected = step >= select_from and _is_better(
-                        value, state.best_value, task.higher_is_better
-                    )
-                    if selected:
-                        state.best_value, state.best_state = value, _snapshot(model)
-                        state.best_step, state.best_dev = step, dev
+                    log(history_row({f"dev/{k}": v for k, v in dev.items()}))
+                    selected = step >= select_from and _select(model, state, dev, task)
                     if observe is not None:  # the run's predictions and collapse watch
                         observe(step, dev, outputs, selected)
                 if step >= steps:
                     break
                 if checkpoint is not None and checkpoint.due(step):
-                    elapsed = time.perf_counter() - start
-                    checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+                    save_checkpoint()
         stop.check()  # a signal during the last step: its checkpoint still resumes
     except Interrupted as interrupted:
         interrupted.step = state.step
         if checkpoint is not None and checkpoint.every > 0 and state.step > 0:
-            elapsed = time.perf_counter() - start
-            checkpoint.save(state, model, optimizer, scheduler, sampler, elapsed_s=elapsed)
+            save_checkpoint()
             interrupted.checkpoint = checkpoint.path
         raise
     except Exception as error:
