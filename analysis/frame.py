@@ -30,7 +30,7 @@ COLUMNS = [
     "task", "task_version", "model", "method", "method_label", "seed", "sweep_id", "weights",
     "budget_pct",
     "primary_name", "primary_split", "primary_value", "higher_is_better", "dev_value",
-    "total_params", "trainable", "trainable_pct", "artifact_bytes",
+    "total_params", "trainable", "trainable_pct", "stored_pct", "artifact_bytes",
     "peak_alloc_bytes", "peak_rss_bytes", "peak_mem_bytes",
     "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
     "forgetting", "forgetting_measure", "energy_j", "energy_j_per_token",
@@ -179,6 +179,7 @@ def _flatten(record: Record, path: Path) -> dict[str, Any]:
         "total_params": params and params.total,
         "trainable": params and params.trainable,
         "trainable_pct": params and params.trainable_pct,
+        "stored_pct": params and params.stored_pct,  # None before records had it
         "artifact_bytes": params and params.artifact_bytes,
         "peak_alloc_bytes": alloc,
         "peak_rss_bytes": rss,

@@ -35,7 +35,9 @@ GROUP = ("task", "model", "method_label")
 COST_COLUMNS = ("trainable_pct", "peak_mem_bytes", "train_time_s", "tokens_per_s", "artifact_bytes")
 # Seed-means kept beside the costs (the CSV and the forgetting plot; older records: NaN), and
 # the costs of a clean cost run where the report was given one (``analysis.clean_costs``).
-MEASURE_COLUMNS = ("forgetting", "energy_j", "energy_j_per_token", *CLEAN_COST_COLUMNS)
+MEASURE_COLUMNS = (
+    "stored_pct", "forgetting", "energy_j", "energy_j_per_token", *CLEAN_COST_COLUMNS
+)  # fmt: skip
 # A task's runs must agree on these, or their scores are not comparable.
 TASK_INVARIANTS = ("primary_name", "primary_split", "higher_is_better", "task_version")
 CONFIDENCE = 0.95

@@ -399,6 +399,7 @@ _HTML = _Style(
 )
 _COST_HEADERS = {
     "trainable_pct": "% params",
+    "stored_pct": "% stored",
     "peak_mem_bytes": "Peak mem",
     "train_time_s": "Train time (s)",
     "tokens_per_s": "Tokens/s",
@@ -417,7 +418,19 @@ _SHOWN_MEASURES = ("step_ms_clean", "train_mem_clean_bytes", "forgetting", "ener
 def _columns(table: ComparisonTable) -> list[str]:
     shown = [c for c in _SHOWN_MEASURES if c in table.cost and table.cost[c].notna().any()]
     replaced = clean_costs.hidden(shown)
-    return [*(c for c in COST_COLUMNS if c not in replaced), *shown]
+    columns = [c for c in COST_COLUMNS if c not in replaced]
+    if _stored_differs(table):  # right after "% params", which it qualifies
+        columns.insert(columns.index("trainable_pct") + 1, "stored_pct")
+    return [*columns, *shown]
+
+
+def _stored_differs(table: ComparisonTable) -> bool:
+    """Whether a method keeps fewer parameters than it trains (a prompt reparametrisation,
+    ``params.stored``): only then is "% stored" a column of its own."""
+    if "stored_pct" not in table.cost:
+        return False
+    stored, trainable = table.cost["stored_pct"], table.cost["trainable_pct"]
+    return bool(((trainable - stored).abs() > 1e-3 * trainable.abs()).any())  # NaN: False
 
 
 def _headers(table: ComparisonTable, style: _Style) -> list[str]:
@@ -479,7 +492,7 @@ def _format_cost(column: str, value: float, unit: tuple[str, float], style: _Sty
         return style.missing
     if column == "forgetting":
         return f"{value:.3g}"
-    if column == "trainable_pct":
+    if column in ("trainable_pct", "stored_pct"):
         return style.escape(_format_pct(value))
     if column.endswith("_bytes"):
         digits = 2 if unit[0] == "GB" else 1  # 0.85 GB, not 0.8 GB
@@ -538,6 +551,12 @@ _FORGETTING_MEANING = {
 def _measure_note(table: ComparisonTable) -> str:
     columns = _columns(table)
     notes = []
+    if "stored_pct" in columns:
+        notes.append(
+            " % stored: what the trained method keeps, where it trains more than that: a "
+            "prompt reparametrisation (a prefix MLP, P-tuning's encoder) counted as the prompt "
+            "it produces."
+        )
     if "forgetting" in columns:
         measures = sorted({m for m in table.cost["forgetting_measure"].dropna() if m != "mixed"})
         meaning = "; ".join(_FORGETTING_MEANING.get(m, m) for m in measures)

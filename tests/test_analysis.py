@@ -299,6 +299,22 @@ def test_forgetting_and_energy_columns_show_only_where_recorded() -> None:
     assert "Forgetting: 1 - linear CKA" in markdown and "lower is better" in markdown
 
 
+def test_a_stored_share_is_a_column_only_where_a_method_keeps_less_than_it_trains() -> None:
+    rows = [("t", "a", 0, 0.8), ("t", "a", 1, 0.9), ("t", "b", 0, 0.7), ("t", "b", 1, 0.6)]
+    runs = _runs(rows, metric="accuracy", higher=True).assign(stored_pct=1.0)
+    assert "% stored" not in to_markdown(build_tables(aggregate(runs)))  # all keep it all
+
+    runs = runs.assign(trainable_pct=[19.0, 19.0, 1.0, 1.0], stored_pct=[1.9, 1.9, 1.0, 1.0])
+    markdown = to_markdown(build_tables(aggregate(runs)))
+    cells = _table_cells(markdown)
+    header = list(cells["a"])
+    assert header.index("% stored") == header.index("% params") + 1  # side by side
+    assert (cells["a"]["% params"], cells["a"]["% stored"]) == ("19", "1.9")
+    assert cells["b"]["% stored"] == "1.0" and "prefix MLP" in markdown
+    older = runs.assign(stored_pct=[1.9, 1.9, None, None])  # records from before the field
+    assert _table_cells(to_markdown(build_tables(aggregate(older))))["b"]["% stored"] == "–"
+
+
 def test_lower_is_better_metric_is_not_scaled_and_min_wins() -> None:
     runs = _runs(
         [("lm", "a", 0, 2.0), ("lm", "a", 1, 2.2), ("lm", "b", 0, 3.0), ("lm", "b", 1, 3.4)],

@@ -48,6 +48,8 @@ def test_record_has_the_schema_and_honest_counts(compose, tmp_path):
     assert 0 < params["trainable"] < params["base"] <= params["total"]
     assert params["trainable_pct"] == pytest.approx(100 * params["trainable"] / params["base"])
     assert params["head_modules"] == ["classifier"] and params["artifact_bytes"] > 0
+    assert params["stored"] == params["trainable"]  # LoRA keeps what it trains
+    assert params["stored_pct"] == pytest.approx(params["trainable_pct"])
     cost = record["cost"]
     assert cost["step_time_s"]["n"] + cost["step_time_s"]["warmup_n"] == 4
     assert cost["step_time_s"]["p50"] <= cost["step_time_s"]["p90"] <= cost["step_time_s"]["p99"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from peftbench.methods import MethodContext, apply_method
-from peftbench.methods.base import count_trainable, params_facts
+from peftbench.methods.base import count_trainable, params_facts, prompt_reparametrisation
 from peftbench.runner.train import param_groups
 from tests.test_fidelity import HEAD, _bert, _ctx, _decayed, _inputs, _yaml
 from tests.test_translation import tiny_cfg, tiny_db, tiny_models  # noqa: F401 (fixtures)
@@ -259,6 +259,28 @@ def test_hybrid_prefixes_train_through_the_references_mlp(name, tokens, mid):
     assert last.out_features == 2 * 2 * 32  # keys and values of 2 layers
     assert encoder.embedding.weight.shape == (tokens, 32)
     assert all(p.requires_grad for p in encoder.parameters())
+
+
+@pytest.mark.parametrize(("name", "tokens", "mid"), [("mam", 30, 800), ("unipelt", 10, 512)])
+def test_a_prefix_mlp_counts_as_the_prefix_it_produces_once_trained(name, tokens, mid):
+    """MAM's 19% and UniPELT's 12% trainable counted the MLP, which is dropped after training;
+    He et al. count the prefix itself: l x 2 x L x d (here L = 2 layers, d = 32)."""
+    model = apply_method(_bert(), _yaml(name), _ctx())
+    mlp = tokens * 32 + (32 * mid + mid) + (mid * 2 * 2 * 32 + 2 * 2 * 32)
+    assert sum(p.numel() for p in model.prompt_encoder["default"].parameters()) == mlp
+    assert prompt_reparametrisation(model) == mlp - tokens * 2 * 2 * 32
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt", "lora", "adapter"])
+def test_a_method_without_a_prompt_reparametrisation_keeps_what_it_trains(name):
+    assert prompt_reparametrisation(apply_method(_bert(), _yaml(name), _ctx())) == 0
+
+
+def test_p_tuning_keeps_its_prompt_not_its_encoder():
+    """P-tuning trains an MLP over the prompt embedding; peft saves the prompt it produces."""
+    model = apply_method(_bert(), _yaml("ptuning"), _ctx())
+    trained = sum(p.numel() for p in model.prompt_encoder["default"].parameters())
+    assert prompt_reparametrisation(model) == trained - 20 * 32  # 20 virtual tokens x d
 
 
 def test_prefix_is_named_p_tuning_v2s_recipe():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -99,6 +100,30 @@ def count_trainable(model: nn.Module, head_modules: list[str]) -> tuple[int, int
     trainable = count_params(model, lambda _, p: p.requires_grad)
     head = count_params(model, lambda n, p: p.requires_grad and is_head_param(n, head_modules))
     return trainable - head, head
+
+
+def prompt_reparametrisation(model: nn.Module) -> int:
+    """Scalars trained only to produce a prompt, and dropped once it is produced.
+
+    A prompt encoder with a reparametrisation (Li & Liang's prefix MLP, as MAM and UniPELT
+    train theirs; P-tuning's MLP) trains more scalars than the prompt it outputs, and only
+    that output is kept after training (it is what peft saves:
+    ``PeftModel.get_prompt_embedding_to_save``). Returns trained minus kept over every prompt
+    encoder of ``model``: 0 for every other method, and for a prompt trained directly.
+    """
+    from peft import PeftModel
+
+    overhead = 0
+    for module in model.modules():
+        if not isinstance(module, PeftModel) or not module.peft_config:
+            continue
+        for name, encoder in (getattr(module, "prompt_encoder", None) or {}).items():
+            trained = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+            if trained:
+                with torch.no_grad():
+                    kept = module.get_prompt_embedding_to_save(name).numel()
+                overhead += trained - kept
+    return overhead
 
 
 def step_hook(model: nn.Module) -> Callable[[int], None] | None:

@@ -83,6 +83,11 @@ class Params:
     head: int
     head_modules: list[str] = field(default_factory=list)
     artifact_bytes: int | None = None  # the saved trainable state
+    # What the trained delta keeps after training (method + head): ``trainable`` with a
+    # prompt reparametrisation (prefix MLP, P-tuning's encoder) counted as the prompt it
+    # produces (methods.base.prompt_reparametrisation); None in records before it existed.
+    stored: int | None = None
+    stored_pct: float | None = None  # 100 * stored / base
     budget: dict[str, Any] | None = None  # method.budget_pct: requested, reached, knob, value
     # fisher_mask: share of the masked entries per embeddings / layer.<i> / pooler / head
     mask_by_module: dict[str, float] | None = None

@@ -119,7 +119,9 @@ NON_NEGATIVE_COSTS = (
     "setup_time_s", "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
     "peak_mem_bytes.allocated", "peak_mem_bytes.rss", "energy.joules", "energy.joules_per_token",
 )  # fmt: skip
-NON_NEGATIVE_PARAMS = ("base", "total", "trainable", "trainable_pct", "head", "artifact_bytes")
+NON_NEGATIVE_PARAMS = (
+    "base", "total", "trainable", "trainable_pct", "head", "artifact_bytes", "stored", "stored_pct",
+)  # fmt: skip
 
 
 def impossible_values(record: Record) -> str | None:

@@ -315,6 +315,7 @@ class Measures:
     """Stage 4: parameters, artifact size, FLOPs, memory and inference speed."""
 
     trainable: int
+    stored: int  # what the trained delta keeps: a prompt encoder counted as its prompt
     total: int
     artifact_bytes: int
     compute: dict
@@ -503,7 +504,7 @@ def _evaluate_test(cfg: Any, task: Any, setup: SetUp, fit: Fit) -> tuple[dict, d
 
 def _measure(cfg: Any, run_id: str, setup: SetUp, fit: Fit, clock: _PartClock) -> Measures:
     from peftbench.methods import save_trainable
-    from peftbench.methods.base import count_params, count_trainable
+    from peftbench.methods.base import count_params, count_trainable, prompt_reparametrisation
 
     model, device = setup.model, setup.device
     # After training, so the counted step can change nothing the run measures or learns
@@ -512,6 +513,7 @@ def _measure(cfg: Any, run_id: str, setup: SetUp, fit: Fit, clock: _PartClock) -
         counted = count_flops(model, setup.loaders["train"], device, setup.autocast_dtype)
     clock.part("flop_count_s")
     trainable, total = count_params(model, lambda _, p: p.requires_grad), count_params(model)
+    stored = trainable - prompt_reparametrisation(data_parallel.unwrap(model))
     if setup.budget is not None:  # what the sized method really trains, head excluded
         reached = count_trainable(model, setup.backbone.head_modules)[0]
         setup.budget["reached_pct"] = 100.0 * reached / setup.budget["base"]
@@ -536,8 +538,9 @@ def _measure(cfg: Any, run_id: str, setup: SetUp, fit: Fit, clock: _PartClock) -
     )
     clock.part("inference_s")
     return Measures(
-        trainable, total, artifact_bytes, compute, peak_memory, inference, measured_in, forgetting
-    )
+        trainable, stored, total, artifact_bytes, compute, peak_memory, inference, measured_in,
+        forgetting,
+    )  # fmt: skip
 
 
 def _inference_measured_in(cfg: Any, run_id: str) -> str | None:
@@ -577,6 +580,8 @@ def _record_sections(
                 total=measures.total,
                 trainable=measures.trainable,
                 trainable_pct=100.0 * measures.trainable / setup.base_params,
+                stored=measures.stored,
+                stored_pct=100.0 * measures.stored / setup.base_params,
                 head=setup.head_params,
                 head_modules=setup.backbone.head_modules,
                 artifact_bytes=measures.artifact_bytes,
