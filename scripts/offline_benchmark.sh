@@ -20,6 +20,9 @@
 #
 # No stage means grid, select, extend, final, costs, report, in order. Every stage is resumable: a run whose record says
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
+# To end a chunk without losing a run: `touch DIR/DRAIN`. The runs under way finish and
+# record, no new one starts, and the script exits 3; the same command later removes DRAIN
+# and goes on.
 # Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
 # Environment: N_JOBS (runs at once; default 2 = this machine's cores, on a GPU machine the
 # number of GPUs), SEEDS (final seeds), SCALES (the grid's lr scales, e.g. 0.3,1,3 for the
@@ -51,6 +54,12 @@ PARALLEL=(hydra/launcher=processes "hydra.launcher.n_jobs=${N_JOBS:-2}" train.th
 # selection reads dev only, costs come from the costs stage; instrument.* is not in a run's id)
 TUNING=(instrument.inference=false)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+mkdir -p "$DIR"
+export PEFTBENCH_DRAIN_FILE="$(cd "$DIR" && pwd)/DRAIN"  # absolute: the runs' cwd may differ
+if [ -e "$PEFTBENCH_DRAIN_FILE" ]; then
+  rm -f "$PEFTBENCH_DRAIN_FILE"
+  echo "[bench] removed $DIR/DRAIN (left by the last chunk): going on"
+fi
 
 commit() {  # $1: what finished
   if [ "${COMMIT:-0}" = 1 ]; then

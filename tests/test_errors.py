@@ -469,12 +469,16 @@ EXIT_CODES = [
     "temp folder) |",
     "| 2 | bad input: one line `peftbench: error: <problem>; <fix>`, nothing run (the table "
     "below) |",
+    "| 3 | drained: the file named by `$PEFTBENCH_DRAIN_FILE` existed, so runs not yet "
+    "started were left for later (no record; one line counts them); the runs under way "
+    "finished; the same command, the file removed, goes on. `scripts/offline_benchmark.sh` "
+    "names `DIR/DRAIN`. Under the Optuna sweeper a drained trial counts as a failed one |",
     "| 128+N | stopped by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (a closed "
     "terminal or ssh session); the record says where, the checkpoint is kept, the same "
     "command resumes |",
     "",
     "`peftbench tune` and `peftbench benchmark` go on past exit 1 (a diverged lr is a "
-    "result) and end with 1; they stop at once on 2 or a signal. The other commands: 0 ok, "
+    "result) and end with 1; they stop at once on 2, 3 or a signal. The other commands: 0 ok, "
     "1 a check found problems (`assets verify`, `reproduce`), 2 bad input, in one line.",
     "",
     "## Bad input",

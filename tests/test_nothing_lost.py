@@ -96,6 +96,54 @@ def test_exit_codes_count_failed_runs_only(monkeypatch, capsys):
     assert exit_codes.carry_on(1) and not exit_codes.carry_on(2) and not exit_codes.carry_on(143)
 
 
+def test_a_drained_sweep_starts_no_run_records_nothing_and_exits_3(tiny_bert_dir, tmp_path):
+    """A chunk of a long sweep ends at a run boundary: while the drain file exists no run
+    starts (the ones under way would finish), nothing is recorded, and the command says how
+    to go on; pipelines (benchmark, tune) stop at exit 3 instead of starting the next sweep."""
+    results, drain = tmp_path / "results", tmp_path / "DRAIN"
+    drain.touch()
+    env = _env(PEFTBENCH_DRAIN_FILE=str(drain))
+    done = _run_py("-m", "seed=0,1", *tiny_overrides(tiny_bert_dir, results), env=env)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert not list(records_dir(results).glob("*.json"))
+    [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("peftbench:")]
+    assert line == (
+        f"peftbench: drained: 2 run(s) not started, as the drain file {drain} exists; remove "
+        "it and run the same command to go on"
+    )
+
+
+def test_exit_codes_put_a_drain_before_failures(monkeypatch, capsys):
+    from peftbench.launch import exit_codes
+
+    monkeypatch.setenv(exit_codes.DRAIN_ENV, "/tmp/DRAIN")
+    exit_codes.start()
+    exit_codes.note({"run_id": "a", "status": "oom"})
+    exit_codes.note({"run_id": "b", "status": exit_codes.DEFERRED})
+    assert exit_codes.finish(sweep=True) == exit_codes.EXIT_DRAINED == 3
+    err = capsys.readouterr().err
+    assert "1 run(s) of the sweep did not succeed: a (oom)" in err  # the failure still said
+    assert "drained: 1 run(s) not started" in err and "b (deferred)" not in err
+    assert not exit_codes.carry_on(3)
+
+
+def test_the_benchmark_script_clears_its_last_drain_and_names_the_file(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "DRAIN").touch()  # left by the last chunk
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$PEFTBENCH_DRAIN_FILE" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = _env(PYTHON=str(fake), CALLS=str(calls))
+    script = ROOT / "scripts" / "offline_benchmark.sh"
+    done = subprocess.run(["bash", str(script), str(bench), "select"], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().split() == [str(bench / "DRAIN")] and not (bench / "DRAIN").exists()
+    assert "removed" in done.stdout
+
+
 # ------------------------------------------------------------------ 5: what counts as done
 
 

@@ -8,6 +8,8 @@ the log. The codes (docs/ERRORS.md, "Exit codes"):
 - 1: at least one run failed, ran out of memory, diverged, or finished but its record could
   not be written under ``<results>/records`` (it was kept in a fallback folder);
 - 2: bad input (config, data file, asset), said in one line before anything ran;
+- 3: drained: runs were left unstarted because the drain file existed (:func:`draining`);
+  the runs under way finished and recorded, and the same command goes on where it stopped;
 - 128+N: stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), the run's record saying
   where and its checkpoint kept.
 
@@ -26,9 +28,22 @@ from pathlib import Path
 
 EXIT_OK = 0
 EXIT_RUNS_FAILED = 1
+EXIT_DRAINED = 3
 #: Statuses that do not fail the command (a skipped run was done, or is under way elsewhere).
 NOT_FAILED = ("success", "skipped")
+#: The status of a run left unstarted while draining: no record, nothing lost.
+DEFERRED = "deferred"
 ENV = "PEFTBENCH_FAILED_RUNS_FILE"
+#: Names a file; while it exists, runs that have not started are not started (a "drain", as a
+#: scheduler drains a node): a long sweep ends at the next run boundary instead of being
+#: killed mid-run. ``scripts/offline_benchmark.sh`` names ``DIR/DRAIN``.
+DRAIN_ENV = "PEFTBENCH_DRAIN_FILE"
+
+
+def draining() -> str | None:
+    """The drain file, if the environment names one and it exists (else None)."""
+    name = os.environ.get(DRAIN_ENV)
+    return name if name and os.path.exists(name) else None
 
 
 def start() -> Path:
@@ -53,7 +68,8 @@ def note(summary: object) -> None:
 
 
 def finish(*, sweep: bool) -> int:
-    """The command's exit code from the runs noted; a sweep with failures says so in one line.
+    """The command's exit code from the runs noted (runs left unstarted by a drain: 3, before
+    failures' 1); a sweep with failures says so in one line.
 
     A single run's failure was already said (its ``FAILED: ...`` line); a sweep gets one line
     that counts them, so a failure in job 3 of 40 is not lost in the scroll-back.
@@ -67,9 +83,9 @@ def finish(*, sweep: bool) -> int:
     except OSError:
         lines = []
     path.unlink(missing_ok=True)
-    if not lines:
-        return EXIT_OK
-    if sweep:
+    deferred = [line for line in lines if line.endswith(f" {DEFERRED}")]
+    lines = [line for line in lines if line not in deferred]
+    if lines and sweep:
         shown = ", ".join(line.replace(" ", " (", 1) + ")" for line in lines[:5])
         more = f" and {len(lines) - 5} more" if len(lines) > 5 else ""
         print(
@@ -78,7 +94,15 @@ def finish(*, sweep: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
-    return EXIT_RUNS_FAILED
+    if deferred:  # the pipelines stop here too (carry_on): the rest waits for the next start
+        print(
+            f"peftbench: drained: {len(deferred)} run(s) not started, as the drain file "
+            f"{os.environ.get(DRAIN_ENV)} exists; remove it and run the same command to go on",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_DRAINED
+    return EXIT_RUNS_FAILED if lines else EXIT_OK
 
 
 def carry_on(code: int) -> bool:

@@ -24,7 +24,7 @@ from peftbench.config.checks import check_model_limits, validate
 from peftbench.config.identity import recipe, recipe_hash
 from peftbench.config.identity import run_id as make_run_id
 from peftbench.errors import ConfigError
-from peftbench.launch import slots
+from peftbench.launch import exit_codes, slots
 from peftbench.measure.costs import compute_cost, count_flops, inference_cost, runs_before
 from peftbench.measure.forgetting import ForgettingProbe, is_decoder, probe_length
 from peftbench.measure.instrument import (
@@ -141,6 +141,10 @@ def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, ru
     if done is not None:
         log.info("%s: already done, skipping (%s)", run_id, done)
         return {"run_id": run_id, "status": "skipped", "path": str(done)}
+    drain = exit_codes.draining()
+    if drain is not None:  # a chunk of a long sweep ends here: no record, nothing lost
+        log.info("%s: not started: draining (%s exists)", run_id, drain)
+        return {"run_id": run_id, "status": exit_codes.DEFERRED, "path": None}
 
     task = _prepare(cfg)  # bad names or data stop here: no record, no model loaded
     record: dict = {
