@@ -6,7 +6,8 @@ seeds 1-2). A clean cost run measures every method alone in turn, each in a fres
 on an idle machine (``peftbench costs methods --fresh-process --out costs/<task>.json``).
 Given to the report (``peftbench report --costs costs/*.json``), its step time and training
 memory replace the records' train time, throughput and peak memory in the table, the CSV and
-the plots.
+the plots, and its forward time (as served: merged where the method merges) is a column of
+its own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ KIND = "peftbench.method_costs"
 REPLACES = {
     "step_ms_clean": ("train_time_s", "tokens_per_s"),
     "train_mem_clean_bytes": ("peak_mem_bytes",),
+    "forward_ms_clean": (),  # new: the benchmark's runs measure no latency (inference=false)
 }
 KEYS = ("task", "model", "method")
 #: How a file's methods were kept apart (``costs methods`` writes it since --fresh-process).
@@ -56,9 +58,17 @@ def load(paths: list[Path]) -> pd.DataFrame:
                 "task": result["task"], "model": result["model"], "method": method,
                 "step_ms_clean": row["step_p50_s"] * 1e3,
                 "train_mem_clean_bytes": math.nan if memory is None else float(memory),
+                "forward_ms_clean": _deployed_forward_ms(row),
                 ISOLATION: result.get("isolation", "one process"),  # older files: one process
             })  # fmt: skip
     return pd.DataFrame(rows, columns=[*KEYS, *REPLACES, ISOLATION])
+
+
+def _deployed_forward_ms(row: dict) -> float:
+    """Forward time as the method would be served: merged where it merges; NaN in files
+    written before forward times were measured."""
+    seconds = row.get("forward_merged_p50_s") or row.get("forward_p50_s")
+    return math.nan if seconds is None else 1e3 * seconds
 
 
 def _read(path: Path) -> dict:

@@ -408,11 +408,14 @@ _COST_HEADERS = {
     "energy_j": "Energy (J)",
     "step_ms_clean": "Step (ms)",
     "train_mem_clean_bytes": "Train mem",
+    "forward_ms_clean": "Forward (ms)",
 }
 #: Measures shown after the costs where a record of the table has them (older records and
 #: CPUs without RAPL have none: no empty column); a clean cost run's columns replace the
 #: records' time and memory (``analysis.clean_costs``).
-_SHOWN_MEASURES = ("step_ms_clean", "train_mem_clean_bytes", "forgetting", "energy_j")
+_SHOWN_MEASURES = (
+    "step_ms_clean", "train_mem_clean_bytes", "forward_ms_clean", "forgetting", "energy_j"
+)  # fmt: skip
 
 
 def _columns(table: ComparisonTable) -> list[str]:
@@ -497,7 +500,9 @@ def _format_cost(column: str, value: float, unit: tuple[str, float], style: _Sty
     if column.endswith("_bytes"):
         digits = 2 if unit[0] == "GB" else 1  # 0.85 GB, not 0.8 GB
         return f"{value / unit[1]:,.{digits}f} {unit[0]}"
-    if column in ("train_time_s", "energy_j") or (column == "step_ms_clean" and value < 100):
+    if column in ("train_time_s", "energy_j") or (
+        column in ("step_ms_clean", "forward_ms_clean") and value < 100
+    ):
         return f"{value:,.1f}"
     return f"{value:,.0f}"
 
@@ -571,6 +576,12 @@ def _measure_note(table: ComparisonTable) -> str:
             "interleaved rounds), not from the training runs, which shared the machine; Step: "
             "the median training step; Train mem: the resident-set rise during training above "
             "what the process held before the method was built (on a GPU, the allocated peak)."
+        )
+    if "forward_ms_clean" in columns:
+        notes.append(
+            " Forward: one training batch through the trained model in eval mode, no "
+            "gradients, from the same clean cost run; merged where the method folds into the "
+            "weights, as it would be served."
         )
     return "".join(notes)
 

@@ -480,6 +480,16 @@ def test_a_clean_cost_run_replaces_the_records_time_and_memory(
     assert "clean cost run per task" in markdown and "Peak mem:" not in markdown
     # the footnote says how each file kept its methods apart (a file without the field: one)
     assert "alone in turn, a fresh process per method and round or one process," in markdown
+    assert "Forward (ms)" not in cells["lora"]  # files from before forward times: no column
+    rows = json.loads(costs[0].read_text())["medians"]
+    rows["lora"] |= {"forward_p50_s": 0.012, "forward_merged_p50_s": 0.010}
+    rows["bitfit"] |= {"forward_p50_s": 0.011, "forward_merged_p50_s": None}
+    write_methods({**json.loads(costs[0].read_text()), "medians": rows}, costs[0])
+    build_report(results_dir, out, costs=costs)
+    markdown = (out / "comparison.md").read_text()
+    cells = _table_cells(markdown)
+    assert (cells["lora"]["Forward (ms)"], cells["bitfit"]["Forward (ms)"]) == ("10.0", "11.0")
+    assert "merged where the method folds into the weights" in markdown
     assert {"score_vs_step.png", "score_vs_train_memory.png"} <= written
     assert not {"score_vs_time.png", "score_vs_memory.png"} & written
     with open(out / "comparison.csv", newline="") as f:

@@ -192,7 +192,12 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     medians = result["medians"]
     assert medians["vera"]["flops_per_token"] > 3 * medians["lora"]["flops_per_token"]
     for row in medians.values():
-        assert row["step_p50_s"] > 0 and row["train_peak_bytes"] > 0
+        assert row["step_p50_s"] > 0 and row["train_peak_bytes"] > 0 and row["forward_p50_s"] > 0
+    # served merged where the method folds into the weights (lora.yaml, vera.yaml: mergeable)
+    assert medians["full"]["forward_merged_p50_s"] is None
+    assert (
+        medians["lora"]["forward_merged_p50_s"] > 0 and medians["vera"]["forward_merged_p50_s"] > 0
+    )
     text = overhead.format_methods(result)
     assert "÷ full" in text and "÷ lora" in text and "| vera |" in text
     assert "| full | " in text and " | 1.00 | " in text
@@ -208,6 +213,8 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     assert set(clean.index) == {"full", "lora", "vera"}
     assert clean.loc["vera", "step_ms_clean"] == pytest.approx(1e3 * medians["vera"]["step_p50_s"])
     assert clean.loc["vera", "train_mem_clean_bytes"] == medians["vera"]["train_rise_bytes"]
+    assert clean.loc["vera", "forward_ms_clean"] == 1e3 * medians["vera"]["forward_merged_p50_s"]
+    assert clean.loc["full", "forward_ms_clean"] == 1e3 * medians["full"]["forward_p50_s"]
     assert "| vera |" in path.with_suffix(".md").read_text()
     assert main(["costs", "methods", "--out", str(tmp_path / "costs.txt"), *overrides]) == 2
     assert "give a .json file" in capsys.readouterr().err

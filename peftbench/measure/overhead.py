@@ -211,7 +211,7 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
     """
     from peftbench.launch import slots
     from peftbench.measure.instrument import PhasedPeakMemory, count_step_flops
-    from peftbench.methods.base import step_hook
+    from peftbench.methods.base import merge, step_hook
     from peftbench.runner.experiment import effective_lr
     from peftbench.runner.train import autocast
 
@@ -251,6 +251,12 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
             durations.append(time.perf_counter() - step_start)
             tokens += batch["input_ids"].numel()  # padded, as the FLOP count is per token
     train = memory.read("train")
+    forward = _forward_p50(model, batches, device, dtype)
+    merged = (  # as deployed: a method that folds into the weights costs the backbone's time
+        _forward_p50(merge(model, cfg.method), batches, device, dtype)
+        if cfg.method.get("mergeable", False)
+        else None
+    )
     del model, optimizer, params, batches
     gc.collect()
     if device.type == "cuda":
@@ -264,8 +270,32 @@ def _bench_one(cfg: Any, device: torch.device, steps: int) -> dict:
         "threads": torch.get_num_threads(),
         "train_peak_bytes": train["allocated"] if on_cuda else train["rss"],
         "train_rise_bytes": None if on_cuda else train["rss"] - resident,
+        "forward_p50_s": forward,
+        "forward_merged_p50_s": merged,
         "setup_s": setup_s,
     }
+
+
+def _forward_p50(
+    model: torch.nn.Module, batches: list[dict], device: torch.device, dtype: torch.dtype | None
+) -> float:
+    """Median forward time of the batches in eval mode, without gradients, the first one
+    warm-up: what serving one batch costs (a prefix lengthens the sequence, an adapter adds
+    layers, an unmerged LoRA adds a product)."""
+    from peftbench.runner.train import autocast
+
+    model.eval()
+    durations = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            start = time.perf_counter()
+            with autocast(device, dtype):
+                model(**batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
 
 
 def _release_freed_memory() -> None:
@@ -353,7 +383,7 @@ def methods_bench(
                 errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
                 runs.pop(m)
     keys = ("step_p50_s", "flops_per_token", "achieved_flops_per_s", "train_peak_bytes",
-            "train_rise_bytes")  # fmt: skip
+            "train_rise_bytes", "forward_p50_s", "forward_merged_p50_s")  # fmt: skip
     medians = {
         m: {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in keys}
         for m, rs in runs.items()
@@ -420,9 +450,9 @@ def format_methods(result: dict) -> str:
     mem_key = "train_rise_bytes" if result["device"] == "cpu" else "train_peak_bytes"
     head = (
         "| method | step p50 (ms) | ÷ full | ÷ lora | MFLOP/token | ÷ full | ÷ lora "
-        f"| {memory} (MB) | ÷ full | ÷ lora | GFLOP/s | MFU |"
+        f"| {memory} (MB) | ÷ full | ÷ lora | GFLOP/s | MFU | forward p50 (ms) | merged (ms) |"
     )
-    lines = [head, "| :-- |" + " --: |" * 11]
+    lines = [head, "| :-- |" + " --: |" * 13]
     full, lora = medians.get("full"), medians.get("lora")
     for m, row in sorted(medians.items()):
         cells = [m]
@@ -434,9 +464,12 @@ def format_methods(result: dict) -> str:
         achieved, mfu = row.get("achieved_flops_per_s"), row.get("mfu")
         cells.append(f"{achieved / 1e9:,.1f}" if achieved else "–")
         cells.append(f"{mfu:.1%}" if mfu is not None else "–")
+        for key in ("forward_p50_s", "forward_merged_p50_s"):  # files before them: none
+            value = row.get(key)
+            cells.append(f"{value * 1e3:,.4g}" if value is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
     for m, error in sorted(result["errors"].items()):
-        lines.append(f"| {m} | not run: {error} |" + " |" * 10)
+        lines.append(f"| {m} | not run: {error} |" + " |" * 12)
     lines.append("")
     where = f"{result['task']} on {result['model']}, " if "task" in result else ""
     lines.append(
@@ -453,7 +486,8 @@ def format_methods(result: dict) -> str:
         )
         + "; GFLOP/s: the counted FLOPs of the timed steps over their time; MFU: that over "
         "this machine's measured matmul peak for the run's dtype and threads (peftbench "
-        "costs peak)"
+        "costs peak); forward: one batch in eval mode without gradients after training, "
+        "merged where the method folds into the weights"
         + (
             f"; {result['threads']} torch thread(s), 1-minute load average "
             f"{result['load_1min_before']:.2f} before the first method (an idle machine: ~0); "
