@@ -150,6 +150,17 @@ def _recipe_hash(recipe: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
+def _stored_pct(params: Any, config: Mapping[str, Any] | None) -> float | None:
+    """``params.stored_pct``; in records from before it, the trainable share wherever the
+    method trains no prompt reparametrisation (then the two are equal by definition:
+    ``peftbench.methods.base.prompt_reparametrisation``), else unknown (None)."""
+    if params is None or params.stored_pct is not None:
+        return params and params.stored_pct
+    peft = ((config or {}).get("method") or {}).get("peft") or {}
+    reparametrised = peft.get("peft_type") == "P_TUNING" or bool(peft.get("prefix_projection"))
+    return None if reparametrised else params.trainable_pct
+
+
 def _flatten(record: Record, path: Path) -> dict[str, Any]:
     exp, params, primary, cost = record.experiment, record.params, record.primary, record.cost
     recipe = exp.recipe if isinstance(exp.recipe, dict) else legacy_recipe(record.config)
@@ -179,7 +190,7 @@ def _flatten(record: Record, path: Path) -> dict[str, Any]:
         "total_params": params and params.total,
         "trainable": params and params.trainable,
         "trainable_pct": params and params.trainable_pct,
-        "stored_pct": params and params.stored_pct,  # None before records had it
+        "stored_pct": _stored_pct(params, record.config),
         "artifact_bytes": params and params.artifact_bytes,
         "peak_alloc_bytes": alloc,
         "peak_rss_bytes": rss,

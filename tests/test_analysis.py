@@ -119,6 +119,23 @@ def test_load_records_flattens_fields(records: pd.DataFrame) -> None:
     assert records["created_at"].dt.tz is not None
 
 
+def test_records_before_the_stored_count_keep_what_they_train_unless_a_prompt_is_reparametrised(
+    records: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A record without params.stored: its stored share is its trainable share (no prompt
+    encoder: equal by definition), except for a prefix MLP or P-tuning (unknown: NaN), so a
+    table does not show a difference that is only a difference in which tasks recorded it."""
+    row = records[records["run_id"] == LORA_POLARITY_S1].iloc[-1]
+    assert row["stored_pct"] == row["trainable_pct"] == 0.33
+    base = json.loads((FIXTURES / "2026-11-23_11-00-00" / f"{LORA_POLARITY_S0}.json").read_text())
+    mam = {"name": "mam", "peft": {"peft_type": "PREFIX_TUNING", "prefix_projection": True}}
+    _write_record(tmp_path / "mam.json", run_id="mam-run", config={**base["config"], "method": mam})
+    stored = {**base["params"], "stored": 7, "stored_pct": 0.01}
+    _write_record(tmp_path / "new.json", run_id="new-run", params=stored)
+    rows = load_records(tmp_path).set_index("run_id")["stored_pct"]
+    assert math.isnan(rows["mam-run"]) and rows["new-run"] == 0.01
+
+
 def test_load_records_skips_files_that_are_not_records(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[1, 2]")
     _write_record(tmp_path / "future.json", schema_version=99)
