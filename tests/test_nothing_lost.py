@@ -99,18 +99,23 @@ def test_exit_codes_count_failed_runs_only(monkeypatch, capsys):
 def test_a_drained_sweep_starts_no_run_records_nothing_and_exits_3(tiny_bert_dir, tmp_path):
     """A chunk of a long sweep ends at a run boundary: while the drain file exists no run
     starts (the ones under way would finish), nothing is recorded, and the command says how
-    to go on; pipelines (benchmark, tune) stop at exit 3 instead of starting the next sweep."""
+    to go on; pipelines (benchmark, tune) stop at exit 3 instead of starting the next sweep.
+    The sweep writes no report either: it would be partial, and on a big sweep takes minutes."""
     results, drain = tmp_path / "results", tmp_path / "DRAIN"
+    assert _run_py("seed=0", *tiny_overrides(tiny_bert_dir, results)).returncode == 0
+    [done_record] = records_dir(results).glob("*.json")
     drain.touch()
     env = _env(PEFTBENCH_DRAIN_FILE=str(drain))
-    done = _run_py("-m", "seed=0,1", *tiny_overrides(tiny_bert_dir, results), env=env)
+    done = _run_py("-m", "seed=0,1,2", *tiny_overrides(tiny_bert_dir, results), env=env)
     assert done.returncode == 3, done.stderr[-3000:]
-    assert not list(records_dir(results).glob("*.json"))
+    assert list(records_dir(results).glob("*.json")) == [done_record]  # seed 0 was done
     [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("peftbench:")]
     assert line == (
         f"peftbench: drained: 2 run(s) not started, as the drain file {drain} exists; remove "
         "it and run the same command to go on"
     )
+    assert not (results / "report").exists()
+    assert f"[sweep] draining ({drain} exists): no report" in done.stderr + done.stdout
 
 
 def test_exit_codes_put_a_drain_before_failures(monkeypatch, capsys):

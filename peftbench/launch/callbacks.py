@@ -18,6 +18,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from peftbench.launch import exit_codes
+
 log = logging.getLogger("peftbench")
 
 #: Job outcomes that count as done: anything else makes a slurm sweep exit with 1.
@@ -151,7 +153,16 @@ class ReportAtSweepEnd(Callback):
         total = os.environ.pop(_TOTAL_ENV, None) or "?"
         if os.environ.get("RANK", "0") != "0":
             return  # a data-parallel sweep (torchrun): rank 0 writes the report
-        self._report(config)
+        drain = exit_codes.draining()
+        if drain is None:
+            self._report(config)
+        else:  # a chunk ends: its report would be partial, and costs minutes on a big sweep
+            log.info(
+                "[sweep] draining (%s exists): no report; the chunk that ends the sweep "
+                "writes it, or `peftbench report --results %s` now",
+                drain,
+                config.results_dir,
+            )
         if _outcomes:  # the slurm launcher's jobs: what became of each, and the exit code
             print("\n" + "\n".join(summary_lines(_outcomes, total, resume_command(sys.orig_argv))))
             if any(o["status"] not in DONE for o in _outcomes):
