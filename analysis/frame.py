@@ -32,7 +32,7 @@ COLUMNS = [
     "primary_name", "primary_split", "primary_value", "higher_is_better", "dev_value",
     "total_params", "trainable", "trainable_pct", "stored_pct", "artifact_bytes",
     "peak_alloc_bytes", "peak_rss_bytes", "peak_mem_bytes",
-    "train_time_s", "eval_time_s", "tokens_per_s", "samples_per_s",
+    "train_time_s", "eval_time_s", "wall_s", "tokens_per_s", "samples_per_s",
     "forgetting", "forgetting_measure", "energy_j", "energy_j_per_token",
     "git_sha", "git_dirty", "device", "path",
     "recipe_hash", "recipe", "config",
@@ -197,6 +197,7 @@ def _flatten(record: Record, path: Path) -> dict[str, Any]:
         "peak_mem_bytes": alloc if alloc is not None else rss,
         "train_time_s": _get(cost, "train_time_s"),
         "eval_time_s": _get(cost, "eval_time_s"),
+        "wall_s": _get(cost, "wall_s"),  # the run's whole time: what a benchmark's pace counts
         "tokens_per_s": _get(cost, "tokens_per_s"),
         "samples_per_s": _get(cost, "samples_per_s"),
         # the probe text before vs after training (docs/MEASUREMENT.md); none before it existed

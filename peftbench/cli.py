@@ -17,6 +17,8 @@
     peftbench benchmark extend --results DIR [--seeds 0,1,2] [--dry-run] [KEY=VALUE..]
                                           one scale beyond the edge where a choice lies at
                                           it, then select again
+    peftbench benchmark status --results DIR [--seeds 0,1,2,3,4] [--jobs 2]
+                                          per task: runs done and left, hours spent and left
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -157,6 +159,18 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         help="added to every grid and final command, e.g. hydra/launcher=processes",
     )  # fmt: skip
     extend.set_defaults(handler=_cmd_benchmark_extend)
+    status = sub.add_parser(
+        "status",
+        help="per task: grid points, extension and final runs done and left, the compute "
+        "spent and the compute left at the records' own pace (reads records, trains nothing)",
+    )
+    status.add_argument("--results", type=Path, required=True, help="the benchmark folder")
+    status.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the final runs")
+    status.add_argument("--tasks", default=None, help="these tasks only (a,b)")
+    status.add_argument("--methods", default=None, help="these methods only (a,b)")
+    status.add_argument("--jobs", type=int, default=2, help="runs trained at once (default 2)")
+    _selection_seeds_argument(status)
+    status.set_defaults(handler=_cmd_benchmark_status)
 
 
 def _selection_seeds_argument(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +224,22 @@ def _cmd_benchmark_extend(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         finals=not args.no_finals,
         scales=_scales(args.scales),
+    )
+
+
+def _cmd_benchmark_status(args: argparse.Namespace) -> int:
+    from peftbench.launch.progress import status_flow  # lazy: pandas
+
+    if args.jobs < 1:
+        raise _UserError(f"--jobs must be 1 or more, got {args.jobs}")
+    return status_flow(
+        args.results,
+        tasks=args.tasks.split(",") if args.tasks else None,
+        methods=args.methods.split(",") if args.methods else None,
+        seeds=_seeds(args.seeds, "--seeds"),
+        selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
+        scales=_scales(args.scales),
+        runs_at_once=args.jobs,
     )
 
 

@@ -17,6 +17,8 @@
 #                 machine, nothing else running
 #   report        DIR/report (the benchmark: chosen recipes, all seeds; time and memory from
 #                 DIR/costs when measured) and DIR/grid/report (the whole search)
+#   status        per task: grid points, extension and final runs done and left, hours spent
+#                 and left at the records' own pace (reads records only; any time)
 #
 # No stage means grid, select, extend, final, costs, report, in order. Every stage is resumable: a run whose record says
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
@@ -113,8 +115,11 @@ for stage in "${STAGES[@]}"; do
       "$PYTHON" -m peftbench.cli report --results "$DIR/final" --out "$DIR/report" "${CLEAN[@]}"
       "$PYTHON" -m peftbench.cli report --results "$DIR/grid" --out "$DIR/grid/report"
       commit "report" ;;
+    status)
+      "$PYTHON" -m peftbench.cli benchmark status --results "$DIR" --seeds "$SEEDS" \
+        --jobs "${N_JOBS:-2}" "${GRID[@]}" "${SUBSET[@]}" ;;
     *)
-      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, costs, report)" >&2
+      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, costs, report, status)" >&2
       exit 2 ;;
   esac
 done

@@ -382,10 +382,9 @@ def grid_flow(
     """Runs (or prints) stage 1 for each task, one task at a time; returns the first failure's
     exit code. Resumable: the runs whose success record exists are skipped by identity."""
     check_methods(methods)
-    known = preset_tasks()
-    _check_subset(tasks, known, "task")
+    check_tasks(tasks)
     failed = 0  # a diverged lr is a recorded outcome: the grid goes on, exit 1 at the end
-    for task in tasks or known:
+    for task in tasks or preset_tasks():
         argv = grid_command(
             task, results / "grid", overrides, methods=methods, seeds=selection_seeds,
             scales=scales,
@@ -405,6 +404,11 @@ def preset_methods(preset: Path = PRESET) -> list[str]:
 def check_methods(methods: Sequence[str] | None) -> None:
     """``--methods``: each must be a method of the preset (one-line error otherwise)."""
     _check_subset(methods, preset_methods(), "method")
+
+
+def check_tasks(tasks: Sequence[str] | None) -> None:
+    """``--tasks``: each must be a task of the preset (one-line error otherwise)."""
+    _check_subset(tasks, preset_tasks(), "task")
 
 
 def _check_subset(wanted: Sequence[str] | None, known: Sequence[str], what: str) -> None:
