@@ -146,11 +146,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         help="add one lr scale beyond the grid's edge (x30 above x10, x0.1 below x0.3) to every "
         "cell chosen at the edge, train it, then select again",
     )
-    extend.add_argument("--results", type=Path, required=True, help="the benchmark folder")
-    extend.add_argument("--seeds", default="0,1,2", help="seeds of the final runs")
-    extend.add_argument("--tasks", default=None, help="these tasks only (a,b)")
-    extend.add_argument("--methods", default=None, help="these methods only (a,b)")
-    _selection_seeds_argument(extend)
+    _folder_arguments(extend, seeds="0,1,2")
     extend.add_argument("--dry-run", action="store_true", help="print the commands only")
     extend.add_argument("--no-finals", action="store_true", help="train the new grid points and "
                         "select again, but leave the final runs to select")  # fmt: skip
@@ -164,13 +160,18 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
         help="per task: grid points, extension and final runs done and left, the compute "
         "spent and the compute left at the records' own pace (reads records, trains nothing)",
     )
-    status.add_argument("--results", type=Path, required=True, help="the benchmark folder")
-    status.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the final runs")
-    status.add_argument("--tasks", default=None, help="these tasks only (a,b)")
-    status.add_argument("--methods", default=None, help="these methods only (a,b)")
+    _folder_arguments(status, seeds="0,1,2,3,4")
     status.add_argument("--jobs", type=int, default=2, help="runs trained at once (default 2)")
-    _selection_seeds_argument(status)
     status.set_defaults(handler=_cmd_benchmark_status)
+
+
+def _folder_arguments(parser: argparse.ArgumentParser, *, seeds: str) -> None:
+    """A benchmark folder, its final seeds, a subset of its cells and its grid."""
+    parser.add_argument("--results", type=Path, required=True, help="the benchmark folder")
+    parser.add_argument("--seeds", default=seeds, help="seeds of the final runs")
+    parser.add_argument("--tasks", default=None, help="these tasks only (a,b)")
+    parser.add_argument("--methods", default=None, help="these methods only (a,b)")
+    _selection_seeds_argument(parser)
 
 
 def _selection_seeds_argument(parser: argparse.ArgumentParser) -> None:
