@@ -6,7 +6,8 @@ from the records, so nobody sums wall times by hand. The estimate prices a run l
 mean wall time of its method's recorded runs on the task (grid and final runs train the same
 steps), else at the task's mean over methods, and divides by the runs trained at once. A task
 with no record has no pace, and one whose step budget doubles trains its grid again: both say
-so instead of guessing.
+so instead of guessing. One model per folder, as the benchmark script lays them out (the
+SmolLM2-135M subset has its own).
 """
 
 from __future__ import annotations
