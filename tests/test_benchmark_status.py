@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from peftbench.cli import main
@@ -83,6 +85,20 @@ def test_the_status_command_prints_the_table_and_refuses_an_unknown_task(tmp_pat
     assert err.count("\n") == 1 and "sst2 is not a task of the benchmark" in err
     assert main([*argv, "--jobs", "0"]) == 2
     assert "--jobs must be 1 or more" in capsys.readouterr().err
+
+
+def test_the_status_command_reads_each_stage_once_for_all_its_tasks(tmp_path, monkeypatch):
+    """Five tasks must not mean five readings of the same records (minutes beside runs)."""
+    import analysis.frame
+
+    _half_done(tmp_path)
+    read, load = [], analysis.frame.load_records
+    monkeypatch.setattr(analysis.frame, "load_records", lambda d: read.append(d) or load(d))
+    argv = ["benchmark", "status", "--results", str(tmp_path), "--methods", "lora,bitfit",
+            "--scales", "0.3,1,3", "--tasks", "polarity,hedge,wnut16"]  # fmt: skip
+    assert main(argv) == 0
+    stages = sorted(Path(d).relative_to(tmp_path).parts[0] for d in read)
+    assert stages == ["final", "grid", "grid"]  # the selection's reading, and the pace's
 
 
 def test_the_benchmark_scripts_status_stage_passes_its_seeds_scales_methods_and_jobs(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from peftbench.launch import protocol
 
@@ -56,13 +57,36 @@ class TaskProgress:
         return None
 
 
-def _runs(folder: Path, task: str, seeds: Sequence[int]):
-    """The task's records of ``seeds`` in ``folder``, the newest per run id."""
+@dataclass
+class _Folder:
+    """A benchmark folder read once: ``status`` covers every task from one reading (each
+    task reading it again made the command take minutes beside running benchmark jobs)."""
+
+    cells: list[protocol.Cell]  # every task's, from the grid's selection-seed records
+    grid: Any  # pandas frames of the grid's and the finals' records (None: no folder)
+    final: Any
+
+
+def _read(results: Path, scales: Sequence[float], selection_seeds: Sequence[int]) -> _Folder:
+    grid_dir = results / "grid"
+    cells = (
+        protocol.select_cells(grid_dir, scales, selection_seeds)
+        if (grid_dir / "records").is_dir()
+        else []
+    )
+    return _Folder(cells, _load(grid_dir), _load(results / "final"))
+
+
+def _load(folder: Path):
     from analysis.frame import load_records  # lazy: pandas
 
-    if not (folder / "records").is_dir():
+    return load_records(folder / "records") if (folder / "records").is_dir() else None
+
+
+def _runs(df, task: str, seeds: Sequence[int]):
+    """The task's records of ``seeds``, the newest per run id (None: no records folder)."""
+    if df is None:
         return None
-    df = load_records(folder / "records")
     df = df[(df["task"] == task) & df["seed"].isin(list(seeds)) & (df["weights"] != "synthetic")]
     return df.sort_values(["created_at", "path"], kind="stable").drop_duplicates(
         "run_id", keep="last"
@@ -86,15 +110,14 @@ def _pace(runs) -> tuple[dict[str, float], float | None]:
 def task_progress(
     results: Path, task: str, *, methods: Sequence[str], seeds: Sequence[int],
     selection_seeds: Sequence[int] = protocol.SELECTION_SEEDS,
-    scales: Sequence[float] | None = None, runs_at_once: int = 2,
+    scales: Sequence[float] | None = None, runs_at_once: int = 2, folder: _Folder | None = None,
 ) -> TaskProgress:  # fmt: skip
-    """What the grid, the extension and the finals of ``task`` have done and have left."""
+    """What the grid, the extension and the finals of ``task`` have done and have left
+    (``folder``: ``results`` already read with the same scales and selection seeds)."""
     grid_dir = results / "grid"
     base = protocol.preset_scales() if scales is None else [float(s) for s in scales]
-    cells = [
-        c for c in protocol.select_cells(grid_dir, base, selection_seeds)
-        if c.task == task and c.method in methods
-    ] if (grid_dir / "records").is_dir() else []  # fmt: skip
+    folder = folder or _read(results, base, selection_seeds)
+    cells = [c for c in folder.cells if c.task == task and c.method in methods]
     by_method = {c.method: c for c in cells}
     n_sel = len(selection_seeds)
     # grid points: a method with no record yet still owes the base grid
@@ -107,7 +130,7 @@ def task_progress(
         [c for c in cells if c.status != "incomplete"],
         extended=protocol.read_extensions(grid_dir),
     )
-    grid, final = _runs(grid_dir, task, selection_seeds), _runs(results / "final", task, seeds)
+    grid, final = _runs(folder.grid, task, selection_seeds), _runs(folder.final, task, seeds)
     # finals: a (method, seed) with a finished record; a cell failed at every scale has none
     # to train (its grid records are the report's failures)
     finished = set()
@@ -201,10 +224,12 @@ def status_flow(
     protocol.check_methods(methods)
     protocol.check_tasks(tasks)
     wanted = list(methods or protocol.preset_methods())
+    base = protocol.preset_scales() if scales is None else [float(s) for s in scales]
+    folder = _read(results, base, selection_seeds)
     rows = [
         task_progress(
             results, task, methods=wanted, seeds=seeds, selection_seeds=selection_seeds,
-            scales=scales, runs_at_once=runs_at_once,
+            scales=base, runs_at_once=runs_at_once, folder=folder,
         )
         for task in tasks or protocol.preset_tasks()
     ]  # fmt: skip
