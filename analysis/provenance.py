@@ -82,6 +82,10 @@ def repro_row(record: dict) -> ReproRow:
     code, env, data = (record.get(k) or {} for k in ("code", "env", "data"))
     sha = code.get("git_sha") or NOT_RECORDED
     dirty = {True: " (dirty)", False: "", None: " (dirty: unknown)"}[code.get("git_dirty")]
+    if code.get("dirty_paths"):  # recorded since 2026-12-06: which files differed
+        named, total = code["dirty_paths"][:2], code.get("dirty_files", 0)
+        more = f" +{total - len(named)} more" if total > len(named) else ""
+        dirty = f" (dirty: {', '.join(named)}{more})"
     packages = ", ".join(f"{p} {env[p]}" for p in PACKAGES if env.get(p))
     sizes = " / ".join(f"{split} {n}" for split, n in (data.get("n") or {}).items())
     return ReproRow(

@@ -669,6 +669,37 @@ def test_repro_row_from_a_record() -> None:
     assert repro_row(record).command == "not recorded"
 
 
+def test_a_dirty_record_names_the_files_that_differed(tmp_path, monkeypatch) -> None:
+    """A write-up edited beside a benchmark run must be told apart from a code change."""
+    import subprocess
+
+    import peftbench.config.paths
+    from analysis.provenance import repro_row
+    from peftbench.records.store import code_info
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("README.md", "run.py", "z.py"):
+        (tmp_path / name).write_text("x\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    monkeypatch.setattr(peftbench.config.paths, "SOURCE_ROOT", tmp_path)
+    assert code_info()["git_dirty"] is False and "dirty_paths" not in code_info()
+
+    (tmp_path / "untracked.txt").write_text("new")  # untracked files never count
+    (tmp_path / "README.md").write_text("edited")
+    (tmp_path / "z.py").write_text("edited")
+    code = code_info()
+    assert code["git_dirty"] is True
+    assert (code["dirty_files"], code["dirty_paths"]) == (2, ["README.md", "z.py"])
+
+    record = json.loads((FIXTURES / "2026-11-23_11-00-00" / f"{LORA_POLARITY_S0}.json").read_text())
+    record["code"] |= {"git_dirty": True, "dirty_files": 3, "dirty_paths": ["a.md", "b.md", "c"]}
+    assert repro_row(record).git == "0123abc (dirty: a.md, b.md +1 more)"
+
+
 def test_report_keeps_secrets_out_and_embeds_everything(
     results_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -433,6 +433,10 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+#: The modified files a record names at most (a benchmark's own stages modify hundreds).
+DIRTY_PATHS_MAX = 20
+
+
 def code_info() -> dict:
     """Git SHA and dirty flag of the code that produced the run."""
     from peftbench import __version__
@@ -450,11 +454,15 @@ def code_info() -> dict:
             return None
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {
+    info = {
         "git_sha": git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "peftbench_version": __version__,
     }
+    if status:  # which files: a write-up edited beside a run is not a code change
+        paths = sorted((git("diff", "--name-only", "HEAD") or "").splitlines())
+        info |= {"dirty_files": len(paths), "dirty_paths": paths[:DIRTY_PATHS_MAX]}
+    return info
 
 
 def env_info(device: Any) -> dict:
