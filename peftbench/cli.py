@@ -19,6 +19,9 @@
                                           it, then select again
     peftbench benchmark status --results DIR [--seeds 0,1,2,3,4] [--jobs 2]
                                           per task: runs done and left, hours spent and left
+    peftbench benchmark audit --results DIR [--complete]
+                                          whether the records kept the protocol (sealed grid,
+                                          chosen recipes, predictions, test once, one setting)
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -163,6 +166,16 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     _folder_arguments(status, seeds="0,1,2,3,4")
     status.add_argument("--jobs", type=int, default=2, help="runs trained at once (default 2)")
     status.set_defaults(handler=_cmd_benchmark_status)
+    audit = sub.add_parser(
+        "audit",
+        help="whether the records kept the protocol: grid sealed, finals on the chosen recipes, "
+        "predictions intact, test read once, one setting per task (reads records only; exit 1 "
+        "on a failed check)",
+    )
+    _folder_arguments(audit, seeds="0,1,2,3,4")
+    audit.add_argument("--complete", action="store_true",
+                       help="also fail while a chosen cell lacks a final seed")  # fmt: skip
+    audit.set_defaults(handler=_cmd_benchmark_audit)
 
 
 def _folder_arguments(parser: argparse.ArgumentParser, *, seeds: str) -> None:
@@ -241,6 +254,21 @@ def _cmd_benchmark_status(args: argparse.Namespace) -> int:
         selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
         scales=_scales(args.scales),
         runs_at_once=args.jobs,
+    )
+
+
+def _cmd_benchmark_audit(args: argparse.Namespace) -> int:
+    from peftbench.launch.audit import audit_flow  # lazy: pandas (the grid's cells)
+
+    if args.methods:
+        raise _UserError("audit checks every method of a task; drop --methods")
+    return audit_flow(
+        args.results,
+        tasks=args.tasks.split(",") if args.tasks else None,
+        seeds=_seeds(args.seeds, "--seeds"),
+        selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
+        scales=_scales(args.scales),
+        complete=args.complete,
     )
 
 

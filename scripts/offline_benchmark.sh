@@ -19,6 +19,9 @@
 #                 DIR/costs when measured) and DIR/grid/report (the whole search)
 #   status        per task: grid points, extension and final runs done and left, hours spent
 #                 and left at the records' own pace (reads records only; any time)
+#   audit         whether the records kept the protocol: grid sealed, finals on the chosen
+#                 recipes, predictions intact, test read once, one setting per task (exit 1
+#                 if not; reads records only; any time)
 #
 # No stage means grid, select, extend, final, costs, report, in order. Every stage is resumable: a run whose record says
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
@@ -36,7 +39,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DIR=${1:?usage: scripts/offline_benchmark.sh DIR [grid[:TASK]|select|extend|final[:TASK]|costs[:TASK]|report ...]}
+DIR=${1:?usage: scripts/offline_benchmark.sh DIR [grid[:TASK]|select|extend|final[:TASK]|costs[:TASK]|report|status|audit ...]}
 shift
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(grid select extend final costs report)
@@ -118,8 +121,10 @@ for stage in "${STAGES[@]}"; do
     status)
       "$PYTHON" -m peftbench.cli benchmark status --results "$DIR" --seeds "$SEEDS" \
         --jobs "${N_JOBS:-2}" "${GRID[@]}" "${SUBSET[@]}" ;;
+    audit)
+      "$PYTHON" -m peftbench.cli benchmark audit --results "$DIR" --seeds "$SEEDS" "${GRID[@]}" ;;
     *)
-      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, costs, report, status)" >&2
+      echo "scripts/offline_benchmark.sh: unknown stage '$stage' (grid, select, extend, final, costs, report, status, audit)" >&2
       exit 2 ;;
   esac
 done

@@ -531,12 +531,12 @@ def check_recipes(finals: Sequence[FinalCommand]) -> None:
             job = [o for o in command.overrides if _key(o) not in ("method", "seed")]
             values = recipe_of([*job, f"method={cell.method}", "seed=1"])
             grid = json.loads(Path(cell.chosen.path).read_text())["experiment"].get("recipe")
-            if grid and recipe_hash(_trained(values)) == recipe_hash(_trained(grid)):
+            if grid and recipe_hash(trained_recipe(values)) == recipe_hash(trained_recipe(grid)):
                 continue
             if not grid and recipe_hash(values) == cell.chosen.recipe_hash:
                 continue
-            values = _trained(values) if grid else values
-            grid = _trained(grid) if grid else grid
+            values = trained_recipe(values) if grid else values
+            grid = trained_recipe(grid) if grid else grid
             keys = _differing([values, grid or {}]) if grid else ["(no recipe recorded)"]
             raise ConfigError(
                 f"the final runs of {cell.name} would train recipe {recipe_hash(values)}, not "
@@ -547,7 +547,7 @@ def check_recipes(finals: Sequence[FinalCommand]) -> None:
             )
 
 
-def _trained(recipe: dict) -> dict:
+def trained_recipe(recipe: dict) -> dict:
     """A recipe without what only changes what is evaluated: the sealed test."""
     return {k: v for k, v in recipe.items() if k != _key(SEALED)}
 
