@@ -118,6 +118,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     grid.add_argument("--methods", default=None, help="these methods only (a,b); default: all")
     _selection_seeds_argument(grid)
     grid.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
+    _lanes_argument(grid)
     grid.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="added to every grid command, e.g. hydra/launcher=processes train.threads=auto",
@@ -139,6 +140,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--final", type=Path, default=None, help="default: <results>/final")
     select.add_argument("--dry-run", action="store_true", help="write the selection, print the "
                         "commands, copy and train nothing")  # fmt: skip
+    _lanes_argument(select)
     select.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="added to every final command, e.g. hydra/launcher=processes train.threads=auto",
@@ -151,6 +153,7 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     )
     _folder_arguments(extend, seeds="0,1,2")
     extend.add_argument("--dry-run", action="store_true", help="print the commands only")
+    _lanes_argument(extend)
     extend.add_argument("--no-finals", action="store_true", help="train the new grid points and "
                         "select again, but leave the final runs to select")  # fmt: skip
     extend.add_argument(
@@ -185,6 +188,21 @@ def _folder_arguments(parser: argparse.ArgumentParser, *, seeds: str) -> None:
     parser.add_argument("--tasks", default=None, help="these tasks only (a,b)")
     parser.add_argument("--methods", default=None, help="these methods only (a,b)")
     _selection_seeds_argument(parser)
+
+
+def _lanes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lanes", type=int, default=1,
+        help="run the stage's sweeps in N copies at once, one run at a time each, sharing the "
+        "runs by their locks: no core idles at a sweep's tail (e.g. 2 on 2 cores with "
+        "train.threads=auto; default 1: one sweep after another)",
+    )  # fmt: skip
+
+
+def _lanes(args: argparse.Namespace) -> int:
+    if args.lanes < 1:
+        raise _UserError(f"--lanes must be 1 or more, got {args.lanes}")
+    return args.lanes
 
 
 def _selection_seeds_argument(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +256,7 @@ def _cmd_benchmark_extend(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         finals=not args.no_finals,
         scales=_scales(args.scales),
+        lanes=_lanes(args),
     )
 
 
@@ -280,7 +299,7 @@ def _cmd_benchmark_grid(args: argparse.Namespace) -> int:
         args.results, tasks=tasks, overrides=list(args.overrides), dry_run=args.dry_run,
         methods=args.methods.split(",") if args.methods else None,
         selection_seeds=_seeds(args.selection_seeds, "--selection-seeds"),
-        scales=_scales(args.scales),
+        scales=_scales(args.scales), lanes=_lanes(args),
     )  # fmt: skip
 
 
@@ -297,6 +316,7 @@ def _cmd_benchmark_select(args: argparse.Namespace) -> int:
         final_dir=args.final,
         dry_run=args.dry_run,
         scales=_scales(args.scales),
+        lanes=_lanes(args),
     )
 
 

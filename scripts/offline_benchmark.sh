@@ -29,8 +29,8 @@
 # record, no new one starts, and the script exits 3; the same command later removes DRAIN
 # and goes on.
 # Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
-# Environment: N_JOBS (runs at once; default 2 = this machine's cores, on a GPU machine the
-# number of GPUs), SEEDS (final seeds), SCALES (the grid's lr scales, e.g. 0.3,1,3 for the
+# Environment: N_JOBS (runs at once, as lanes; default 2 = this machine's cores, on a GPU
+# machine the number of GPUs), SEEDS (final seeds), SCALES (the grid's lr scales, e.g. 0.3,1,3 for the
 # SmolLM2 subset in its own DIR; default the preset's), METHODS (a subset, a,b), EXTRA
 # (KEY=VALUE overrides for every run, e.g. model=smollm2-135m), COMMIT=1 (git-commit DIR's
 # records after each chunk), PYTHON. The SmolLM2 subset (docs/benchmarks/README.md, v2, 7):
@@ -54,7 +54,9 @@ SUBSET=()  # grid and extend: these methods only
 [ -z "${METHODS:-}" ] || SUBSET=(--methods "$METHODS")
 read -r -a EXTRA <<< "${EXTRA:-}"
 PYTHON=${PYTHON:-python}
-PARALLEL=(hydra/launcher=processes "hydra.launcher.n_jobs=${N_JOBS:-2}" train.threads=auto)
+# N_JOBS lanes: each runs the stage's sweeps one run at a time, and they share the runs by
+# their locks, so no core idles at a sweep's tail (commands.call_all); threads = cores / lanes
+PARALLEL=(--lanes "${N_JOBS:-2}" train.threads=auto)
 # grid and extend: no latency probe (a quarter of a polarity grid run's wall time, 22 of 88 s;
 # selection reads dev only, costs come from the costs stage; instrument.* is not in a run's id)
 TUNING=(instrument.inference=false)

@@ -337,6 +337,14 @@ def test_the_cost_stage_measures_the_benchmarked_methods_not_every_registered_on
     assert "--methods full,lora " in call
 
 
+def test_the_training_stages_run_in_lanes_one_per_core(tmp_path):
+    """Lanes, not a joblib sweep per lr scale: no core idles at each sweep's tail."""
+    for call in _script_calls(tmp_path, "grid:hedge", "extend", "final:hedge"):
+        assert " --lanes 2 train.threads=auto" in call and "n_jobs" not in call, call
+    [call] = _script_calls(tmp_path / "gpus", "final:hedge", N_JOBS="4")
+    assert " --lanes 4 " in call
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

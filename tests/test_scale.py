@@ -16,7 +16,7 @@ import pytest
 
 from peftbench.config.precheck import check_command_line
 from peftbench.errors import ConfigError
-from peftbench.launch import slots
+from peftbench.launch import commands, slots
 from peftbench.launch.callbacks import sweep_size
 from peftbench.launch.tune import SEARCH_SEED, best_params, flow, objective, search_space
 from peftbench.records.store import records_dir
@@ -102,6 +102,22 @@ def test_auto_threads_share_the_cores_between_parallel_runs(monkeypatch, launche
     monkeypatch.setattr(slots, "available_cores", lambda: cores)
     assert slots.torch_threads("auto", launcher) == threads
     assert slots.torch_threads(3, launcher) == 3  # an explicit count wins
+
+
+@pytest.mark.parametrize(
+    ("launcher", "cores", "lanes", "threads"),
+    [
+        ({}, 2, "2", 1),  # the benchmark script: 2 lanes, one run at a time each
+        ({}, 16, "4", 4),
+        ({"n_jobs": 2}, 16, "2", 4),  # lanes of parallel sweeps: 4 runs at once
+        ({}, 8, "1", None),  # one lane is no lanes
+    ],
+)
+def test_auto_threads_share_the_cores_between_lanes(monkeypatch, launcher, cores, lanes, threads):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv(slots.LANES_ENV, lanes)
+    monkeypatch.setattr(slots, "available_cores", lambda: cores)
+    assert slots.torch_threads("auto", launcher) == threads
 
 
 def test_auto_threads_under_torchrun_split_the_node(monkeypatch):
@@ -289,6 +305,73 @@ def test_parallel_sweep_writes_4_records_then_skips_all_4(tiny_bert_dir, tmp_pat
     log = _sweep(tiny_bert_dir, results, tmp_path / "sweep2", *launcher)
     assert log.count(SKIP_LINE) == 4, log[-2000:]
     assert sorted(folder.iterdir()) == everything  # nothing trained or written
+
+
+def _lanes_of(calls: list) -> dict[str, list[str]]:
+    """Per lane tag, the first override of each sweep it ran."""
+    lanes: dict[str, list[str]] = {}
+    for argv, kw in calls:
+        lanes.setdefault(kw["tag"], []).append(argv[0])
+    return lanes
+
+
+def test_lanes_each_run_the_whole_list_in_order_with_their_own_job_folders(monkeypatch):
+    calls = []
+    monkeypatch.setattr(commands, "call", lambda argv, **kw: calls.append((argv, kw)) or 0)
+    assert commands.call_all([["a=1"], ["b=2"]], tag="select", lanes=2) == 0
+    assert _lanes_of(calls) == {"select lane 1": ["a=1", "b=2"], "select lane 2": ["a=1", "b=2"]}
+    for argv, kw in calls:
+        lane = kw["tag"][-1]
+        assert argv[-1] == f"hydra.sweep.subdir=lane{lane}-${{hydra.job.num}}-${{method.name}}"
+        assert kw["env"][slots.LANES_ENV] == "2"  # train.threads=auto halves the cores
+    calls.clear()
+    assert commands.call_all([["a=1"], ["b=2"]], tag="grid") == 0  # one lane: as before
+    assert [(argv, kw["tag"], kw.get("env")) for argv, kw in calls] == [
+        (["a=1"], "grid", None), (["b=2"], "grid", None),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ({"a=1": 1}, 1),  # a failed run (recorded): the other sweeps still run
+        ({"a=1": 3}, 3),  # a drain: the lane starts no more sweeps, the command says so
+        ({"a=1": 2}, 2),  # bad input
+    ],
+)
+def test_lanes_stop_where_a_sweep_says_stop_and_report_it(monkeypatch, codes, expected):
+    calls = []
+
+    def call(argv, **kw):
+        calls.append((argv, kw))
+        return codes.get(argv[0], 0)
+
+    monkeypatch.setattr(commands, "call", call)
+    assert commands.call_all([["a=1"], ["b=2"]], tag="t", lanes=2) == expected
+    went_on = expected == 1
+    ran = ["a=1", "b=2"] if went_on else ["a=1"]
+    assert _lanes_of(calls) == {"t lane 1": ran, "t lane 2": ran}
+
+
+@pytest.mark.slow
+def test_two_lanes_share_a_sweep_and_train_each_run_once(tiny_bert_dir, tmp_path, monkeypatch):
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ROOT)
+    results, sweeps = tmp_path / "results", tmp_path / "sweeps"
+    sweep = [
+        "method=lora,adapter", "seed=0,1", f"hydra.sweep.dir={sweeps}",
+        *tiny_overrides(tiny_bert_dir, results),
+    ]  # fmt: skip
+    assert commands.call_all([sweep], tag="test", lanes=2) == 0
+    paths = sorted(records_dir(results).glob("*.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    assert [r["status"] for r in records] == ["success"] * 4  # no run trained twice
+    assert len({r["run_id"] for r in records}) == 4
+    assert {r["env"]["torch_threads"] for r in records} == {max(1, slots.available_cores() // 2)}
+    # each lane went through all 4 jobs (training or skipping), in its own job folders
+    folders = sorted(p.name.split("-")[0] for p in sweeps.iterdir() if p.is_dir())
+    assert folders == ["lane1"] * 4 + ["lane2"] * 4
 
 
 # --------------------------------------------------------------------------- tuning

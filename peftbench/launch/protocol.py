@@ -378,22 +378,25 @@ def grid_flow(
     results: Path, *, tasks: Sequence[str] | None = None, overrides: Sequence[str] = (),
     dry_run: bool = False, methods: Sequence[str] | None = None,
     selection_seeds: Sequence[int] = SELECTION_SEEDS, scales: Sequence[float] | None = None,
+    lanes: int = 1,
 ) -> int:  # fmt: skip
-    """Runs (or prints) stage 1 for each task, one task at a time; returns the first failure's
-    exit code. Resumable: the runs whose success record exists are skipped by identity."""
+    """Runs (or prints) stage 1 for each task, one task after another (``lanes``:
+    :func:`peftbench.launch.commands.call_all`); returns the first failure's exit code.
+    Resumable: the runs whose success record exists are skipped by identity."""
     check_methods(methods)
     check_tasks(tasks)
-    failed = 0  # a diverged lr is a recorded outcome: the grid goes on, exit 1 at the end
-    for task in tasks or preset_tasks():
-        argv = grid_command(
-            task, results / "grid", overrides, methods=methods, seeds=selection_seeds,
+    sweeps = [
+        grid_command(
+            task,
+            results / "grid",
+            overrides,
+            methods=methods,
+            seeds=selection_seeds,
             scales=scales,
         )  # fmt: skip
-        code = commands.call(argv, tag="grid", dry_run=dry_run)
-        if not exit_codes.carry_on(code):
-            return code
-        failed = failed or code
-    return failed
+        for task in tasks or preset_tasks()
+    ]
+    return commands.call_all(sweeps, tag="grid", lanes=lanes, dry_run=dry_run)
 
 
 def preset_methods(preset: Path = PRESET) -> list[str]:
@@ -778,8 +781,10 @@ def select_flow(
     dry_run: bool = False,
     verify: bool = True,
     selection_seeds: Sequence[int] = SELECTION_SEEDS,
+    lanes: int = 1,
 ) -> int:
-    """The whole selection stage (module docstring); returns 0 or a final command's exit code."""
+    """The whole selection stage (module docstring); returns 0 or a final command's exit code
+    (``lanes``: :func:`peftbench.launch.commands.call_all`)."""
     check_seeds(seeds, selection_seeds)
     grid_dir = grid_dir or results / "grid"
     final_dir = _relative(final_dir or results / "final")
@@ -821,15 +826,8 @@ def select_flow(
         check_budgets(cells, tasks, "final seeds")
         for path in copy_into_final(cells, final_dir):
             print(f"[select] copied {path.name} into {path.parent}", flush=True)
-    failed = 0
-    for command in finals:
-        if tasks and command.task not in tasks:
-            continue
-        code = commands.call(command.overrides, tag="select", dry_run=dry_run)
-        if not exit_codes.carry_on(code):
-            return code
-        failed = failed or code
-    return failed
+    sweeps = [c.overrides for c in finals if not tasks or c.task in tasks]
+    return commands.call_all(sweeps, tag="select", lanes=lanes, dry_run=dry_run)
 
 
 def moved_choices(
@@ -918,7 +916,7 @@ def extend_flow(
     results: Path, *, seeds: Sequence[int], overrides: Sequence[str] = (),
     tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
     selection_seeds: Sequence[int] = SELECTION_SEEDS, dry_run: bool = False, verify: bool = True,
-    finals: bool = True, scales: Sequence[float] | None = None,
+    finals: bool = True, scales: Sequence[float] | None = None, lanes: int = 1,
 ) -> int:  # fmt: skip
     """``peftbench benchmark extend``: one more grid point beyond the edge for every cell whose
     choice lies at it (:func:`edge_extensions`), recorded in ``extensions.json`` beside
@@ -948,15 +946,14 @@ def extend_flow(
         for name, scale in added.items():
             extensions[name] = sorted({*extensions.get(name, []), scale})
         (results / EXTENSIONS_JSON).write_text(json.dumps(extensions, indent=1) + "\n")
-    failed = 0  # a diverged new point is a recorded outcome: selection still runs
-    for argv in extension_commands(cells, added, grid_dir, overrides, selection_seeds):
-        code = commands.call(argv, tag="extend", dry_run=dry_run)
-        if not exit_codes.carry_on(code):
-            return code
-        failed = failed or code
+    sweeps = extension_commands(cells, added, grid_dir, overrides, selection_seeds)
+    failed = commands.call_all(sweeps, tag="extend", lanes=lanes, dry_run=dry_run)
+    if not exit_codes.carry_on(failed):
+        return failed
     if dry_run:
         return 0
+    # a diverged new point is a recorded outcome: selection still runs
     return select_flow(
         results, seeds=seeds, overrides=overrides, tasks=tasks, verify=verify,
-        selection_seeds=selection_seeds, dry_run=not finals, scales=scales,
+        selection_seeds=selection_seeds, dry_run=not finals, scales=scales, lanes=lanes,
     ) or failed  # fmt: skip

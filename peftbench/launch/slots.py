@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+#: Set by ``commands.call_all`` for sweeps run in lanes (several sweeps at once, one run at
+#: a time each): how many, so ``train.threads=auto`` shares the cores among them.
+LANES_ENV = "PEFTBENCH_LANES"
 #: The lock file this process holds on its GPU while a run uses it (None: holds none).
 _claimed: IO | None = None
 
@@ -46,12 +49,13 @@ def torch_threads(setting: Any, launcher: dict | None = None) -> int | None:
         The thread count, or None to keep torch's default (one run at a time: all cores).
         ``auto`` gives each of the runs the launcher runs at once an equal share of the cores:
         cores // n_jobs under joblib, ``cpus_per_task`` under submitit, cores // processes
-        per node under torchrun.
+        per node under torchrun; sweeps in lanes (:data:`LANES_ENV`) divide by the lanes too.
     """
     if setting != "auto":
         return int(setting)
     launcher = _launcher() if launcher is None else launcher
     cores = available_cores()
+    lanes = max(1, int(os.environ.get(LANES_ENV) or 1))
     if os.environ.get("LOCAL_WORLD_SIZE"):  # torchrun / accelerate: ranks share the node
         return max(1, cores // int(os.environ["LOCAL_WORLD_SIZE"]))
     if launcher.get("cpus_per_task"):  # submitit: the scheduler reserved these cores
@@ -59,8 +63,8 @@ def torch_threads(setting: Any, launcher: dict | None = None) -> int | None:
     n_jobs = launcher.get("n_jobs")
     if n_jobs:  # joblib: negative counts from the core count down, as joblib does
         concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
-        return max(1, cores // concurrent)
-    return None
+        return max(1, cores // (concurrent * lanes))
+    return max(1, cores // lanes) if lanes > 1 else None
 
 
 def _lock_path(index: int) -> Path:
