@@ -460,7 +460,7 @@ def test_extend_adds_one_scale_beyond_the_edge_and_selection_says_which_choice_m
     assert main(["benchmark", "select", "--results", str(results), "--dry-run"]) == 0
     ran = []
 
-    def train(overrides, *, tag, dry_run=False):  # the grid runs of the new points
+    def train(overrides, *, tag, dry_run=False, env=None):  # the grid runs of the new points
         ran.append(list(overrides))
         scale = float(next(o for o in overrides if o.startswith("method.lr_scale=")).split("=")[1])
         method = next(o for o in overrides if o.startswith("method=")).split("=")[1]
@@ -505,7 +505,7 @@ def test_extend_without_finals_trains_the_new_points_and_leaves_the_finals_to_se
         _record(grid, "lora", scale, dev=dev, test=0.5)
     calls = []
 
-    def train(overrides, *, tag, dry_run=False):
+    def train(overrides, *, tag, dry_run=False, env=None):
         calls.append((tag, dry_run))
         if tag == "extend" and not dry_run:
             _record(grid, "lora", 30.0, dev=0.85, test=0.5)
@@ -543,7 +543,7 @@ def test_a_second_grid_of_other_scales_runs_selects_and_extends_on_its_own_scale
     assert cell["chosen"]["lr_scale"] == 3.0 and cell["at_grid_edge"]
     trained = []
 
-    def train(overrides, *, tag, dry_run=False):
+    def train(overrides, *, tag, dry_run=False, env=None):
         trained.append((tag, dry_run, list(overrides)))
         if tag == "extend":
             _record(grid, "lora", 10.0, dev=0.75, test=0.5)
