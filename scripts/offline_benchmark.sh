@@ -56,7 +56,9 @@ read -r -a EXTRA <<< "${EXTRA:-}"
 PYTHON=${PYTHON:-python}
 # N_JOBS lanes: each runs the stage's sweeps one run at a time, and they share the runs by
 # their locks, so no core idles at a sweep's tail (commands.call_all); threads = cores / lanes
-PARALLEL=(--lanes "${N_JOBS:-2}" train.threads=auto)
+# their sweeps write no report as each ends: DIR is tracked by git, and a report rewritten
+# mid-stage would make the other lane's next record say git_dirty; the report stage writes it
+PARALLEL=(--lanes "${N_JOBS:-2}" train.threads=auto hydra.callbacks.report.write_report=false)
 # grid and extend: no latency probe (a quarter of a polarity grid run's wall time, 22 of 88 s;
 # selection reads dev only, costs come from the costs stage; instrument.* is not in a run's id)
 TUNING=(instrument.inference=false)

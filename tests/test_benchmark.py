@@ -341,6 +341,7 @@ def test_the_training_stages_run_in_lanes_one_per_core(tmp_path):
     """Lanes, not a joblib sweep per lr scale: no core idles at each sweep's tail."""
     for call in _script_calls(tmp_path, "grid:hedge", "extend", "final:hedge"):
         assert " --lanes 2 train.threads=auto" in call and "n_jobs" not in call, call
+        assert "hydra.callbacks.report.write_report=false" in call  # the report stage writes it
     [call] = _script_calls(tmp_path / "gpus", "final:hedge", N_JOBS="4")
     assert " --lanes 4 " in call
 

@@ -118,6 +118,21 @@ def test_a_drained_sweep_starts_no_run_records_nothing_and_exits_3(tiny_bert_dir
     assert f"[sweep] draining ({drain} exists): no report" in done.stderr + done.stdout
 
 
+def test_a_sweep_told_not_to_write_the_report_still_says_its_progress(tiny_bert_dir, tmp_path):
+    """The offline benchmark's lanes sweep into a folder git tracks: a report rewritten as each
+    sweep ends made the other lane's next record say git_dirty, so they turn it off."""
+    results = tmp_path / "results"
+    assert _run_py("seed=0", *tiny_overrides(tiny_bert_dir, results)).returncode == 0
+    off = "hydra.callbacks.report.write_report=false"
+    done = _run_py("-m", "seed=0", off, *tiny_overrides(tiny_bert_dir, results))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stderr + done.stdout
+    assert "[sweep] job 1/1 skipped" in out and "no report (write_report=false)" in out
+    assert not (results / "report").exists()
+    done = _run_py("-m", "seed=0", *tiny_overrides(tiny_bert_dir, results))  # the default
+    assert (results / "report").is_dir(), done.stderr[-3000:]
+
+
 def test_exit_codes_put_a_drain_before_failures(monkeypatch, capsys):
     from peftbench.launch import exit_codes
 

@@ -126,7 +126,15 @@ class ReportAtSweepEnd(Callback):
 
     The report also goes to wandb (``peftbench.records.tracking.log_report``): one run of
     ``job_type=report`` in the sweep's group, unless ``tracker=none``.
+
+    ``hydra.callbacks.report.write_report=false`` keeps the progress lines and the slurm
+    summary but writes no report: for sweeps whose results folder is tracked by git (the
+    offline benchmark's lanes), where a report rewritten at each sweep's end would make the
+    next run's record say ``git_dirty``; a later ``peftbench report`` writes it once.
     """
+
+    def __init__(self, write_report: bool = True) -> None:
+        self.write_report = write_report
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _outcomes.clear()
@@ -154,7 +162,9 @@ class ReportAtSweepEnd(Callback):
         if os.environ.get("RANK", "0") != "0":
             return  # a data-parallel sweep (torchrun): rank 0 writes the report
         drain = exit_codes.draining()
-        if drain is None:
+        if not self.write_report:
+            log.info("[sweep] ended: no report (write_report=false)")
+        elif drain is None:
             self._report(config)
         else:  # a chunk ends: its report would be partial, and costs minutes on a big sweep
             log.info(
