@@ -210,8 +210,8 @@ def test_a_record_the_records_folder_refuses_is_kept_in_a_fallback_folder(tmp_pa
 # ------------------------------------------------------------------ 8: one process per run id
 
 
-def test_a_second_process_of_the_same_run_skips_it(tmp_path):
-    run_id = "polarity--tiny-bert--lora--s0--abcd1234"
+def _hold_claim(results: Path, run_id: str) -> subprocess.Popen:
+    """Another process holding the run's claim, as a benchmark lane does while it checks it."""
     holder = (
         "import sys, time\n"
         "from peftbench.records.store import claim_run\n"
@@ -220,14 +220,16 @@ def test_a_second_process_of_the_same_run_skips_it(tmp_path):
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", holder, str(tmp_path), run_id],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    argv = [sys.executable, "-c", holder, str(results), run_id]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_of_the_same_run_skips_it(tmp_path):
+    run_id = "polarity--tiny-bert--lora--s0--abcd1234"
+    proc = _hold_claim(tmp_path, run_id)
     try:
-        assert proc.stdout.readline().strip() == "held"
         with claim_run(tmp_path, run_id) as other:
             assert other is not None and f"pid {proc.pid}" in other
         with claim_run(tmp_path, "another--run--s0") as other:
@@ -239,6 +241,23 @@ def test_a_second_process_of_the_same_run_skips_it(tmp_path):
         assert other is None
         with claim_run(tmp_path, run_id) as again:  # re-entrant within one process
             assert again is None
+
+
+def test_a_done_run_is_reported_done_while_another_lane_checks_it(compose, tmp_path):
+    """Two benchmark lanes walk the same sweep: the lane that meets a done run while the other
+    holds its claim for the check said "under way", which read as a run still training."""
+    from peftbench.runner import experiment
+
+    results = tmp_path / "results"
+    first = experiment.run(compose(results_dir=results))
+    assert first["status"] == "success"
+    proc = _hold_claim(results, first["run_id"])
+    try:
+        again = experiment.run(compose(results_dir=results))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert again == {"run_id": first["run_id"], "status": "skipped", "path": first["path"]}
 
 
 def test_read_record_is_the_one_test_of_a_record(tmp_path):

@@ -128,6 +128,11 @@ def run(cfg: Any) -> dict:
         experiment["seed"],
         experiment["recipe_hash"],
     )
+    # Done runs are skipped before the lock as well as under it: another process checking the
+    # same done run holds the lock for that moment, and "under way" would misreport it.
+    done = _already_done(cfg, results_dir, run_id)
+    if done is not None:
+        return done
     with claim_run(results_dir, run_id, enabled=data_parallel.is_main()) as holder:
         if holder is not None:  # the same run is training in another process: not twice
             log.warning("%s: skipped: the same run is under way (%s)", run_id, holder)
@@ -135,12 +140,21 @@ def run(cfg: Any) -> dict:
         return _run_claimed(cfg, results_dir, config, experiment, run_id)
 
 
-def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, run_id: str) -> dict:
-    """The run, once this process holds its run id: skip if done, else train and record."""
+def _already_done(cfg: Any, results_dir: Path, run_id: str) -> dict | None:
+    """The skip of a run whose success record exists (unless ``force``), else None."""
     done = None if cfg.force else find_success(results_dir, run_id)
+    if done is None:
+        return None
+    log.info("%s: already done, skipping (%s)", run_id, done)
+    return {"run_id": run_id, "status": "skipped", "path": str(done)}
+
+
+def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, run_id: str) -> dict:
+    """The run, once this process holds its run id: skip if done (it may have finished in
+    the process that held the lock a moment ago), else train and record."""
+    done = _already_done(cfg, results_dir, run_id)
     if done is not None:
-        log.info("%s: already done, skipping (%s)", run_id, done)
-        return {"run_id": run_id, "status": "skipped", "path": str(done)}
+        return done
     drain = exit_codes.draining()
     if drain is not None:  # a chunk of a long sweep ends here: no record, nothing lost
         log.info("%s: not started: draining (%s exists)", run_id, drain)
