@@ -201,6 +201,8 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     text = overhead.format_methods(result)
     assert "÷ full" in text and "÷ lora" in text and "| vera |" in text
     assert "| full | " in text and " | 1.00 | " in text
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[costs]")]
+    assert len(progress) == 3  # a line per measurement; the error below is then the only one
     assert main(["costs", "methods", "--methods", "nosuch", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("peftbench: error: unknown method nosuch;")
@@ -221,7 +223,7 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
 
 
 def test_a_clean_cost_run_measures_each_method_in_its_own_process(
-    tiny_bert_dir, tmp_path, monkeypatch
+    tiny_bert_dir, tmp_path, monkeypatch, capsys
 ):
     """--fresh-process: every method of every round is built, trained and measured in a new
     process (none inherits another's freed heap), and the result says so."""
@@ -247,6 +249,14 @@ def test_a_clean_cost_run_measures_each_method_in_its_own_process(
     assert result["medians"]["lora"]["train_rise_bytes"] > 0
     assert result["threads"] == 1  # the children's, as train.threads set it there
     assert "a fresh process per method and round" in overhead.format_methods(result)
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[costs]")]
+    assert [ln.split(":")[0] for ln in progress] == [  # odd rounds run in reverse order
+        "[costs] 1/4 round 1/2 full",
+        "[costs] 2/4 round 1/2 lora",
+        "[costs] 3/4 round 2/2 lora",
+        "[costs] 4/4 round 2/2 full",
+    ]
+    assert all(" ms a step (" in ln for ln in progress)
 
 
 def test_bench_scoped_overrides_reach_only_their_method():

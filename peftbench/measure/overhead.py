@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -373,15 +374,22 @@ def methods_bench(
     runs: dict[str, list[dict]] = {m: [] for m in names}
     bench = _bench_fresh if fresh_process else _bench_one
     errors: dict[str, str] = {}
+    started, done = time.monotonic(), 0
     for i in range(repeats):
         for m in names if i % 2 == 0 else names[::-1]:
             if m in errors:
                 continue
             try:
                 runs[m].append(bench(cfgs[m], device, steps))
+                outcome = f"{1e3 * runs[m][-1]['step_p50_s']:.0f} ms a step"
             except Exception as error:  # e.g. a method that refuses this model: a row says so
                 errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
                 runs.pop(m)
+                outcome = "failed (its row will say why)"
+            done += 1  # a clean cost run of 21 methods takes ~25 min: say where it is
+            elapsed = time.monotonic() - started
+            where = f"{done}/{repeats * len(names)} round {i + 1}/{repeats}"
+            print(f"[costs] {where} {m}: {outcome} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
     keys = ("step_p50_s", "flops_per_token", "achieved_flops_per_s", "train_peak_bytes",
             "train_rise_bytes", "forward_p50_s", "forward_merged_p50_s")  # fmt: skip
     medians = {
