@@ -487,6 +487,21 @@ def _add_costs_command(commands: argparse._SubParsersAction) -> None:
         help="config overrides for every method, or METHOD:KEY=VALUE for one",
     )  # fmt: skip
     methods.set_defaults(handler=_cmd_costs_methods)
+    attention = sub.add_parser(
+        "attention",
+        help="step and forward time under each attention kernel (model.attn_implementation), "
+        "as ratios to sdpa, the library's default",
+    )
+    attention.add_argument(
+        "--kernels", default="sdpa,eager",  # measure/overhead.py KERNELS (no torch import here)
+        help="comma-separated, the first the reference (default: sdpa,eager)",
+    )  # fmt: skip
+    attention.add_argument("--steps", type=int, default=5, help="timed steps per kernel per round")
+    attention.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    attention.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task=bbc-news"
+    )
+    attention.set_defaults(handler=_cmd_costs_attention)
     peak = sub.add_parser(
         "peak",
         help="this machine's measured matmul peak per dtype and thread count (cached; the "
@@ -509,6 +524,22 @@ def _cmd_costs_overhead(args: argparse.Namespace) -> int:
     _check_overrides(list(args.overrides))
     result = overhead(list(args.overrides), steps=args.steps, repeats=args.repeats)
     print(format_overhead(result))
+    return 0
+
+
+def _cmd_costs_attention(args: argparse.Namespace) -> int:
+    from peftbench.measure.overhead import format_kernels, kernels_bench
+
+    if args.steps < 1 or args.repeats < 1:
+        raise _UserError("--steps and --repeats must be at least 1, e.g. --steps 5 --repeats 3")
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if len(kernels) < 2:
+        raise _UserError(f"--kernels needs two or more to compare, got {args.kernels!r}")
+    _check_overrides(list(args.overrides))
+    result = kernels_bench(
+        list(args.overrides), kernels=kernels, steps=args.steps, repeats=args.repeats
+    )
+    print(format_kernels(result))
     return 0
 
 

@@ -222,6 +222,39 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     assert "give a .json file" in capsys.readouterr().err
 
 
+def test_the_attention_kernels_are_timed_on_the_same_run_and_compared(
+    tiny_bert_dir, tmp_path, capsys, monkeypatch
+):
+    overrides = [
+        o
+        for o in tiny_overrides(tiny_bert_dir, tmp_path)
+        if not o.startswith(("results_dir=", "train.max_steps=", "train.eval_every_steps="))
+    ]
+    built = []  # the kernel each measured model was built with, in measuring order
+    measure = overhead._bench_one
+
+    def spy(cfg, device, steps):
+        built.append(cfg.model.attn_implementation)
+        return measure(cfg, device, steps)
+
+    monkeypatch.setattr(overhead, "_bench_one", spy)
+    result = overhead.kernels_bench([*overrides, "method=lora"], steps=1, repeats=2)
+    assert built == ["sdpa", "eager", "eager", "sdpa"]  # interleaved, the second round reversed
+    assert set(result["medians"]) == {"sdpa", "eager"} and result["reference"] == "sdpa"
+    assert all(row["step_p50_s"] > 0 and row["forward_p50_s"] > 0
+               for row in result["medians"].values())  # fmt: skip
+    assert (result["model"], result["method"], result["task"]) == ("tiny-bert", "lora", "polarity")
+    table = overhead.format_kernels(result)
+    assert "| sdpa | " in table and " | 1.00 | " in table and "| eager | " in table
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[costs]")]
+    assert len(progress) == 4
+    assert main(["costs", "attention", "--kernels", "sdpa,flash", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "model.attn_implementation must be one of eager, sdpa" in err[0]
+    assert main(["costs", "attention", "--kernels", "eager", *overrides]) == 2
+    assert "needs two or more" in capsys.readouterr().err
+
+
 def test_a_clean_cost_run_measures_each_method_in_its_own_process(
     tiny_bert_dir, tmp_path, monkeypatch, capsys
 ):

@@ -58,6 +58,7 @@ IN_OVERRIDES = [
     "task.version=99",
     "task.source.path=/tmp/other.csv",
     "model.source.path=/tmp/other-model",
+    "model.attn_implementation=eager",  # another kernel: another rounding
     "device=cuda:1",  # its kind (cuda vs cpu), not its index
 ]
 
@@ -70,6 +71,14 @@ def test_a_key_that_cannot_change_the_result_leaves_the_hash_alone(compose, over
 @pytest.mark.parametrize("override", IN_OVERRIDES)
 def test_a_key_that_can_change_the_result_changes_the_hash(compose, override):
     assert _hash(compose, override) != _hash(compose)
+
+
+def test_the_default_attention_kernel_keeps_the_ids_runs_had_before_the_key(compose):
+    config = OmegaConf.to_container(compose(), resolve=True)
+    assert config["model"]["attn_implementation"] is None
+    before = {**config, "model": {k: v for k, v in config["model"].items()
+                                  if k != "attn_implementation"}}  # fmt: skip
+    assert recipe(config) == recipe(before)
 
 
 def test_the_device_index_is_not_in_the_recipe(compose):

@@ -99,6 +99,10 @@ def test_hub_load_passes_revision_safetensors_and_no_remote_code(
         (("model=gemma3-270m", "task=wnut16"), "no token_classification head"),
         (("model=smollm2-135m", "method=bitfit"), "has none (model.biases: false)"),
         (("model=llama-1b-synthetic", "~model.architecture"), "no model.architecture"),
+        (
+            ("model.attn_implementation=flash",),
+            "model.attn_implementation must be one of eager, sdpa, flash_attention_2",
+        ),
     ],
 )
 def test_models_refuse_what_they_cannot_do_before_loading(overrides, message):
@@ -111,6 +115,26 @@ def test_a_gguf_file_missing_from_the_model_folder_is_a_config_error(tmp_path):
     cfg = _compose("model=smollm2-135m", "model.source.asset=null", f"model.source.path={tmp_path}")
     with pytest.raises(ConfigError, match="is not in"):
         validate(cfg, cuda_available=False)
+
+
+# -- the attention kernel ---------------------------------------------------------------------
+def test_the_attention_kernel_is_the_one_named_and_computes_the_same_outputs(compose):
+    default = _load(compose())
+    eager = _load(compose("model.attn_implementation=eager"))
+    sdpa = _load(compose("model.attn_implementation=sdpa"))
+    assert default.model.config._attn_implementation == "sdpa"  # the library's default
+    assert eager.model.config._attn_implementation == "eager"
+    assert sdpa.model.config._attn_implementation == "sdpa"
+    ids = torch.tensor([[2, 5, 9, 7, 3, 0], [2, 8, 6, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():  # eval mode: no dropout, so the kernels must agree
+        logits = [b.model.eval()(input_ids=ids, attention_mask=mask).logits for b in (eager, sdpa)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_synthetic_model_gets_the_attention_kernel_too(compose):
+    backbone = _load(_synthetic(compose, "model.attn_implementation=eager"))
+    assert backbone.model.config._attn_implementation == "eager"
 
 
 # -- GGUF: dequantized once, cached by sha256 ------------------------------------------------

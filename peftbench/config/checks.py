@@ -180,6 +180,14 @@ SCHEMA: dict[str, Rule] = {
     "model.trust_remote_code": _BOOL,
     "model.weights": _one_of("pretrained", "synthetic"),
     "model.biases": _BOOL,
+    # which attention kernel transformers runs (null: its default, sdpa where the model has it)
+    "model.attn_implementation": Rule(
+        str,
+        lambda v: v in ("eager", "sdpa", "flash_attention_2"),
+        "one of eager, sdpa, flash_attention_2 (null: the library's default)",
+        "eager",
+        nullable=True,
+    ),
     "task.name": _NAME,
     "task.kind": _NON_EMPTY_STR,
     "task.version": _int_at_least(1, "1"),

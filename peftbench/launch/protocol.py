@@ -393,7 +393,7 @@ def grid_flow(
             methods=methods,
             seeds=selection_seeds,
             scales=scales,
-        )  # fmt: skip
+        )
         for task in tasks or preset_tasks()
     ]
     return commands.call_all(sweeps, tag="grid", lanes=lanes, dry_run=dry_run)

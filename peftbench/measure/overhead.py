@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import cycle, islice
 from pathlib import Path
@@ -386,7 +387,7 @@ def methods_bench(
                 errors[m] = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
                 runs.pop(m)
                 outcome = "failed (its row will say why)"
-            done += 1  # a clean cost run of 21 methods takes ~25 min: say where it is
+            done += 1  # a clean cost run of 21 methods took 34 min (verse): say where it is
             elapsed = time.monotonic() - started
             where = f"{done}/{repeats * len(names)} round {i + 1}/{repeats}"
             print(f"[costs] {where} {m}: {outcome} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
@@ -418,6 +419,81 @@ def methods_bench(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "torch": torch.__version__,
     }
+
+
+#: ``peftbench costs attention``'s kernels; the first is the reference of the ratios.
+KERNELS = ("sdpa", "eager")
+
+
+def kernels_bench(
+    overrides: list[str], *, kernels: Sequence[str] = KERNELS, steps: int, repeats: int
+) -> dict:
+    """One model, method and task under each attention kernel (``model.attn_implementation``):
+    ``repeats`` interleaved rounds in this process (round ``i`` reversed when ``i`` is odd),
+    the step and eval-forward medians, so the ratios see the same machine state.
+
+    Raises:
+        ConfigError: a kernel transformers does not name (``model.attn_implementation``'s rule).
+    """
+    from peftbench.config.checks import validate
+    from peftbench.runner.device import pick_device
+
+    cfgs = {}
+    for kernel in kernels:
+        cfgs[kernel] = compose([*overrides, f"model.attn_implementation={kernel}",
+                                f"train.max_steps={steps + 1}", "tracker=none",
+                                "data_cache=false"])  # fmt: skip
+        validate(cfgs[kernel], cuda_available=torch.cuda.is_available())
+    device = pick_device(cfgs[kernels[0]].device)
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict]] = {k: [] for k in kernels}
+    for i in range(repeats):
+        for kernel in kernels if i % 2 == 0 else kernels[::-1]:
+            runs[kernel].append(_bench_one(cfgs[kernel], device, steps))
+            step_ms = 1e3 * runs[kernel][-1]["step_p50_s"]
+            print(f"[costs] round {i + 1}/{repeats} {kernel}: {step_ms:.0f} ms a step",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    keys = ("step_p50_s", "forward_p50_s")
+    cfg = cfgs[kernels[0]]
+    return {
+        "medians": {
+            k: {key: statistics.median(r[key] for r in rs) for key in keys}
+            for k, rs in runs.items()
+        },  # fmt: skip
+        "reference": kernels[0],
+        "device": str(device),
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "max_length": cfg.task.get("max_length"),
+        "steps": steps,
+        "repeats": repeats,
+        "threads": runs[kernels[0]][0]["threads"],
+        "dtype": str(runs[kernels[0]][0]["dtype"]),
+        "load_1min_before": load_before,
+        "torch": torch.__version__,
+    }
+
+
+def format_kernels(result: dict) -> str:
+    """A Markdown table: each kernel's step and forward time and its ratio to the reference."""
+    medians, reference = result["medians"], result["reference"]
+    lines = [
+        f"{result['model']}, {result['method']} on {result['task']} (max_length "
+        f"{result['max_length']}), {result['device']}, {result['dtype']}, {result['threads']} "
+        f"thread(s); medians of {result['repeats']} interleaved rounds of {result['steps']} "
+        f"steps; load {result['load_1min_before']:.2f} before.",
+        "",
+        f"| kernel | step p50 (ms) | ÷ {reference} | forward p50 (ms) | ÷ {reference} |",
+        "| :-- | --: | --: | --: | --: |",
+    ]
+    for kernel, row in medians.items():
+        step, forward = row["step_p50_s"], row["forward_p50_s"]
+        lines.append(
+            f"| {kernel} | {1e3 * step:,.0f} | {_ratio(step, medians[reference]['step_p50_s'])} "
+            f"| {1e3 * forward:,.0f} | {_ratio(forward, medians[reference]['forward_p50_s'])} |"
+        )
+    return "\n".join(lines)
 
 
 def write_methods(result: dict, path: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from peftbench.methods.base import is_head_param, select_from_step
 from peftbench.runner import data_parallel
 from peftbench.runner.checkpoint import Checkpointer, LoopState
 from peftbench.runner.interrupt import Interrupted, defer_stop
+from peftbench.runner.text_progress import TextProgress
 
 
 @dataclass
@@ -289,6 +290,9 @@ def train(
         total=steps, initial=state.step, desc=description, leave=False, dynamic_ncols=True,
         disable=None,
     )  # fmt: skip
+    lines = TextProgress(
+        description, steps, state.step, enabled=bar.disable and data_parallel.is_main()
+    )
     stop = defer_stop()  # a stop signal now waits for the step under way (and its eval)
     try:
         while state.step < steps:
@@ -307,6 +311,7 @@ def train(
                     raise FloatingPointError(f"loss is {loss_value} at step {step}")
                 bar.update()
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                lines.step(step, loss_value)
                 if step % int(cfg.log_every_steps) == 0:
                     lr_now = scheduler.get_last_lr()[0]
                     log(history_row({"train/loss": loss_value, "train/lr": lr_now}))
@@ -316,6 +321,7 @@ def train(
                         dev = evaluate(model, dev_loader, task, device, autocast_dtype, outputs)
                     log(history_row({f"dev/{k}": v for k, v in dev.items()}))
                     selected = step >= select_from and _select(model, state, dev, task)
+                    lines.dev(step, task.primary_metric, dev[task.primary_metric], state.best_value)
                     if observe is not None:  # the run's predictions and collapse watch
                         observe(step, dev, outputs, selected)
                 if step >= steps:

@@ -43,6 +43,18 @@ def hours(runs: list[dict]) -> float:
     return sum(r["cost"]["wall_s"] for r in runs) / PARALLEL_RUNS / 3600
 
 
+def last_ties_best(record: dict) -> bool:
+    """Whether a run's last dev evaluation scored the same as the earlier one it selected:
+    the loop keeps the earlier of equal scores, so the step-budget rule counts the run as
+    not improving, though it was still level at its end (on a short last stretch at a
+    nearly decayed rate a tie is likely: bbc-news evaluates at steps 100, 200 and 214)."""
+    metric = record["config"]["task"]["primary_metric"]
+    devs = [row[f"dev/{metric}"] for row in record.get("history") or [] if f"dev/{metric}" in row]
+    if not devs or protocol.selected_last_evaluation(record) is not False:
+        return False
+    return devs[-1] == record["metrics"]["dev"][metric]
+
+
 def selection_facts(task: str) -> list[str]:
     # The cells as `benchmark select` builds them from the grid records (and extensions.json).
     cells = protocol.by_task(protocol.select_cells(HERE / "grid"), [task]).get(task, [])
@@ -54,6 +66,9 @@ def selection_facts(task: str) -> list[str]:
     moved = sorted(c.method for c in chosen if c.chosen.lr_scale not in GRID_SCALES)
     last = sorted(c.method for c in chosen if c.chosen.selected_last)
     budget = protocol.step_budgets(cells)[task]
+    tied = sorted(
+        c.method for c in chosen if last_ties_best(json.loads(Path(c.chosen.path).read_text()))
+    )
     tested = [r["run_id"] for r in grid if r["metrics"].get("test")]
     collapsed = defaultdict(list)  # lr scale -> the methods whose run there collapsed
     for r in grid:
@@ -73,6 +88,8 @@ def selection_facts(task: str) -> list[str]:
             if budget["doubles"]
             else "not most: the task keeps its budget."
         ),  # fmt: skip
+        f"- Of the others, chosen runs whose last evaluation tied their selected best: "
+        f"{len(tied)} ({', '.join(tied) or 'none'}).",
         "- Collapsed grid runs: "
         + (
             "; ".join(f"x{k:g}: {', '.join(sorted(v))}" for k, v in sorted(collapsed.items()))
