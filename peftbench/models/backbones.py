@@ -137,8 +137,8 @@ def attention_kwargs(model_cfg: Any) -> dict:
     """``attn_implementation`` for transformers when ``model.attn_implementation`` names one.
 
     The kernel changes speed, not the arithmetic it stands for: on a CPU, training MiniLM-L6
-    on 256-token batches in bf16 took ~1.5x as long per step with SDPA (its math fallback,
-    with a separate dropout mask) as with the eager kernel (docs/PERFORMANCE.md).
+    on 256-token batches in bf16 took 1.3-1.5x as long per step with SDPA (its math
+    fallback, with a separate dropout mask) as with the eager kernel (docs/PERFORMANCE.md).
     """
     name = model_cfg.get("attn_implementation")
     return {"attn_implementation": str(name)} if name else {}
