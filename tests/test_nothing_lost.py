@@ -164,6 +164,26 @@ def test_the_benchmark_script_clears_its_last_drain_and_names_the_file(tmp_path)
     assert "removed" in done.stdout
 
 
+def test_the_benchmark_scripts_stop_and_status_keep_the_drain_a_chunk_needs(tmp_path):
+    """`stop` from another shell writes DRAIN while the chunk runs: reading stages keep it."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "DRAIN").touch()
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = _env(PYTHON=str(fake), CALLS=str(calls))
+    script = ROOT / "scripts" / "offline_benchmark.sh"
+    done = subprocess.run(["bash", str(script), str(bench), "stop", "status"], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stop, status = calls.read_text().splitlines()
+    assert stop == f"-m peftbench.cli benchmark stop --results {bench}"
+    assert status.startswith("-m peftbench.cli benchmark status")
+    assert (bench / "DRAIN").exists() and "removed" not in done.stdout
+
+
 # ------------------------------------------------------------------ 5: what counts as done
 
 
