@@ -4,13 +4,14 @@
     python docs/benchmarks/offline-2026-12-05/provenance.py --update   # into README.md
 
 A row per task, stage and commit, in the order the runs started: how many runs, how many
-recorded a clean tree, the files that made the others dirty (`code.dirty_paths`, where the
-record has it), when they ran, and their training hours. Stages: `grid` (the 4-point grid on
-the selection seed), `extension` (a scale `extend` added, listed in `extensions.json`),
-`final` (seeds 0-4, test read once), and the folders outside the protocol (`probes`, the
-superseded grids). Hours are the sum of the records' `cost.wall_s`, halved where two runs
-shared the machine (the benchmark's two lanes): the write-up's compute figures. The clean
-cost runs (`costs/`) write no run records; their minutes are in the write-up.
+recorded a clean tree, how many resumed from a checkpoint (a chunk stopped mid-run), the files
+that made the others dirty (`code.dirty_paths`, where the record has it), when they ran, and
+their training hours. Stages: `grid` (the 4-point grid on the selection seed), `extension` (a
+scale `extend` added, listed in `extensions.json`), `final` (seeds 0-4, test read once), and
+the folders outside the protocol (`probes`, the superseded grids). Hours are the sum of the
+records' `cost.wall_s` over two: two runs shared the machine throughout (the benchmark's two
+lanes, or a 2-worker sweep), and these are the write-up's compute figures. The clean cost
+runs (`costs/`) write no run records; their minutes are in the write-up.
 """
 
 from __future__ import annotations
@@ -77,18 +78,19 @@ def grouped(tasks: set[str] | None) -> dict[tuple, list[dict]]:
 
 def commit_table(groups: dict[tuple, list[dict]]) -> list[str]:
     lines = [
-        "| task | stage | commit | runs | clean | dirty from | ran (UTC) | hours |",
-        "| :-- | :-- | :-- | --: | --: | :-- | :-- | --: |",
+        "| task | stage | commit | runs | clean | resumed | dirty from | ran (UTC) | hours |",
+        "| :-- | :-- | :-- | --: | --: | --: | :-- | :-- | --: |",
     ]
     order = sorted(groups, key=lambda k: (k[0], min(r["created_at"] for r in groups[k])))
     for task, stage, sha in order:
         runs = groups[(task, stage, sha)]
         clean = sum(not r["code"]["git_dirty"] for r in runs)
+        resumed = sum(bool(r["cost"]["checkpoint"].get("resumed_from_step")) for r in runs)
         start = min(r["created_at"] for r in runs)[5:16].replace("T", " ")
         end = max(r["finished_at"] for r in runs)[5:16].replace("T", " ")
         lines.append(
-            f"| {task} | {stage} | `{sha}` | {len(runs)} | {clean} | {dirty_summary(runs)} "
-            f"| {start} to {end} | {hours(runs):.2f} |"
+            f"| {task} | {stage} | `{sha}` | {len(runs)} | {clean} | {resumed} "
+            f"| {dirty_summary(runs)} | {start} to {end} | {hours(runs):.2f} |"
         )
     return lines
 
