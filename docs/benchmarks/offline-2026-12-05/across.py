@@ -2,10 +2,11 @@
 
     python docs/benchmarks/offline-2026-12-05/across.py
 
-per task the design and what it resolves; the pairs of methods separated at the example level
-on more than one task (and any pair whose order flips between tasks); the collapse rate per
-method. Reads `report/comparison.csv` and `report/pairs.csv` only (run the report stage
-first), so every figure re-derives from the records.
+per task the design and what it resolves; how far the tasks agree on the methods' order
+(Spearman's rho per pair of tasks, Kendall's W over all); the pairs of methods separated at
+the example level on more than one task (and any pair whose order flips between tasks); the
+collapse rate per method. Reads `report/comparison.csv` and `report/pairs.csv` only (run the
+report stage first), so every figure re-derives from the records.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from __future__ import annotations
 import csv
 import re
 from collections import defaultdict
+from itertools import combinations
 from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata, spearmanr
 
 HERE = Path(__file__).resolve().parent
 REPORT = HERE / "report"
@@ -72,6 +77,32 @@ def repeated_pairs(pairs: list[dict]) -> list[str]:
     return lines or ["- none"]
 
 
+def agreement(tasks: list[str], comparison: list[dict]) -> list[str]:
+    """Spearman's rho of the methods' mean scores for each pair of tasks, and Kendall's W of
+    their ranks over the methods every task has (1: one order everywhere; 0: no agreement)."""
+    means = {
+        t: {r["method"]: float(r[f"{t}/mean"]) for r in comparison if r.get(f"{t}/mean")}
+        for t in tasks
+    }
+    lines = [
+        "| tasks | methods | Spearman's rho | PEFT methods only |",
+        "| :-- | --: | --: | --: |",
+    ]
+    for a, b in combinations(tasks, 2):
+        shared = sorted(set(means[a]) & set(means[b]))
+        peft = [m for m in shared if m not in NOT_PEFT]
+        rho = spearmanr([means[a][m] for m in shared], [means[b][m] for m in shared])[0]
+        rho_peft = spearmanr([means[a][m] for m in peft], [means[b][m] for m in peft])[0]
+        lines.append(f"| {a}, {b} | {len(shared)} | {rho:.2f} | {rho_peft:.2f} |")
+    common = sorted(set.intersection(*(set(means[t]) for t in tasks)))
+    ranks = np.array([rankdata([-means[t][m] for m in common]) for t in tasks])
+    k, n = ranks.shape
+    spread = ((ranks.sum(axis=0) - k * (n + 1) / 2) ** 2).sum()
+    w = 12 * spread / (k**2 * (n**3 - n))
+    lines.append(f"\nKendall's W over the {k} tasks and the {n} methods they share: {w:.2f}.")
+    return lines
+
+
 def collapse_table(tasks: list[str], comparison: list[dict]) -> list[str]:
     """A row per method with a collapsed final on some task: collapsed of run, per task."""
     lines = [
@@ -93,6 +124,8 @@ def main() -> None:
     tasks = tasks_of(comparison)
     print(f"### Across {len(tasks)} tasks (`across.py`)\n")
     print("\n".join(design_table(tasks, pairs)))
+    print("\nHow far the tasks agree on the order of the methods (their mean test scores):\n")
+    print("\n".join(agreement(tasks, comparison)))
     print("\nPairs separated on two or more tasks (paired bootstrap over seeds x test examples,")
     print("Holm-corrected within each task):\n")
     print("\n".join(repeated_pairs(pairs)))
