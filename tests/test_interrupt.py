@@ -84,4 +84,7 @@ def test_a_signal_leaves_an_interrupted_record_and_a_checkpoint_the_rerun_resume
     success = [r for r in _records(results) if r["status"] == "success"]
     assert [r["run_id"] for r in success] == [record["run_id"]]
     assert success[0]["cost"]["checkpoint"]["resumed_from_step"] == step
+    cost = success[0]["cost"]  # the wall time counts the loop before the stop too
+    timed = sum(v for k, v in cost["wall_parts_s"].items() if k != "startup_s")
+    assert timed == pytest.approx(cost["wall_s"], abs=1e-3)
     assert not checkpoint.exists()  # removed after the success

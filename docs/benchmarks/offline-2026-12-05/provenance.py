@@ -9,9 +9,9 @@ that made the others dirty (`code.dirty_paths`, where the record has it), when t
 their training hours. Stages: `grid` (the 4-point grid on the selection seed), `extension` (a
 scale `extend` added, listed in `extensions.json`), `final` (seeds 0-4, test read once), and
 the folders outside the protocol (`probes`, the superseded grids). Hours are the sum of the
-records' `cost.wall_s` over two: two runs shared the machine throughout (the benchmark's two
-lanes, or a 2-worker sweep), and these are the write-up's compute figures. The clean cost
-runs (`costs/`) write no run records; their minutes are in the write-up.
+runs' wall times (`seconds`) over two: two runs shared the machine throughout (the
+benchmark's two lanes, or a 2-worker sweep), and these are the write-up's compute figures.
+The clean cost runs (`costs/`) write no run records; their minutes are in the write-up.
 """
 
 from __future__ import annotations
@@ -57,8 +57,16 @@ def dirty_summary(runs: list[dict]) -> str:
     return ", ".join(f"`{p}`" for p in short)
 
 
+def seconds(record: dict) -> float:
+    """A run's wall time. Before `wall_s` counted a resumed run's loop before the stop, its
+    parts (which always held the whole loop) did: the larger of the two is the run's."""
+    parts = record["cost"].get("wall_parts_s") or {}
+    timed = sum(v for k, v in parts.items() if k != "startup_s" and v is not None)
+    return max(record["cost"]["wall_s"], timed)
+
+
 def hours(runs: list[dict]) -> float:
-    return sum(r["cost"]["wall_s"] for r in runs) / 3600 / LANES
+    return sum(map(seconds, runs)) / 3600 / LANES
 
 
 def grouped(tasks: set[str] | None) -> dict[tuple, list[dict]]:
