@@ -21,6 +21,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from peftbench.records.schema import Record
+
 HERE = Path(__file__).resolve().parent
 FOLDERS = {  # records folder -> stage ("grid" splits into grid and extension)
     "grid/records": "grid",
@@ -58,11 +60,9 @@ def dirty_summary(runs: list[dict]) -> str:
 
 
 def seconds(record: dict) -> float:
-    """A run's wall time. Before `wall_s` counted a resumed run's loop before the stop, its
-    parts (which always held the whole loop) did: the larger of the two is the run's."""
-    parts = record["cost"].get("wall_parts_s") or {}
-    timed = sum(v for k, v in parts.items() if k != "startup_s" and v is not None)
-    return max(record["cost"]["wall_s"], timed)
+    """A run's whole wall time (`Record.wall_s`: a resumed run's includes the loop before the
+    stop, which older records' `cost.wall_s` left out)."""
+    return Record.from_json(record).wall_s or 0.0
 
 
 def hours(runs: list[dict]) -> float:
