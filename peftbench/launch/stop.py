@@ -8,7 +8,7 @@ step, writes its checkpoint and an ``interrupted`` record, and the same benchmar
 later goes on from that step (a resumed run ends as the uninterrupted one would:
 tests/test_faults.py). The lock names its holder (``host pid N``, written by
 :func:`peftbench.records.store.claim_run`); only a lock still held is a live run, and only a
-holder on this host can be signalled. Standard library only.
+holder on this host can be signalled.
 """
 
 from __future__ import annotations
