@@ -13,8 +13,8 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.launch.stop import held, live_claims, stop_flow
-from tests.conftest import ROOT, tiny_overrides
-from tests.test_interrupt import _DRIVER, LONG
+from tests.conftest import tiny_overrides
+from tests.test_interrupt import LONG, past_step_3
 
 pytestmark = pytest.mark.faults
 
@@ -44,16 +44,8 @@ def _hold(lock, content, tmp_path):
 def test_a_stop_interrupts_the_run_under_way_at_its_step_with_a_checkpoint(
     tiny_bert_dir, tmp_path, capsys
 ):
-    bench, marker = tmp_path / "bench", tmp_path / "step3"
-    overrides = tiny_overrides(tiny_bert_dir, bench / "grid", *LONG)
-    run = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, str(marker), *overrides],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
-        time.sleep(0.02)
+    bench = tmp_path / "bench"
+    run = past_step_3(tiny_overrides(tiny_bert_dir, bench / "grid", *LONG), tmp_path / "step3")
 
     assert stop_flow(bench, timeout_s=120) == 0
     run.communicate(timeout=60)
