@@ -103,6 +103,39 @@ def agreement(tasks: list[str], comparison: list[dict]) -> list[str]:
     return lines
 
 
+#: Version 1's four published orderings as differences "a - b" (docs/benchmarks/README.md):
+#: Delta Tuning's full >= LoRA ~ adapters > prefix > prompt; LoRA ~ full (Hu et al.); deep
+#: prompts above shallow ones (prefix, P-tuning v2); prompt tuning far below model tuning at
+#: small scale (Lester et al.).
+ORDERINGS = [
+    ("full", "lora"), ("lora", "adapter"), ("lora", "pfeiffer"), ("adapter", "prefix"),
+    ("pfeiffer", "prefix"), ("prefix", "prompt"), ("ptuning", "prompt"), ("full", "prompt"),
+    ("prompt", "linear"),
+]  # fmt: skip
+
+
+def orderings_table(tasks: list[str], pairs: list[dict]) -> list[str]:
+    """Each ordering's difference per task in points, with its 95% interval; bold where the
+    pair is separated (Holm)."""
+    found = {(p["task"], p["better"], p["worse"]): p for p in pairs}
+    lines = ["| a - b | " + " | ".join(tasks) + " |", "| :-- |" + " --: |" * len(tasks)]
+    for a, b in ORDERINGS:
+        cells = []
+        for task in tasks:
+            row, sign = found.get((task, a, b)), -1  # diff is worse - better
+            if row is None:
+                row, sign = found.get((task, b, a)), 1
+            if row is None:
+                cells.append("–")
+                continue
+            d, lo, hi = (sign * 100 * float(row[k]) for k in ("diff", "ci_low", "ci_high"))
+            lo, hi = sorted((lo, hi))
+            text = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            cells.append(f"**{text}**" if row["separated"] == "True" else text)
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def collapse_table(tasks: list[str], comparison: list[dict]) -> list[str]:
     """A row per method with a collapsed final on some task: collapsed of run, per task."""
     lines = [
@@ -126,6 +159,9 @@ def main() -> None:
     print("\n".join(design_table(tasks, pairs)))
     print("\nHow far the tasks agree on the order of the methods (their mean test scores):\n")
     print("\n".join(agreement(tasks, comparison)))
+    print("\nVersion 1's four orderings, as differences in points (95% interval; bold:")
+    print("separated, Holm):\n")
+    print("\n".join(orderings_table(tasks, pairs)))
     print("\nPairs separated on two or more tasks (paired bootstrap over seeds x test examples,")
     print("Holm-corrected within each task):\n")
     print("\n".join(repeated_pairs(pairs)))
