@@ -15,7 +15,7 @@ import html
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -385,17 +385,8 @@ _LATEX = _Style(
     geq=r"$\geq$",
     chi2=r"$\chi^2$",
 )
-_HTML = _Style(
-    escape=html.escape,
-    bold=lambda s: f"<strong>{s}</strong>",
-    dagger="†",
-    pm="±",
-    times="×",
-    up="↑",
-    down="↓",
-    missing="–",
-    geq="≥",
-    chi2="χ²",
+_HTML = replace(  # the Markdown symbols are Unicode, as HTML takes them
+    _MARKDOWN, escape=html.escape, bold=lambda s: f"<strong>{s}</strong>"
 )
 _COST_HEADERS = {
     "trainable_pct": "% params",

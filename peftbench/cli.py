@@ -22,6 +22,9 @@
     peftbench benchmark audit --results DIR [--complete]
                                           whether the records kept the protocol (sealed grid,
                                           chosen recipes, predictions, test once, one setting)
+    peftbench benchmark stop --results DIR [--timeout S]
+                                          end a chunk now: drain, and stop the runs under way
+                                          at their step with a checkpoint (resumed later)
 
 Imports stay light: ``peftbench assets`` never imports torch, transformers or pandas; the
 report subcommand imports ``analysis`` only when it runs.
@@ -179,6 +182,16 @@ def _add_benchmark_command(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--complete", action="store_true",
                        help="also fail while a chosen cell lacks a final seed")  # fmt: skip
     audit.set_defaults(handler=_cmd_benchmark_audit)
+    stop = sub.add_parser(
+        "stop",
+        help="end a chunk now: write DIR/DRAIN (no lane starts a run) and send SIGTERM to the "
+        "runs under way (their locks' holders on this host): each checkpoints its step and "
+        "records 'interrupted'; the same benchmark command later resumes them",
+    )
+    stop.add_argument("--results", type=Path, required=True, help="the benchmark folder")
+    stop.add_argument("--timeout", type=float, default=300.0,
+                      help="seconds to wait for the runs to stop (default 300)")  # fmt: skip
+    stop.set_defaults(handler=_cmd_benchmark_stop)
 
 
 def _folder_arguments(parser: argparse.ArgumentParser, *, seeds: str) -> None:
@@ -289,6 +302,14 @@ def _cmd_benchmark_audit(args: argparse.Namespace) -> int:
         scales=_scales(args.scales),
         complete=args.complete,
     )
+
+
+def _cmd_benchmark_stop(args: argparse.Namespace) -> int:
+    from peftbench.launch.stop import stop_flow
+
+    if not args.results.is_dir():
+        raise _UserError(f"--results {args.results}: no such folder")
+    return stop_flow(args.results, timeout_s=args.timeout)
 
 
 def _cmd_benchmark_grid(args: argparse.Namespace) -> int:

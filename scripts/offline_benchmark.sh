@@ -19,6 +19,8 @@
 #                 DIR/costs when measured) and DIR/grid/report (the whole search)
 #   status        per task: grid points, extension and final runs done and left, hours spent
 #                 and left at the records' own pace (reads records only; any time)
+#   stop          end the chunk under way now (from another shell): DRAIN, then SIGTERM to
+#                 its runs, which checkpoint their step and resume when the chunk restarts
 #   audit         whether the records kept the protocol: grid sealed, finals on the chosen
 #                 recipes, predictions intact, test read once, one setting per task (exit 1
 #                 if not; reads records only; any time)
@@ -27,7 +29,9 @@
 # success is skipped (run identity), so after a kill or a reboot the same command goes on.
 # To end a chunk without losing a run: `touch DIR/DRAIN`. The runs under way finish and
 # record, no new one starts, and the script exits 3; the same command later removes DRAIN
-# and goes on.
+# and goes on. To end it now: `scripts/offline_benchmark.sh DIR stop` (from another shell)
+# drains and stops the runs under way at their current step, each with its checkpoint and
+# an `interrupted` record; the same command later resumes them from that step.
 # Run nothing else on the machine meanwhile (two sweeps sharing 2 cores slow each run ~6x).
 # Environment: N_JOBS (runs at once, as lanes; default 2 = this machine's cores, on a GPU
 # machine the number of GPUs), SEEDS (final seeds), SCALES (the grid's lr scales, e.g. 0.3,1,3 for the
@@ -65,7 +69,11 @@ TUNING=(instrument.inference=false)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 mkdir -p "$DIR"
 export PEFTBENCH_DRAIN_FILE="$(cd "$DIR" && pwd)/DRAIN"  # absolute: the runs' cwd may differ
-if [ -e "$PEFTBENCH_DRAIN_FILE" ]; then
+TRAINS=0  # status, audit and stop read the folder (stop writes DRAIN): they keep the drain
+for stage in "${STAGES[@]}"; do
+  case ${stage%%:*} in grid|select|extend|final|costs) TRAINS=1 ;; esac
+done
+if [ "$TRAINS" = 1 ] && [ -e "$PEFTBENCH_DRAIN_FILE" ]; then
   rm -f "$PEFTBENCH_DRAIN_FILE"
   echo "[bench] removed $DIR/DRAIN (left by the last chunk): going on"
 fi
@@ -125,6 +133,8 @@ for stage in "${STAGES[@]}"; do
     status)
       "$PYTHON" -m peftbench.cli benchmark status --results "$DIR" --seeds "$SEEDS" \
         --jobs "${N_JOBS:-2}" "${GRID[@]}" "${SUBSET[@]}" ;;
+    stop)
+      "$PYTHON" -m peftbench.cli benchmark stop --results "$DIR" ;;
     audit)
       "$PYTHON" -m peftbench.cli benchmark audit --results "$DIR" --seeds "$SEEDS" "${GRID[@]}" ;;
     *)

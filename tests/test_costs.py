@@ -8,6 +8,7 @@ import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -325,6 +326,17 @@ def test_a_record_says_where_its_wall_time_went(compose, tmp_path, monkeypatch):
     timed = sum(v for k, v in parts.items() if k != "startup_s")
     assert timed == pytest.approx(cost["wall_s"], abs=1e-3)
     assert cost["wall_s"] >= cost["train_time_s"] + parts["forgetting_s"]
+
+
+def test_a_resumed_runs_wall_time_counts_its_loop_before_the_stop():
+    """A run stopped and resumed trains in two processes: its wall time is both loops' (the
+    parts already hold the whole loop's training and evaluation), not the last process's."""
+    clock = SimpleNamespace(parts={"setup_s": 2.0, "fit_s": 5.0, "test_s": 1.0}, total=lambda: 8.0)
+    result = peftbench.runner.train.TrainResult(10, 10, {}, train_s=7.0, resumed_s=4.0)
+    wall, parts = experiment._wall(clock, result, dev_eval_s=1.0, startup=None)
+    assert wall == 12.0  # 8 s in this process, 4 s of loop before the stop
+    assert parts["train_s"] == 7.0 and parts["loop_other_s"] == 1.0  # 5 + 4 - 7 - 1
+    assert sum(v for k, v in parts.items() if k != "startup_s") == pytest.approx(wall)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux's /proc")

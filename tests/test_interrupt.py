@@ -34,6 +34,19 @@ runpy.run_path("run.py", run_name="__main__")
 LONG = ("train.max_steps=60", "train.eval_every_steps=1000", "train.checkpoint_every_steps=1000")
 
 
+def past_step_3(overrides, marker) -> subprocess.Popen:
+    """The slowed run, started in a subprocess, once its step 3 is done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(marker), *overrides],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    return proc
+
+
 def _records(results):
     return [json.loads(p.read_text()) for p in sorted(records_dir(results).glob("*.json"))]
 
@@ -52,16 +65,9 @@ def _records(results):
 def test_a_signal_leaves_an_interrupted_record_and_a_checkpoint_the_rerun_resumes(
     tiny_bert_dir, tmp_path, signum
 ):
-    results, marker = tmp_path / "results", tmp_path / "step3"
+    results = tmp_path / "results"
     overrides = tiny_overrides(tiny_bert_dir, results, *LONG)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, str(marker), *overrides],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-        time.sleep(0.02)
+    proc = past_step_3(overrides, tmp_path / "step3")
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
 
@@ -84,4 +90,7 @@ def test_a_signal_leaves_an_interrupted_record_and_a_checkpoint_the_rerun_resume
     success = [r for r in _records(results) if r["status"] == "success"]
     assert [r["run_id"] for r in success] == [record["run_id"]]
     assert success[0]["cost"]["checkpoint"]["resumed_from_step"] == step
+    cost = success[0]["cost"]  # the wall time counts the loop before the stop too
+    timed = sum(v for k, v in cost["wall_parts_s"].items() if k != "startup_s")
+    assert timed == pytest.approx(cost["wall_s"], abs=1e-3)
     assert not checkpoint.exists()  # removed after the success

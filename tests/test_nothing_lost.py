@@ -147,21 +147,37 @@ def test_exit_codes_put_a_drain_before_failures(monkeypatch, capsys):
     assert not exit_codes.carry_on(3)
 
 
-def test_the_benchmark_script_clears_its_last_drain_and_names_the_file(tmp_path):
+def _drained_script(tmp_path, *stages: str, logs: str) -> tuple[Path, Path, object]:
+    """Runs the benchmark script on a folder a chunk left drained, with a PYTHON that only
+    appends ``logs`` (a shell word list) to a file; the folder, that file and the result."""
     bench = tmp_path / "bench"
     bench.mkdir()
-    (bench / "DRAIN").touch()  # left by the last chunk
+    (bench / "DRAIN").touch()  # left by the last chunk, or written by `stop` meanwhile
     fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$PEFTBENCH_DRAIN_FILE" >> "$CALLS"\n')
+    fake.write_text(f'#!/bin/sh\necho {logs} >> "$CALLS"\n')
     fake.chmod(0o755)
     calls = tmp_path / "calls"
     env = _env(PYTHON=str(fake), CALLS=str(calls))
     script = ROOT / "scripts" / "offline_benchmark.sh"
-    done = subprocess.run(["bash", str(script), str(bench), "select"], env=env,
+    done = subprocess.run(["bash", str(script), str(bench), *stages], env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    return bench, calls, done
+
+
+def test_the_benchmark_script_clears_its_last_drain_and_names_the_file(tmp_path):
+    bench, calls, done = _drained_script(tmp_path, "select", logs='"$PEFTBENCH_DRAIN_FILE"')
     assert calls.read_text().split() == [str(bench / "DRAIN")] and not (bench / "DRAIN").exists()
     assert "removed" in done.stdout
+
+
+def test_the_benchmark_scripts_stop_and_status_keep_the_drain_a_chunk_needs(tmp_path):
+    """`stop` from another shell writes DRAIN while the chunk runs: reading stages keep it."""
+    bench, calls, done = _drained_script(tmp_path, "stop", "status", logs='"$@"')
+    stop, status = calls.read_text().splitlines()
+    assert stop == f"-m peftbench.cli benchmark stop --results {bench}"
+    assert status.startswith("-m peftbench.cli benchmark status")
+    assert (bench / "DRAIN").exists() and "removed" not in done.stdout
 
 
 # ------------------------------------------------------------------ 5: what counts as done

@@ -61,6 +61,19 @@ def _record(**changes) -> dict:
     return json.loads(path.read_text()) | changes
 
 
+def test_a_runs_wall_time_covers_a_resumed_loop_in_older_records():
+    """Before 2026-12-07 a resumed run's wall_s held only its last process (bbc-news BitFit:
+    274 s of 508 s); its parts held the whole loop, and the reader takes those."""
+    parts = {"startup_s": 25.0, "setup_s": 4.0, "train_s": 456.0, "dev_eval_s": 45.0,
+             "loop_other_s": 0.0, "test_s": None, "predictions_s": 3.0}  # fmt: skip
+    resumed = Record.from_json(_record(cost={"wall_s": 274.0, "wall_parts_s": parts}))
+    assert resumed.wall_s == 508.0  # start-up (before the run) counts in neither
+    whole = Record.from_json(_record(cost={"wall_s": 600.0, "wall_parts_s": parts}))
+    assert whole.wall_s == 600.0
+    assert Record.from_json(_record(cost={"wall_s": 80.0})).wall_s == 80.0  # no parts yet
+    assert Record.from_json(_record(cost=None)).wall_s is None
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

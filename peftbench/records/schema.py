@@ -171,6 +171,17 @@ class Record:
     def primary(self) -> Primary | None:
         return self.metrics.primary if self.metrics else None
 
+    @property
+    def wall_s(self) -> float | None:
+        """The run's whole wall time. A resumed run's ``cost.wall_s`` counted only its last
+        process until 2026-12-07, while its ``wall_parts_s`` held the whole loop: the larger
+        of the two (process start-up, before the run, counts in neither)."""
+        cost = self.cost or {}
+        parts = cost.get("wall_parts_s") or {}
+        timed = sum(v for k, v in parts.items() if k != "startup_s" and v is not None)
+        wall = cost.get("wall_s")
+        return max(wall, timed) if wall is not None else None
+
 
 def to_json(section: Any) -> dict[str, Any]:
     """A section for the record file (nested dataclasses become objects)."""

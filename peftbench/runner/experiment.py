@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
@@ -55,6 +55,9 @@ from peftbench.runner.device import device_kind, pick_device, resolve_precision,
 from peftbench.runner.interrupt import Interrupted, stop_on_signals
 from peftbench.runner.memory_guard import capped_memory
 from peftbench.runner.outcomes import failure, interruption
+
+if TYPE_CHECKING:
+    from peftbench.runner.train import TrainResult  # the annotation only: _fit imports train
 
 log = logging.getLogger("peftbench")
 
@@ -357,17 +360,21 @@ def _execute(cfg: Any, run_id: str, tracker: Any, task: Any) -> dict:
     measures = _measure(cfg, run_id, setup, fit, clock)
     sections = _record_sections(task, setup, fit, test, measures)
     clock.part("predictions_s")
-    sections["cost"]["wall_s"] = clock.total()
-    sections["cost"]["wall_parts_s"] = _wall_parts(clock.parts, fit, dev_eval_s, setup.startup_s)
+    cost = sections["cost"]
+    cost["wall_s"], cost["wall_parts_s"] = _wall(clock, fit.result, dev_eval_s, setup.startup_s)
     return sections
 
 
-def _wall_parts(parts: dict[str, float], fit: Fit, dev_eval_s: float, startup: float | None):
-    """The run's stages in order, the fit split into training steps, dev evaluations and the
-    loop's own rest (logging, checkpoints); ``startup_s`` came before the run."""
-    parts = dict(parts)
-    fit_s, train_s = parts.pop("fit_s"), fit.result.train_s
-    return {
+def _wall(
+    clock: _PartClock, result: TrainResult, dev_eval_s: float, startup: float | None
+) -> tuple[float, dict]:
+    """The run's wall time and its stages in order, the fit split into training steps, dev
+    evaluations and the loop's own rest (logging, checkpoints); ``startup_s`` came before the
+    run. A resumed run's loop began in an earlier process: its time there counts too (not
+    that process's set-up), so the parts still add up to the wall time."""
+    parts = dict(clock.parts)
+    fit_s, train_s = parts.pop("fit_s") + result.resumed_s, result.train_s
+    return clock.total() + result.resumed_s, {
         "startup_s": startup,
         "setup_s": parts.pop("setup_s"),
         "train_s": train_s,

@@ -32,6 +32,7 @@ class TrainResult:
     best_dev: dict[str, float]
     history: list[dict] = field(default_factory=list)
     train_s: float = 0.0  # loop wall time without evaluation and checkpoint saving
+    resumed_s: float = 0.0  # loop wall time spent before this process (a resumed run)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -270,7 +271,8 @@ def train(
     sampler = train_loader.batch_sampler
     state = checkpoint and checkpoint.restore(model, optimizer, scheduler, sampler)
     state = state or LoopState()  # state.step: the step running now (1-based) once drawn
-    start = time.perf_counter() - state.elapsed_s
+    resumed_s = state.elapsed_s
+    start = time.perf_counter() - resumed_s
     saving = checkpoint or Clock()  # both count seconds: spent saving, none without
 
     def train_s() -> float:
@@ -344,4 +346,6 @@ def train(
     bar.close()
     if state.best_state is not None:
         _restore(model, state.best_state)
-    return TrainResult(steps, state.best_step, state.best_dev, train_s=train_s())
+    return TrainResult(
+        steps, state.best_step, state.best_dev, train_s=train_s(), resumed_s=resumed_s
+    )

@@ -2,10 +2,11 @@
 
     python docs/benchmarks/offline-2026-12-05/across.py
 
-per task the design and what it resolves; the pairs of methods separated at the example level
-on more than one task (and any pair whose order flips between tasks); the collapse rate per
-method. Reads `report/comparison.csv` and `report/pairs.csv` only (run the report stage
-first), so every figure re-derives from the records.
+per task the design and what it resolves; how far the tasks agree on the methods' order
+(Spearman's rho per pair of tasks, Kendall's W over all); the pairs of methods separated at
+the example level on more than one task (and any pair whose order flips between tasks); the
+collapse rate per method. Reads `report/comparison.csv` and `report/pairs.csv` only (run the
+report stage first), so every figure re-derives from the records.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from __future__ import annotations
 import csv
 import re
 from collections import defaultdict
+from itertools import combinations
 from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata, spearmanr
 
 HERE = Path(__file__).resolve().parent
 REPORT = HERE / "report"
@@ -72,6 +77,65 @@ def repeated_pairs(pairs: list[dict]) -> list[str]:
     return lines or ["- none"]
 
 
+def agreement(tasks: list[str], comparison: list[dict]) -> list[str]:
+    """Spearman's rho of the methods' mean scores for each pair of tasks, and Kendall's W of
+    their ranks over the methods every task has (1: one order everywhere; 0: no agreement)."""
+    means = {
+        t: {r["method"]: float(r[f"{t}/mean"]) for r in comparison if r.get(f"{t}/mean")}
+        for t in tasks
+    }
+    lines = [
+        "| tasks | methods | Spearman's rho | PEFT methods only |",
+        "| :-- | --: | --: | --: |",
+    ]
+    for a, b in combinations(tasks, 2):
+        shared = sorted(set(means[a]) & set(means[b]))
+        peft = [m for m in shared if m not in NOT_PEFT]
+        rho = spearmanr([means[a][m] for m in shared], [means[b][m] for m in shared])[0]
+        rho_peft = spearmanr([means[a][m] for m in peft], [means[b][m] for m in peft])[0]
+        lines.append(f"| {a}, {b} | {len(shared)} | {rho:.2f} | {rho_peft:.2f} |")
+    common = sorted(set.intersection(*(set(means[t]) for t in tasks)))
+    ranks = np.array([rankdata([-means[t][m] for m in common]) for t in tasks])
+    k, n = ranks.shape
+    spread = ((ranks.sum(axis=0) - k * (n + 1) / 2) ** 2).sum()
+    w = 12 * spread / (k**2 * (n**3 - n))
+    lines.append(f"\nKendall's W over the {k} tasks and the {n} methods they share: {w:.2f}.")
+    return lines
+
+
+#: Version 1's four published orderings as differences "a - b" (docs/benchmarks/README.md):
+#: Delta Tuning's full >= LoRA ~ adapters > prefix > prompt; LoRA ~ full (Hu et al.); deep
+#: prompts above shallow ones (prefix, P-tuning v2); prompt tuning far below model tuning at
+#: small scale (Lester et al.).
+ORDERINGS = [
+    ("full", "lora"), ("lora", "adapter"), ("lora", "pfeiffer"), ("adapter", "prefix"),
+    ("pfeiffer", "prefix"), ("prefix", "prompt"), ("ptuning", "prompt"), ("full", "prompt"),
+    ("prompt", "linear"),
+]  # fmt: skip
+
+
+def orderings_table(tasks: list[str], pairs: list[dict]) -> list[str]:
+    """Each ordering's difference per task in points, with its 95% interval; bold where the
+    pair is separated (Holm)."""
+    found = {(p["task"], p["better"], p["worse"]): p for p in pairs}
+    lines = ["| a - b | " + " | ".join(tasks) + " |", "| :-- |" + " --: |" * len(tasks)]
+    for a, b in ORDERINGS:
+        cells = []
+        for task in tasks:
+            row, sign = found.get((task, a, b)), -1  # diff is worse - better
+            if row is None:
+                row, sign = found.get((task, b, a)), 1
+            if row is None:
+                cells.append("–")
+                continue
+            d, lo, hi = (sign * 100 * float(row[k]) for k in ("diff", "ci_low", "ci_high"))
+            lo, hi = sorted((lo, hi))
+            text = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            cells.append(f"**{text}**" if row["separated"] == "True" else text)
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def collapse_table(tasks: list[str], comparison: list[dict]) -> list[str]:
     """A row per method with a collapsed final on some task: collapsed of run, per task."""
     lines = [
@@ -93,6 +157,11 @@ def main() -> None:
     tasks = tasks_of(comparison)
     print(f"### Across {len(tasks)} tasks (`across.py`)\n")
     print("\n".join(design_table(tasks, pairs)))
+    print("\nHow far the tasks agree on the order of the methods (their mean test scores):\n")
+    print("\n".join(agreement(tasks, comparison)))
+    print("\nVersion 1's four orderings, as differences in points (95% interval; bold:")
+    print("separated, Holm):\n")
+    print("\n".join(orderings_table(tasks, pairs)))
     print("\nPairs separated on two or more tasks (paired bootstrap over seeds x test examples,")
     print("Holm-corrected within each task):\n")
     print("\n".join(repeated_pairs(pairs)))
