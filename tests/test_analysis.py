@@ -666,8 +666,13 @@ def test_repro_row_from_a_record() -> None:
     assert row.command == "python run.py method=lora seed=0 'train.note=two words'"
     assert row.git == "0123abc (dirty)"
     assert row.packages == "python 3.11.9, torch 2.13.0, transformers 5.23.0, peft 0.21.2"
-    assert row.device == "cpu" and row.seed == "0"
+    assert row.device == "cpu" and row.seed == "0"  # an older record: no CPU identity
     assert row.data == "fingerprint f00d; train 3200 / dev 400 / test 400"
+    record["env"] |= {"platform": "Linux-6.18.44-fc-v1300-x86_64",
+                      "cpu": {"name": "AMD EPYC", "family": "25", "model": "17"}}  # fmt: skip
+    assert repro_row(record).device == (
+        "cpu (AMD EPYC, family 25 model 17; Linux-6.18.44-fc-v1300-x86_64)"
+    )
     del record["experiment"]["overrides"]
     assert repro_row(record).command == "not recorded"
 

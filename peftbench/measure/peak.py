@@ -51,7 +51,7 @@ def device_label(device: torch.device) -> str:
 MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-def cpu_identity() -> dict | None:
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict | None:
     """The CPU as /proc/cpuinfo names it: model name, family, model, stepping and the
     :data:`MATMUL_FLAGS` it has; None off Linux.
 
@@ -61,7 +61,7 @@ def cpu_identity() -> dict | None:
     such a change can be traced to the host.
     """
     try:
-        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+        first = cpuinfo.read_text().split("\n\n", 1)[0]  # the first core speaks for all
     except OSError:
         return None
     fields = dict(
