@@ -29,6 +29,9 @@ REPLACES = {
 KEYS = ("task", "model", "method")
 #: How a file's methods were kept apart (``costs methods`` writes it since --fresh-process).
 ISOLATION = "clean_isolation"
+#: The day a file was measured: this shared machine's pace moves between days (the same
+#: polarity cost run took 1.7-2.2x as long a step on 2026-12-07 as on 2026-12-05).
+MEASURED_ON = "clean_measured_on"
 
 
 class CostsFileError(ValueError):
@@ -60,8 +63,9 @@ def load(paths: list[Path]) -> pd.DataFrame:
                 "train_mem_clean_bytes": math.nan if memory is None else float(memory),
                 "forward_ms_clean": _deployed_forward_ms(row),
                 ISOLATION: result.get("isolation", "one process"),  # older files: one process
+                MEASURED_ON: str(result.get("measured_at", ""))[:10] or None,
             })  # fmt: skip
-    return pd.DataFrame(rows, columns=[*KEYS, *REPLACES, ISOLATION])
+    return pd.DataFrame(rows, columns=[*KEYS, *REPLACES, ISOLATION, MEASURED_ON])
 
 
 def _deployed_forward_ms(row: dict) -> float:

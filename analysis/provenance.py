@@ -95,10 +95,22 @@ def repro_row(record: dict) -> ReproRow:
         config_sha256=config_hash(record["config"]) if "config" in record else NOT_RECORDED,
         git=sha + dirty,
         packages=packages or NOT_RECORDED,
-        device=str(env.get("gpu") or env.get("device") or NOT_RECORDED),
+        device=_device(env),
         data=f"fingerprint {data.get('fingerprint') or NOT_RECORDED}; "
         + (sizes or f"sizes {NOT_RECORDED}"),
     )
+
+
+def _device(env: dict) -> str:
+    """The GPU's name, else ``cpu`` with the CPU's family and model and the VM's kernel build
+    where recorded (a VM's host changed its pace between days with both CPU names alike)."""
+    if env.get("gpu") or not env.get("device"):
+        return str(env.get("gpu") or env.get("device") or NOT_RECORDED)
+    cpu = env.get("cpu")
+    if not cpu:
+        return str(env["device"])
+    return (f"{env['device']} ({cpu['name']}, family {cpu['family']} model {cpu['model']}; "
+            f"{env.get('platform', NOT_RECORDED)})")  # fmt: skip
 
 
 def repro_rows(runs: pd.DataFrame) -> list[ReproRow]:

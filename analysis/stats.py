@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.clean_costs import ISOLATION as CLEAN_ISOLATION
+from analysis.clean_costs import MEASURED_ON as CLEAN_MEASURED_ON
 from analysis.clean_costs import REPLACES as CLEAN_COST_COLUMNS
 from analysis.frame import SUCCESS, SYNTHETIC
 
@@ -466,6 +467,7 @@ def aggregate(runs: pd.DataFrame, *, value: str = "primary_value") -> pd.DataFra
             # one head per task, so one measure per group (None: not recorded)
             "forgetting_measure": _first(group, "forgetting_measure"),
             CLEAN_ISOLATION: _first(group, CLEAN_ISOLATION),  # how its clean cost run ran
+            CLEAN_MEASURED_ON: _first(group, CLEAN_MEASURED_ON),  # and on which day
         })  # fmt: skip
     return pd.DataFrame(rows)
 

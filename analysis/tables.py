@@ -107,6 +107,7 @@ class ComparisonTable:
     # how the clean cost runs behind Step and Train mem kept methods apart ("one process",
     # "a fresh process per method and round"); empty without clean costs
     clean_isolation: tuple[str, ...] = ()
+    clean_days: tuple[str, ...] = ()  # the days those cost runs were measured on
     ref_tests: dict[str, pd.DataFrame] = field(default_factory=dict)  # as ``tests``
 
     @property
@@ -267,8 +268,13 @@ def _build_one(
         n_resamples=used_resamples,
         reference=reference,
         ref_tests=ref_tests,
-        clean_isolation=tuple(sorted(set(agg.get(clean_costs.ISOLATION, pd.Series()).dropna()))),
+        clean_isolation=_distinct(agg, clean_costs.ISOLATION),
+        clean_days=_distinct(agg, clean_costs.MEASURED_ON),
     )
+
+
+def _distinct(agg: pd.DataFrame, column: str) -> tuple[str, ...]:
+    return tuple(sorted(set(agg.get(column, pd.Series()).dropna())))
 
 
 def _costs(agg: pd.DataFrame) -> pd.DataFrame:
@@ -567,6 +573,7 @@ def _measure_note(table: ComparisonTable) -> str:
             "interleaved rounds), not from the training runs, which shared the machine; Step: "
             "the median training step; Train mem: the resident-set rise during training above "
             "what the process held before the method was built (on a GPU, the allocated peak)."
+            + _days_note(table.clean_days)
         )
     if "forward_ms_clean" in columns:
         notes.append(
@@ -575,6 +582,17 @@ def _measure_note(table: ComparisonTable) -> str:
             "weights, as it would be served."
         )
     return "".join(notes)
+
+
+def _days_note(days: tuple[str, ...]) -> str:
+    """Cost files of several days: their absolute times hold for their day only."""
+    if len(days) < 2:
+        return ""
+    return (
+        f" The cost files were measured on {len(days)} days ({', '.join(days)}); a shared "
+        "machine's pace moves between days (the same cost run: up to 2.2x as long a step), "
+        "so a Step compares methods, each averaged over the same files, not sittings."
+    )
 
 
 def _span(values: pd.Series) -> str:

@@ -484,7 +484,8 @@ def test_a_clean_cost_run_replaces_the_records_time_and_memory(
         _cost_file(tmp_path / "c" / "polarity.json", "polarity",
                    {"lora": (0.2, 30e6), "bitfit": (0.1, 10e6)},
                    isolation="a fresh process per method and round"),
-        _cost_file(tmp_path / "c" / "topic.json", "topic", {"lora": (0.4, 50e6)}),  # older
+        _cost_file(tmp_path / "c" / "topic.json", "topic", {"lora": (0.4, 50e6)},
+                   measured_at="2026-12-07T17:00:00Z"),  # older: no isolation field
     ]  # fmt: skip
     out = tmp_path / "out"
     written = {p.name for p in build_report(results_dir, out, costs=costs)}
@@ -497,6 +498,8 @@ def test_a_clean_cost_run_replaces_the_records_time_and_memory(
     assert "clean cost run per task" in markdown and "Peak mem:" not in markdown
     # the footnote says how each file kept its methods apart (a file without the field: one)
     assert "alone in turn, a fresh process per method and round or one process," in markdown
+    # files of two days: the caption says their times hold for their day (the pace moves)
+    assert "The cost files were measured on 2 days (2026-12-05, 2026-12-07)" in markdown
     assert "Forward (ms)" not in cells["lora"]  # files from before forward times: no column
     rows = json.loads(costs[0].read_text())["medians"]
     rows["lora"] |= {"forward_p50_s": 0.012, "forward_merged_p50_s": 0.010}
@@ -663,8 +666,13 @@ def test_repro_row_from_a_record() -> None:
     assert row.command == "python run.py method=lora seed=0 'train.note=two words'"
     assert row.git == "0123abc (dirty)"
     assert row.packages == "python 3.11.9, torch 2.13.0, transformers 5.23.0, peft 0.21.2"
-    assert row.device == "cpu" and row.seed == "0"
+    assert row.device == "cpu" and row.seed == "0"  # an older record: no CPU identity
     assert row.data == "fingerprint f00d; train 3200 / dev 400 / test 400"
+    record["env"] |= {"platform": "Linux-6.18.44-fc-v1300-x86_64",
+                      "cpu": {"name": "AMD EPYC", "family": "25", "model": "17"}}  # fmt: skip
+    assert repro_row(record).device == (
+        "cpu (AMD EPYC, family 25 model 17; Linux-6.18.44-fc-v1300-x86_64)"
+    )
     del record["experiment"]["overrides"]
     assert repro_row(record).command == "not recorded"
 

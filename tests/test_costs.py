@@ -199,8 +199,15 @@ def test_bench_methods_prints_ratios_to_full_and_lora(tiny_bert_dir, tmp_path, c
     assert (
         medians["lora"]["forward_merged_p50_s"] > 0 and medians["vera"]["forward_merged_p50_s"] > 0
     )
+    # the machine's pace, measured in the same run: the MFU's denominator and the unit that
+    # makes step times from files of other days comparable
+    (pace,) = result["matmul_tflops_by_round"]
+    assert pace > 0
+    for row in medians.values():
+        assert row["mfu"] == pytest.approx(row["achieved_flops_per_s"] / (pace * 1e12))
     text = overhead.format_methods(result)
     assert "÷ full" in text and "÷ lora" in text and "| vera |" in text
+    assert f"matmul rate measured after each round ({1e3 * pace:,.0f} GFLOP/s" in text
     assert "| full | " in text and " | 1.00 | " in text
     progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[costs]")]
     assert len(progress) == 3  # a line per measurement; the error below is then the only one
@@ -282,6 +289,7 @@ def test_a_clean_cost_run_measures_each_method_in_its_own_process(
     assert set(result["medians"]) == {"full", "lora"} and not result["errors"]
     assert result["medians"]["lora"]["train_rise_bytes"] > 0
     assert result["threads"] == 1  # the children's, as train.threads set it there
+    assert len(result["matmul_tflops_by_round"]) == 2  # the pace after each round
     assert "a fresh process per method and round" in overhead.format_methods(result)
     progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[costs]")]
     assert [ln.split(":")[0] for ln in progress] == [  # odd rounds run in reverse order

@@ -65,6 +65,21 @@ def test_a_cpu_record_carries_mfu_against_the_measured_peak(
     assert cost["peak"]["mfu_uses"] == "measured" and cost["peak"]["datasheet_tflops"] is None
     assert cost["mfu"] == pytest.approx(cost["achieved_tflops"] / measured["tflops"])
     assert cost["mfu_measured"] == cost["mfu"]
+    env = json.loads(Path(summary["path"]).read_text())["env"]
+    assert env["cpu"] == peak_module.cpu_identity()  # the host, as far as the VM shows it
+
+
+def test_the_cpu_identity_names_family_model_and_matmul_flags(tmp_path):
+    """A VM's model name can hide the generation ("AMD EPYC"): family and model do not."""
+    core = ("processor\t: {n}\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "stepping\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n")  # fmt: skip
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(core.format(n=0) + "\n" + core.format(n=1))
+    assert peak_module.cpu_identity(cpuinfo) == {
+        "name": "AMD EPYC", "family": "25", "model": "17", "stepping": "1",
+        "flags": ["avx2", "avx512f", "avx512_bf16"],  # no AMX here; not every flag listed
+    }  # fmt: skip
+    assert peak_module.cpu_identity(tmp_path / "absent") is None  # not Linux: nothing to say
 
 
 def test_the_peak_command_prints_a_table_and_refuses_bad_ones(quick, tmp_path, monkeypatch, capsys):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from peftbench.config.paths import CONF_DIR
+from peftbench.measure.peak import cpu_identity, dtype_name, measure
 
 
 def compose(overrides: list[str]) -> Any:
@@ -375,6 +376,7 @@ def methods_bench(
     runs: dict[str, list[dict]] = {m: [] for m in names}
     bench = _bench_fresh if fresh_process else _bench_one
     errors: dict[str, str] = {}
+    paces: list[float] = []  # the machine's matmul rate after each round (TFLOP/s)
     started, done = time.monotonic(), 0
     for i in range(repeats):
         for m in names if i % 2 == 0 else names[::-1]:
@@ -391,17 +393,18 @@ def methods_bench(
             elapsed = time.monotonic() - started
             where = f"{done}/{repeats * len(names)} round {i + 1}/{repeats}"
             print(f"[costs] {where} {m}: {outcome} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+        if measured := next((rs[0] for rs in runs.values() if rs), None):
+            paces.append(_pace(device, measured["dtype"], measured["threads"]))
     keys = ("step_p50_s", "flops_per_token", "achieved_flops_per_s", "train_peak_bytes",
             "train_rise_bytes", "forward_p50_s", "forward_merged_p50_s")  # fmt: skip
     medians = {
         m: {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in keys}
         for m, rs in runs.items()
     }
-    for m, rs in runs.items():  # MFU against this machine's measured peak (measure/peak.py)
-        ceiling = _measured_peak(device, rs[0]["dtype"], rs[0]["threads"])
-        achieved = medians[m]["achieved_flops_per_s"]
-        medians[m]["mfu"] = achieved / (ceiling["tflops"] * 1e12) if ceiling else None
-        medians[m]["peak_dtype"] = ceiling and ceiling["dtype"]
+    pace = statistics.median(paces) if paces else None
+    for m, rs in runs.items():  # MFU against the matmul rate measured between the rounds
+        medians[m]["mfu"] = medians[m]["achieved_flops_per_s"] / (pace * 1e12) if pace else None
+        medians[m]["peak_dtype"] = dtype_name(rs[0]["dtype"])
     cfg = cfgs[names[0]]
     return {
         "medians": medians,
@@ -416,9 +419,22 @@ def methods_bench(
         "isolation": "a fresh process per method and round" if fresh_process else "one process",
         "threads": next((rs[0]["threads"] for rs in runs.values()), torch.get_num_threads()),
         "load_1min_before": load_before,
+        "matmul_tflops_by_round": paces,
+        "cpu": cpu_identity() if device.type == "cpu" else None,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "torch": torch.__version__,
     }
+
+
+def _pace(device: torch.device, dtype: torch.dtype | None, threads: int) -> float:
+    """This machine's matmul rate now, at the runs' dtype and threads (TFLOP/s, not cached).
+
+    The same cost run on this machine's 2 cores took 1.7-2.2x as long a step on 2026-12-07
+    as on 2026-12-05 (same FLOPs, same memory): the host's pace moves between days. Measured
+    beside the methods, it is what their step times can be compared across files through,
+    and the MFU's denominator (the cached peak may be days old or taken on a busy machine).
+    """
+    return measure(dtype_name(dtype), threads, device)["tflops"]
 
 
 #: ``peftbench costs attention``'s kernels; the first is the reference of the ratios.
@@ -514,17 +530,27 @@ def write_methods(result: dict, path: Path) -> list[Path]:
     return written
 
 
-def _measured_peak(device: torch.device, dtype: torch.dtype | None, threads: int) -> dict:
-    from peftbench.assets import cache_root
-    from peftbench.measure.peak import dtype_name, peak
-
-    return peak(dtype_name(dtype), threads, device, cache_dir=cache_root())
-
-
 def _ratio(value: float | None, reference: float | None) -> str:
     if value is None or not reference:
         return "–"
     return f"{value / reference:.2f}"
+
+
+def _cpu_text(cpu: dict | None) -> str:
+    if not cpu:
+        return ""
+    flags = ", ".join(cpu["flags"]) or "none of avx2/avx512/amx"
+    return f" ({cpu['name']}, family {cpu['family']} model {cpu['model']}; {flags})"
+
+
+def _pace_text(paces: list[float] | None) -> str:
+    if not paces:  # files written before the pace was measured in the run
+        return "this machine's cached matmul peak for the run's dtype and threads"
+    rates = ", ".join(f"{1e3 * p:,.0f}" for p in paces)
+    return (
+        f"the machine's matmul rate measured after each round ({rates} GFLOP/s; step times "
+        "from other cost files compare through it: the host's pace moves between days)"
+    )
 
 
 def format_methods(result: dict) -> str:
@@ -557,8 +583,9 @@ def format_methods(result: dict) -> str:
     lines.append("")
     where = f"{result['task']} on {result['model']}, " if "task" in result else ""
     lines.append(
-        f"{where}{result['device']}; {result['repeats']} interleaved rounds of {result['steps']} "
-        "timed steps per method (1 warm-up step apart), medians over rounds"
+        f"{where}{result['device']}{_cpu_text(result.get('cpu'))}; {result['repeats']} "
+        f"interleaved rounds of {result['steps']} timed steps per method (1 warm-up step "
+        "apart), medians over rounds"
         + (f", {result['isolation']}" if "isolation" in result else "")
         + "; FLOPs counted "
         "by torch.utils.flop_counter on one real step, per padded token; memory: "
@@ -569,8 +596,8 @@ def format_methods(result: dict) -> str:
             else "CUDA max allocated during training"
         )
         + "; GFLOP/s: the counted FLOPs of the timed steps over their time; MFU: that over "
-        "this machine's measured matmul peak for the run's dtype and threads (peftbench "
-        "costs peak); forward: one batch in eval mode without gradients after training, "
+        + _pace_text(result.get("matmul_tflops_by_round"))
+        + "; forward: one batch in eval mode without gradients after training, "
         "merged where the method folds into the weights"
         + (
             f"; {result['threads']} torch thread(s), 1-minute load average "

@@ -47,6 +47,37 @@ def device_label(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+#: The instruction-set flags that decide which matmul kernels a CPU gets (bf16, AMX).
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict | None:
+    """The CPU as /proc/cpuinfo names it: model name, family, model, stepping and the
+    :data:`MATMUL_FLAGS` it has; None off Linux.
+
+    A cloud VM's model name can hide its generation ("AMD EPYC"); family and model do not.
+    The host behind this project's VM changed its pace between days (bf16 matmul 499 GFLOP/s
+    on 2026-12-05, 213 on 2026-12-07, fp32 105 and 96): records and cost files keep this so
+    such a change can be traced to the host.
+    """
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]  # the first core speaks for all
+    except OSError:
+        return None
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in first.splitlines())
+    )
+    flags = set(fields.get("flags", "").split())
+    return {
+        "name": fields.get("model name"),
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "stepping": fields.get("stepping"),
+        "flags": [f for f in MATMUL_FLAGS if f in flags],
+    }
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -471,6 +471,8 @@ def env_info(device: Any) -> dict:
     import torch
     import transformers
 
+    from peftbench.measure.peak import cpu_identity
+
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -483,6 +485,8 @@ def env_info(device: Any) -> dict:
     }
     if getattr(device, "type", None) == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    else:  # which host generation ran it: a VM's CPU name alone may not say
+        info["cpu"] = cpu_identity()
     return info
 
 

@@ -5,12 +5,13 @@
 
 A row per task, stage and commit, in the order the runs started: how many runs, how many
 recorded a clean tree, how many resumed from a checkpoint (a chunk stopped mid-run), the files
-that made the others dirty (`code.dirty_paths`, where the record has it), when they ran, and
-their training hours. Stages: `grid` (the 4-point grid on the selection seed), `extension` (a
-scale `extend` added, listed in `extensions.json`), `final` (seeds 0-4, test read once), and
-the folders outside the protocol (`probes`, the superseded grids). Hours are the sum of the
-runs' wall times (`seconds`) over two: two runs shared the machine throughout (the
-benchmark's two lanes, or a 2-worker sweep), and these are the write-up's compute figures.
+that made the others dirty (`code.dirty_paths`, where the record has it), when they ran, on
+which VM build (`env.platform`: the host's pace changed with it), and their training hours.
+Stages: `grid` (the 4-point grid on the selection seed), `extension` (a scale `extend` added,
+listed in `extensions.json`), `final` (seeds 0-4, test read once), and the folders outside
+the protocol (`probes`, the superseded grids). Hours are the sum of the runs' wall times
+(`seconds`) over two: two runs shared the machine throughout (the benchmark's two lanes, or a
+2-worker sweep), and these are the write-up's compute figures.
 The clean cost runs (`costs/`) write no run records; their minutes are in the write-up.
 """
 
@@ -84,10 +85,17 @@ def grouped(tasks: set[str] | None) -> dict[tuple, list[dict]]:
     return groups
 
 
+def hosts(runs: list[dict]) -> str:
+    """The kernel builds the runs' VM reported (`env.platform`): the host's pace moved with
+    it (bf16 matmul 499 GFLOP/s under fc-v1272, 213 under fc-v1300; docs/PERFORMANCE.md)."""
+    builds = sorted({r["env"]["platform"].split("-x86_64")[0].removeprefix("Linux-") for r in runs})
+    return ", ".join(builds)
+
+
 def commit_table(groups: dict[tuple, list[dict]]) -> list[str]:
     lines = [
-        "| task | stage | commit | runs | clean | resumed | dirty from | ran (UTC) | hours |",
-        "| :-- | :-- | :-- | --: | --: | --: | :-- | :-- | --: |",
+        "| task | stage | commit | runs | clean | resumed | dirty from | ran (UTC) | VM | hours |",
+        "| :-- | :-- | :-- | --: | --: | --: | :-- | :-- | :-- | --: |",
     ]
     order = sorted(groups, key=lambda k: (k[0], min(r["created_at"] for r in groups[k])))
     for task, stage, sha in order:
@@ -98,7 +106,7 @@ def commit_table(groups: dict[tuple, list[dict]]) -> list[str]:
         end = max(r["finished_at"] for r in runs)[5:16].replace("T", " ")
         lines.append(
             f"| {task} | {stage} | `{sha}` | {len(runs)} | {clean} | {resumed} "
-            f"| {dirty_summary(runs)} | {start} to {end} | {hours(runs):.2f} |"
+            f"| {dirty_summary(runs)} | {start} to {end} | {hosts(runs)} | {hours(runs):.2f} |"
         )
     return lines
 
