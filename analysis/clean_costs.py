@@ -30,7 +30,7 @@ KEYS = ("task", "model", "method")
 #: How a file's methods were kept apart (``costs methods`` writes it since --fresh-process).
 ISOLATION = "clean_isolation"
 #: The day a file was measured: this shared machine's pace moves between days (the same
-#: polarity cost run took 1.7-2.2x as long a step on 2026-12-07 as on 2026-12-05).
+#: polarity cost run took 1.7-2.3x as long a step on 2026-12-07 as on 2026-12-05).
 MEASURED_ON = "clean_measured_on"
 
 

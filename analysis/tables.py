@@ -590,7 +590,7 @@ def _days_note(days: tuple[str, ...]) -> str:
         return ""
     return (
         f" The cost files were measured on {len(days)} days ({', '.join(days)}); a shared "
-        "machine's pace moves between days (the same cost run: up to 2.2x as long a step), "
+        "machine's pace moves between days (the same cost run: up to 2.3x as long a step), "
         "so a Step compares methods, each averaged over the same files, not sittings."
     )
 

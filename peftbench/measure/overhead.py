@@ -429,10 +429,11 @@ def methods_bench(
 def _pace(device: torch.device, dtype: torch.dtype | None, threads: int) -> float:
     """This machine's matmul rate now, at the runs' dtype and threads (TFLOP/s, not cached).
 
-    The same cost run on this machine's 2 cores took 1.7-2.2x as long a step on 2026-12-07
-    as on 2026-12-05 (same FLOPs, same memory): the host's pace moves between days. Measured
-    beside the methods, it is what their step times can be compared across files through,
-    and the MFU's denominator (the cached peak may be days old or taken on a busy machine).
+    The same cost run on this machine's 2 cores took 1.7-2.3x as long a step on 2026-12-07
+    as on 2026-12-05 (same FLOPs, same memory): the VM's host had changed, and its bf16
+    matmul rate had fallen 2.3x. Measured beside the methods, the rate says which pace a
+    file's times belong to (a changed rate flags a changed host; steps move by less than it),
+    and it is the MFU's denominator (the cached peak may be days old or from a busy machine).
     """
     return measure(dtype_name(dtype), threads, device)["tflops"]
 
@@ -548,8 +549,8 @@ def _pace_text(paces: list[float] | None) -> str:
         return "this machine's cached matmul peak for the run's dtype and threads"
     rates = ", ".join(f"{1e3 * p:,.0f}" for p in paces)
     return (
-        f"the machine's matmul rate measured after each round ({rates} GFLOP/s; step times "
-        "from other cost files compare through it: the host's pace moves between days)"
+        f"the machine's matmul rate measured after each round ({rates} GFLOP/s; a file "
+        "with another rate ran on a host of another pace: compare its times with care)"
     )
 
 
