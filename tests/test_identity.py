@@ -59,6 +59,7 @@ IN_OVERRIDES = [
     "task.source.path=/tmp/other.csv",
     "model.source.path=/tmp/other-model",
     "model.attn_implementation=eager",  # another kernel: another rounding
+    "model.padding_side=left",  # another layout: a decoder's classifier reads another token
     "device=cuda:1",  # its kind (cuda vs cpu), not its index
 ]
 
@@ -73,11 +74,12 @@ def test_a_key_that_can_change_the_result_changes_the_hash(compose, override):
     assert _hash(compose, override) != _hash(compose)
 
 
-def test_the_default_attention_kernel_keeps_the_ids_runs_had_before_the_key(compose):
+def test_the_default_attention_kernel_and_padding_keep_the_ids_runs_had_before_the_keys(compose):
     config = OmegaConf.to_container(compose(), resolve=True)
     assert config["model"]["attn_implementation"] is None
+    assert config["model"]["padding_side"] is None
     before = {**config, "model": {k: v for k, v in config["model"].items()
-                                  if k != "attn_implementation"}}  # fmt: skip
+                                  if k not in ("attn_implementation", "padding_side")}}  # fmt: skip
     assert recipe(config) == recipe(before)
 
 

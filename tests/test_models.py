@@ -294,3 +294,21 @@ def test_a_synthetic_run_is_recorded_as_such_and_kept_out_of_quality_tables(comp
     assert record["model_source"]["weights"] == "synthetic"
     records = load_records(tmp_path / "results")
     assert list(records["weights"]) == ["synthetic"] and quality_runs(records).empty
+
+
+def test_a_decoder_pads_on_the_left_so_its_classifier_reads_a_real_token(tiny_gguf_cfg, compose):
+    """Prompt tuning hands a decoder's classifier inputs_embeds; it then reads each row's last
+    position, which must be a real token in every row, not padding (right padding made it a
+    pad token in every row shorter than its batch)."""
+    cfg = tiny_gguf_cfg
+    task = build_task(cfg.task)
+    backbone = load_backbone(cfg.model, task)
+    assert backbone.tokenizer.padding_side == "left"
+    rows = [{**backbone.tokenizer(text), "labels": 0} for text in ("a", "a b c d e f g")]
+    mask = task.collate(rows, backbone.tokenizer)["attention_mask"]
+    assert mask[:, -1].tolist() == [1, 1] and mask[0, 0] == 0  # padded at the front
+    # null keeps the tokenizer's own side (and every earlier run id): MiniLM pads on the right
+    encoder = compose()
+    assert encoder.model.padding_side is None
+    right = load_backbone(encoder.model, build_task(encoder.task)).tokenizer.padding_side
+    assert right == "right"

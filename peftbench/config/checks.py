@@ -188,6 +188,11 @@ SCHEMA: dict[str, Rule] = {
         "eager",
         nullable=True,
     ),
+    # which side batches pad on (null: the tokenizer's own; decoders' configs say left)
+    "model.padding_side": Rule(
+        str, lambda v: v in ("left", "right"), "left or right (null: the tokenizer's own)",
+        "left", nullable=True,
+    ),  # fmt: skip
     "task.name": _NAME,
     "task.kind": _NON_EMPTY_STR,
     "task.version": _int_at_least(1, "1"),

@@ -45,14 +45,15 @@ NOT_IN_RECIPE: tuple[str, ...] = (
 #: that its spellings (null, 1.0, unset) hash alike and a run without the feature has the id
 #: it had before the key existed. Any other value is in the recipe like every key.
 #: ``model.attn_implementation`` null is the library's default kernel, as every run had
-#: before the key; ``task.train_size`` null or 1.0 is the whole train split;
-#: ``task.metric_impl`` builtin is peftbench's own metrics, and then ``task.evaluate``
-#: (which Hub metric to use otherwise) cannot change a score. ``train.evaluate_test`` true
-#: is the run as it always was; false (a tuning stage's sealed test) is another record, so
-#: another id: a final run of the same seed is never skipped as done by a grid run that has
-#: no test score.
+#: before the key, and ``model.padding_side`` null the tokenizer's own side;
+#: ``task.train_size`` null or 1.0 is the whole train split; ``task.metric_impl`` builtin is
+#: peftbench's own metrics, and then ``task.evaluate`` (which Hub metric to use otherwise)
+#: cannot change a score. ``train.evaluate_test`` true is the run as it always was; false (a
+#: tuning stage's sealed test) is another record, so another id: a final run of the same seed
+#: is never skipped as done by a grid run that has no test score.
 AS_BEFORE: dict[str, tuple[Any, ...]] = {
     "model.attn_implementation": (None,),
+    "model.padding_side": (None,),
     "task.train_size": (None, 1.0),
     "task.metric_impl": (None, "builtin"),
     "train.evaluate_test": (None, True),

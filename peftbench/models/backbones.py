@@ -176,7 +176,7 @@ def load_backbone(model_cfg: Any, task: Any) -> Backbone:
         )
     finally:
         transformers.logging.set_verbosity(verbosity)
-    _share_pad_token(tokenizer, model)
+    _share_pad_token(tokenizer, model, model_cfg)
     return Backbone(
         model=model,
         tokenizer=tokenizer,
@@ -186,12 +186,17 @@ def load_backbone(model_cfg: Any, task: Any) -> Backbone:
     )
 
 
-def _share_pad_token(tokenizer: Any, model: nn.Module) -> None:
+def _share_pad_token(tokenizer: Any, model: nn.Module, model_cfg: Any) -> None:
     """Decoders often lack a pad token: use <eos> (padding is masked anyway). The model needs
-    the id too: a decoder's sequence-classification head reads the last non-pad token."""
+    the id too: a decoder's sequence-classification head reads the last non-pad token, found
+    from ``input_ids``. Prompt tuning and P-tuning pass ``inputs_embeds`` instead, and the
+    head then reads the last position: with right padding a pad token in every row shorter
+    than its batch. Decoders' configs therefore pad on the left (``model.padding_side``)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    if side := model_cfg.get("padding_side"):
+        tokenizer.padding_side = side
 
 
 def _synthetic_backbone(model_cfg: Any, task: Any) -> Backbone:
@@ -215,7 +220,7 @@ def _synthetic_backbone(model_cfg: Any, task: Any) -> Backbone:
     model = _auto_class(task.head).from_config(
         config, dtype=torch.float32, **attention_kwargs(model_cfg)
     )
-    _share_pad_token(tokenizer, model)
+    _share_pad_token(tokenizer, model, model_cfg)
     if len(tokenizer) > config.vocab_size:
         _clip_token_ids(model)
     return Backbone(
