@@ -18,6 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from peftbench.config.paths import CONF_DIR  # noqa: E402
 from peftbench.launch import exit_codes  # noqa: E402
+from peftbench.runner import pinned_source  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "run.py") -> None:
         exit_with(str(error))
     sys.argv = [prog, *argv]  # Hydra reads the command line from sys.argv
     exit_codes.start()
+    pinned_source.pin()  # a sweep's later jobs run this code and conf/, or none (exit 3)
     try:
         _task()
     except KeyboardInterrupt:  # Ctrl-C outside a run (composing, launching): no traceback

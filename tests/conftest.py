@@ -49,6 +49,13 @@ def save_tiny_bert(folder: Path, vocab: Path, *, max_positions: int = 64) -> Pat
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _unpinned_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's commands pin the source afresh (peftbench.runner.pinned_source): a pin one
+    test's in-process command left in os.environ must not hold the next test's runs."""
+    monkeypatch.delenv("PEFTBENCH_SOURCE_DIGEST", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT with a 31-word vocabulary (tests/assets/tiny_vocab.txt)."""

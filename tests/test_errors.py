@@ -473,6 +473,11 @@ EXIT_CODES = [
     "started were left for later (no record; one line counts them); the runs under way "
     "finished; the same command, the file removed, goes on. `scripts/offline_benchmark.sh` "
     "names `DIR/DRAIN`. Under the Optuna sweeper a drained trial counts as a failed one |",
+    "| 3 | source changed: a `.py` or `.yaml` file of `peftbench/`, `conf/` or `tasks/` "
+    "changed after the command started (a commit, a checkout, an edit), so runs not yet "
+    "started were left for later (no record; the log names the files, one line counts the "
+    "runs); the runs under way finished on the old version; the same command goes on with "
+    "the new one |",
     "| 128+N | stopped by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (a closed "
     "terminal or ssh session); the record says where, the checkpoint is kept, the same "
     "command resumes |",

@@ -140,7 +140,7 @@ def test_exit_codes_put_a_drain_before_failures(monkeypatch, capsys):
     exit_codes.start()
     exit_codes.note({"run_id": "a", "status": "oom"})
     exit_codes.note({"run_id": "b", "status": exit_codes.DEFERRED})
-    assert exit_codes.finish(sweep=True) == exit_codes.EXIT_DRAINED == 3
+    assert exit_codes.finish(sweep=True) == exit_codes.EXIT_NOT_STARTED == 3
     err = capsys.readouterr().err
     assert "1 run(s) of the sweep did not succeed: a (oom)" in err  # the failure still said
     assert "drained: 1 run(s) not started" in err and "b (deferred)" not in err

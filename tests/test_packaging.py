@@ -82,7 +82,9 @@ def test_every_command_runs_from_the_installed_wheel(installed, tiny_bert_dir, t
     assert [json.loads(p.read_text())["experiment"]["method"] for p in records] == [
         "bitfit", "lora",
     ]  # fmt: skip
-    assert json.loads(records[0].read_text())["code"]["git_sha"] is None  # no checkout of its own
+    codes = [json.loads(p.read_text())["code"] for p in records]
+    assert codes[0]["git_sha"] is None  # no checkout of its own
+    assert len({c["source_digest"] for c in codes}) == 1  # the wheel's files, pinned once
 
     # a user's own conf/ folder adds a method without forking (Hydra's --config-dir)
     mine = work / "myconf" / "method"

@@ -180,6 +180,7 @@ def test_a_sweep_survives_an_interrupted_and_a_failed_job(slurm_cluster, tiny_be
     (resumed,) = [r for r in by_status["success"] if r["run_id"] == stopped["run_id"]]
     assert resumed["cost"]["checkpoint"]["resumed_from_step"] == stopped["error_step"] > 0
     assert {r["code"]["git_sha"] for r in by_status["success"]} == {_git_sha()}  # this checkout
+    assert len({r["code"]["source_digest"] for r in by_status["success"]}) == 1  # one pin
     assert (results / "report" / "comparison.md").stat().st_size > 0
     assert not list((results / "checkpoints").glob("*.safetensors"))  # removed on success
 

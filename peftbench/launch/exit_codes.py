@@ -8,8 +8,9 @@ the log. The codes (docs/ERRORS.md, "Exit codes"):
 - 1: at least one run failed, ran out of memory, diverged, or finished but its record could
   not be written under ``<results>/records`` (it was kept in a fallback folder);
 - 2: bad input (config, data file, asset), said in one line before anything ran;
-- 3: drained: runs were left unstarted because the drain file existed (:func:`draining`);
-  the runs under way finished and recorded, and the same command goes on where it stopped;
+- 3: runs were left unstarted, because the drain file existed (:func:`draining`) or the
+  source changed under the command (:mod:`peftbench.runner.pinned_source`); the runs under
+  way finished and recorded, and the same command goes on where it stopped;
 - 128+N: stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), the run's record saying
   where and its checkpoint kept.
 
@@ -24,15 +25,24 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 EXIT_OK = 0
 EXIT_RUNS_FAILED = 1
-EXIT_DRAINED = 3
+EXIT_NOT_STARTED = 3
 #: Statuses that do not fail the command (a skipped run was done, or is under way elsewhere).
 NOT_FAILED = ("success", "skipped")
 #: The status of a run left unstarted while draining: no record, nothing lost.
 DEFERRED = "deferred"
+#: The status of a run left unstarted as the code or configuration changed under the command.
+SOURCE_MOVED = "source-moved"
+#: Why each kind of unstarted run was left, as the command's last line says it.
+NOT_STARTED = {
+    DEFERRED: "as the drain file {drain} exists; remove it and run the same command to go on",
+    SOURCE_MOVED: "as peftbench's code or configuration changed since the command started "
+    "(its log names the files); run the same command again to go on with the new version",
+}
 ENV = "PEFTBENCH_FAILED_RUNS_FILE"
 #: Names a file; while it exists, runs that have not started are not started (a "drain", as a
 #: scheduler drains a node): a long sweep ends at the next run boundary instead of being
@@ -83,8 +93,9 @@ def finish(*, sweep: bool) -> int:
     except OSError:
         lines = []
     path.unlink(missing_ok=True)
-    deferred = [line for line in lines if line.endswith(f" {DEFERRED}")]
-    lines = [line for line in lines if line not in deferred]
+    unstarted = Counter(line.rsplit(" ", 1)[-1] for line in lines)
+    unstarted = {status: n for status, n in unstarted.items() if status in NOT_STARTED}
+    lines = [line for line in lines if line.rsplit(" ", 1)[-1] not in NOT_STARTED]
     if lines and sweep:
         shown = ", ".join(line.replace(" ", " (", 1) + ")" for line in lines[:5])
         more = f" and {len(lines) - 5} more" if len(lines) > 5 else ""
@@ -94,14 +105,12 @@ def finish(*, sweep: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
-    if deferred:  # the pipelines stop here too (carry_on): the rest waits for the next start
-        print(
-            f"peftbench: drained: {len(deferred)} run(s) not started, as the drain file "
-            f"{os.environ.get(DRAIN_ENV)} exists; remove it and run the same command to go on",
-            file=sys.stderr,
-            flush=True,
-        )
-        return EXIT_DRAINED
+    for status, count in unstarted.items():  # the pipelines stop here too (carry_on)
+        why = NOT_STARTED[status].format(drain=os.environ.get(DRAIN_ENV))
+        label = "drained" if status == DEFERRED else "source changed"
+        print(f"peftbench: {label}: {count} run(s) not started, {why}", file=sys.stderr, flush=True)
+    if unstarted:
+        return EXIT_NOT_STARTED
     return EXIT_RUNS_FAILED if lines else EXIT_OK
 
 

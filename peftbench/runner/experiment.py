@@ -49,7 +49,7 @@ from peftbench.records.store import (
     utc_now,
 )
 from peftbench.records.tracking import make_tracker
-from peftbench.runner import assembly, data_parallel
+from peftbench.runner import assembly, data_parallel, pinned_source
 from peftbench.runner.checkpoint import Checkpointer, Replay, remove_checkpoint
 from peftbench.runner.device import device_kind, pick_device, resolve_precision, seed_everything
 from peftbench.runner.interrupt import Interrupted, stop_on_signals
@@ -162,6 +162,9 @@ def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, ru
     if drain is not None:  # a chunk of a long sweep ends here: no record, nothing lost
         log.info("%s: not started: draining (%s exists)", run_id, drain)
         return {"run_id": run_id, "status": exit_codes.DEFERRED, "path": None}
+    if (why := pinned_source.moved()) is not None:  # the recipe would not be what the sweep ran
+        log.error("%s: not started: %s", run_id, why)
+        return {"run_id": run_id, "status": exit_codes.SOURCE_MOVED, "path": None}
 
     task = _prepare(cfg)  # bad names or data stop here: no record, no model loaded
     record: dict = {
@@ -172,7 +175,7 @@ def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, ru
         "created_at": utc_now(),
         "experiment": experiment,
         "config": config,
-        "code": code_info(),
+        "code": code_info() | {"source_digest": pinned_source.current()},
     }
     tracker = make_tracker(
         cfg.tracker if data_parallel.is_main() else OmegaConf.create({"name": "none"}),
