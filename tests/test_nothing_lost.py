@@ -210,6 +210,22 @@ def test_only_a_record_that_parses_as_the_schema_counts_as_done(tmp_path, conten
     assert find_success(tmp_path, run_id) == good
 
 
+def test_a_done_run_hands_its_dev_score_to_a_resumed_search(tmp_path):
+    """A resumed ``peftbench tune`` replays its done trials as skips: the Optuna sweeper must
+    get their dev scores (it got NaN, a failed trial: the resumed study lost them, suggested
+    other next trials and chose its best among the new ones only)."""
+    from omegaconf import OmegaConf
+
+    from peftbench.launch.tune import objective
+    from peftbench.runner.experiment import _already_done
+
+    run_id = "polarity--tiny-bert--lora--s100--abcd1234"
+    save_record(_success_record(run_id), tmp_path)
+    skip = _already_done(OmegaConf.create({"force": False}), tmp_path, run_id)
+    assert skip["status"] == "skipped" and objective(skip) == 0.75
+    assert _already_done(OmegaConf.create({"force": True}), tmp_path, run_id) is None
+
+
 # ------------------------------------------------------------------ 2: a record write that fails
 
 

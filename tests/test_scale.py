@@ -406,6 +406,11 @@ def test_tune_flow_searches_then_runs_the_best_trial_with_every_seed(tiny_bert_d
         assert final["status"] == "success" and final["metrics"]["test"] is not None
         assert final["config"]["method"]["lr"] == pytest.approx(best["method.lr"])
         assert final["config"]["method"]["peft"]["r"] == best["method.peft.r"]
+    # the same command again, as after a stop: every run is done, so the search replays its
+    # trials as skips with their dev scores, picks the same best, and nothing trains
+    assert flow(["lora"], trials=2, seeds="0,1", results=results, overrides=overrides) == 0
+    assert best_params(results / "tuning" / "default--lora") == best
+    assert len(list(records_dir(results).glob("*.json"))) == 4
 
 
 def test_tune_refuses_a_final_seed_that_is_the_search_seed(tmp_path):

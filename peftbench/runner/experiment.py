@@ -45,6 +45,7 @@ from peftbench.records.store import (
     find_success,
     is_saved,
     keep_record,
+    read_record,
     recipe_siblings,
     utc_now,
 )
@@ -144,12 +145,21 @@ def run(cfg: Any) -> dict:
 
 
 def _already_done(cfg: Any, results_dir: Path, run_id: str) -> dict | None:
-    """The skip of a run whose success record exists (unless ``force``), else None."""
+    """The skip of a run whose success record exists (unless ``force``), else None.
+
+    It carries the record's dev and primary metrics: a resumed Optuna search reads its done
+    trials' scores from it, so it sees the history the interrupted one saw, suggests the same
+    next trials and picks its best among all of them.
+    """
     done = None if cfg.force else find_success(results_dir, run_id)
     if done is None:
         return None
     log.info("%s: already done, skipping (%s)", run_id, done)
-    return {"run_id": run_id, "status": "skipped", "path": str(done)}
+    record, _ = read_record(done)
+    metrics = record.metrics if record is not None and record.metrics else Metrics()
+    primary = to_json(metrics.primary) if metrics.primary else None
+    return {"run_id": run_id, "status": "skipped", "path": str(done), "primary": primary,
+            "dev": metrics.dev}  # fmt: skip
 
 
 def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, run_id: str) -> dict:
