@@ -42,7 +42,6 @@ from peftbench import assets
 from peftbench.config.paths import CONF_DIR
 from peftbench.config.precheck import check_command_line
 from peftbench.errors import INPUT_ERRORS
-from peftbench.runner import pinned_source
 from peftbench.runner.interrupt import Interrupted, stop_on_signals
 
 EXIT_ERROR = 2  # argparse's code for usage errors; the same for anything the user can fix
@@ -69,7 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    pinned_source.pin()  # the runs a pipeline starts run this source, or none (exit 3)
     try:
         return args.handler(args)
     except (*INPUT_ERRORS, _UserError) as exc:  # e.g. reproduce's data file gone

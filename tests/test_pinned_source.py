@@ -29,20 +29,26 @@ def source(tmp_path, monkeypatch):
     (code / "train.py").write_text("STEPS = 10\n")
     (conf / "method" / "lora.yaml").write_text("lr: 5e-4\n")
     monkeypatch.setattr(pinned_source, "ROOTS", (code, conf))
-    monkeypatch.setattr(pinned_source, "_pinned", {})
-    monkeypatch.setattr(pinned_source, "_said", [])
+    monkeypatch.setattr(pinned_source, "_refused", [])
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))  # where the pin's list waits
     pinned_source.pin()
     return code, conf
 
 
-def test_a_changed_conf_file_stops_the_next_run_and_names_the_file(source):
+def test_a_changed_conf_file_stops_the_next_run_and_names_the_file(source, caplog):
     code, conf = source
-    assert pinned_source.moved() is None
+    caplog.set_level("INFO", logger="peftbench")
+    assert pinned_source.moved() is None and pinned_source.holds("run-a")
     (conf / "method" / "lora.yaml").write_text("lr: 1e-3\n")
     why = pinned_source.moved()
     assert why is not None and "(conf/method/lora.yaml)" in why
     assert why.endswith("Run the same command again to go on with the new version")
-    assert pinned_source.moved() == "the source changed since this command started (said above)"
+    assert not pinned_source.holds("run-b") and not pinned_source.holds("run-c")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("ERROR", f"run-b: not started: {why}"),  # in full once, then one short line a run
+        ("INFO", "run-c: not started: the source changed (said above)"),
+    ]
 
 
 def test_the_pin_holds_contents_not_timestamps_and_ignores_what_is_not_source(source):
@@ -52,14 +58,14 @@ def test_the_pin_holds_contents_not_timestamps_and_ignores_what_is_not_source(so
     (conf / "README.md").write_text("notes\n")
     assert pinned_source.moved() is None
     (code / "new_method.py").write_text("")  # a file added is a change too
-    assert "peftbench/new_method.py" in pinned_source.moved()
+    assert "(peftbench/new_method.py)" in pinned_source.moved()
 
 
 def test_a_pin_from_the_launching_command_is_kept_and_compared(source, monkeypatch):
     """Lanes and scheduler jobs inherit the launching command's pin: their own call to pin()
-    keeps it, so a change between the launch and their start is caught too."""
+    keeps it, so a change between the launch and their start is caught too. Pinned on a
+    machine whose cache they cannot read, they give the digests instead of the files."""
     monkeypatch.setenv(pinned_source.ENV, "0123456789abcdef")
-    monkeypatch.setattr(pinned_source, "_pinned", {})  # a child process: it did not pin
     assert pinned_source.pin() == "0123456789abcdef"
     now = pinned_source.digest(pinned_source.fingerprint())
     assert f"(source digest 0123456789abcdef -> {now})" in pinned_source.moved()
@@ -94,3 +100,23 @@ def test_a_record_names_the_source_it_ran(tiny_bert_dir, tmp_path):
     [path] = records_dir(results).glob("*.json")
     code = json.loads(path.read_text())["code"]
     assert code["source_digest"] == pinned_source.digest(pinned_source.fingerprint())
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_pipeline_pins_before_its_sweeps_start(lanes, monkeypatch, tmp_path):
+    """tune and the benchmark stages launch ``peftbench run -m`` children: every child gets
+    the pipeline's one pin, however many sweeps and lanes follow."""
+    from types import SimpleNamespace
+
+    from peftbench.launch import commands
+
+    seen = []
+
+    def started(argv, env=None):
+        seen.append((env or os.environ).get(pinned_source.ENV))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(commands.subprocess, "run", started)
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
+    assert commands.call_all([["seed=0"], ["seed=1"]], tag="t", lanes=lanes) == 0
+    assert len(seen) == 2 * lanes and set(seen) == {pinned_source.current()} != {None}

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from peftbench.launch import exit_codes
 from peftbench.launch.slots import LANES_ENV
+from peftbench.runner import pinned_source
 
 
 def sweep(overrides: Sequence[str], python: str | None = None) -> list[str]:
@@ -41,7 +42,10 @@ def call(
 ) -> int:
     """Prints the sweep under ``[tag]``, then runs it unless ``dry_run``; its exit code."""
     print(f"[{tag}] {'' if dry_run else 'running: '}{shown(overrides)}", flush=True)
-    return 0 if dry_run else subprocess.run(sweep(overrides), env=env).returncode
+    if dry_run:
+        return 0
+    pinned_source.pin()  # once per pipeline: its later sweeps run this source, or none (exit 3)
+    return subprocess.run(sweep(overrides), env=env).returncode
 
 
 def call_all(
@@ -56,6 +60,7 @@ def call_all(
     if lanes <= 1 or dry_run:
         return _in_order(sweeps, tag=tag, dry_run=dry_run)
     # torch threads: train.threads=auto gives each lane its share of the cores (slots.py)
+    pinned_source.pin()  # before the lanes' environment is copied: they compare with it
     env = {**os.environ, LANES_ENV: str(lanes)}
     # each lane's job folders apart: lanes started in the same second share a sweep folder
     subdir = "hydra.sweep.subdir=lane{}-${{hydra.job.num}}-${{method.name}}"

@@ -37,11 +37,17 @@ NOT_FAILED = ("success", "skipped")
 DEFERRED = "deferred"
 #: The status of a run left unstarted as the code or configuration changed under the command.
 SOURCE_MOVED = "source-moved"
-#: Why each kind of unstarted run was left, as the command's last line says it.
+#: Each kind of unstarted run: the command's last line, labelled, says why it was left.
 NOT_STARTED = {
-    DEFERRED: "as the drain file {drain} exists; remove it and run the same command to go on",
-    SOURCE_MOVED: "as peftbench's code or configuration changed since the command started "
-    "(its log names the files); run the same command again to go on with the new version",
+    DEFERRED: (
+        "drained",
+        "as the drain file {drain} exists; remove it and run the same command to go on",
+    ),
+    SOURCE_MOVED: (
+        "source changed",
+        "as peftbench's code or configuration changed since the command started (its log "
+        "names the files); run the same command again to go on with the new version",
+    ),
 }
 ENV = "PEFTBENCH_FAILED_RUNS_FILE"
 #: Names a file; while it exists, runs that have not started are not started (a "drain", as a
@@ -106,8 +112,8 @@ def finish(*, sweep: bool) -> int:
             flush=True,
         )
     for status, count in unstarted.items():  # the pipelines stop here too (carry_on)
-        why = NOT_STARTED[status].format(drain=os.environ.get(DRAIN_ENV))
-        label = "drained" if status == DEFERRED else "source changed"
+        label, why = NOT_STARTED[status]
+        why = why.format(drain=os.environ.get(DRAIN_ENV))
         print(f"peftbench: {label}: {count} run(s) not started, {why}", file=sys.stderr, flush=True)
     if unstarted:
         return EXIT_NOT_STARTED

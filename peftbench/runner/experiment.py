@@ -172,8 +172,7 @@ def _run_claimed(cfg: Any, results_dir: Path, config: dict, experiment: dict, ru
     if drain is not None:  # a chunk of a long sweep ends here: no record, nothing lost
         log.info("%s: not started: draining (%s exists)", run_id, drain)
         return {"run_id": run_id, "status": exit_codes.DEFERRED, "path": None}
-    if (why := pinned_source.moved()) is not None:  # the recipe would not be what the sweep ran
-        log.error("%s: not started: %s", run_id, why)
+    if not pinned_source.holds(run_id):  # its recipe would not be what the sweep ran
         return {"run_id": run_id, "status": exit_codes.SOURCE_MOVED, "path": None}
 
     task = _prepare(cfg)  # bad names or data stop here: no record, no model loaded

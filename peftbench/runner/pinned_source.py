@@ -5,25 +5,33 @@ runs is what was imported when the sweep began, but each job composes its config
 ``conf/`` files as they are when it starts, and its record names the git HEAD of that
 moment. A commit, a checkout or an edit under a sweep that runs for hours so gives records
 whose recipe or code label is not what ran (two records of the offline benchmark v2 had to
-be dropped for this). The command therefore pins a fingerprint of its source (every ``.py``
-and ``.yaml`` file of ``peftbench/``, ``conf/`` and ``tasks/``) when it starts; a run that
-finds the source changed is not started (no record, nothing lost) and the command exits 3,
-naming the files, for the same command to go on with the new version.
+be dropped for this). A command that runs (``run.py``, ``peftbench run``) or launches sweeps
+(``tune``, ``benchmark``: :mod:`peftbench.launch.commands`) therefore pins a fingerprint of
+its source (every ``.py`` and ``.yaml`` file of ``peftbench/``, ``conf/`` and ``tasks/``)
+when it starts its first; a run that finds the source changed is not started (no record,
+nothing lost) and the command exits 3, naming the files, for the same command to go on with
+the new version.
 
-The pin travels in the environment (:data:`ENV`), so the lanes a benchmark stage starts and
-the jobs a scheduler runs compare against the command that launched them;
-``scripts/offline_benchmark.sh`` pins once for all its stages. Records and docs are not in
-the fingerprint: committing a chunk's records under a running sweep is expected. Standard
-library only: the command line imports it before torch.
+The pin travels in the environment (:data:`ENV`), so the lanes a benchmark stage starts, the
+sweeps of ``peftbench tune`` and the jobs a scheduler runs compare against the command that
+launched them; the pinned file list waits in the cache (``<cache>/source-pins/``) for them to
+name what changed. Records and docs are not in the fingerprint: committing a chunk's records
+under a running sweep is expected. Standard library only: the command line imports it
+before torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 
+from peftbench.assets import cache_root
 from peftbench.config.paths import CONF_DIR, PACKAGE_DIR, SOURCE_ROOT
+
+log = logging.getLogger("peftbench")
 
 #: Holds the digest of the source as the outermost command found it.
 ENV = "PEFTBENCH_SOURCE_DIGEST"
@@ -34,9 +42,7 @@ SUFFIXES = (".py", ".yaml")
 ROOTS = (PACKAGE_DIR, (SOURCE_ROOT or PACKAGE_DIR.parent) / "tasks") + (
     () if CONF_DIR.is_relative_to(PACKAGE_DIR) else (CONF_DIR,)
 )
-#: The files as this process pinned them: what lets :func:`moved` name the changed ones.
-_pinned: dict[str, str] = {}
-_said: list[str] = []  # the full reason, said once per process: a sweep's 80 jobs need it once
+_refused: list[str] = []  # runs this process refused: the full reason is said for the first
 
 
 def fingerprint(roots: tuple[Path, ...] | None = None) -> dict[str, str]:
@@ -58,6 +64,11 @@ def digest(files: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _kept(pinned: str) -> Path:
+    """Where a pin's file list waits (content-addressed: one small file per source version)."""
+    return cache_root() / "source-pins" / f"{pinned}.json"
+
+
 def pin() -> str:
     """Pins the source as it is now, unless a command that started this one already did.
 
@@ -65,9 +76,13 @@ def pin() -> str:
         The pinned digest (also in ``os.environ[ENV]``).
     """
     if not os.environ.get(ENV):
-        _pinned.clear()
-        _pinned.update(fingerprint())
-        os.environ[ENV] = digest(_pinned)
+        files = fingerprint()
+        os.environ[ENV] = digest(files)
+        try:  # for the processes this one starts: without it they can only give digests
+            _kept(os.environ[ENV]).parent.mkdir(parents=True, exist_ok=True)
+            _kept(os.environ[ENV]).write_text(json.dumps(files), encoding="utf-8")
+        except OSError:
+            pass
     return os.environ[ENV]
 
 
@@ -80,7 +95,7 @@ def moved() -> str | None:
     """Why a run must not start (the source changed since the pin), or None.
 
     Without a pin (``run`` called from Python, not from a command) there is nothing to hold
-    the source to, and nothing is said. The full reason comes once per process, then a short one.
+    the source to, and nothing is said.
     """
     pinned = os.environ.get(ENV)
     if not pinned:
@@ -88,16 +103,12 @@ def moved() -> str | None:
     now = fingerprint()
     if digest(now) == pinned:
         return None
-    if _pinned:  # this process pinned: it can name the files
-        changed = sorted(n for n in _pinned.keys() | now.keys() if _pinned.get(n) != now.get(n))
-        shown = ", ".join(changed[:5]) + (
-            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        )
-    else:  # pinned by the command that started this process: only the digests are known
+    try:
+        then = json.loads(_kept(pinned).read_text(encoding="utf-8"))
+        changed = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if changed[5:] else "")
+    except (OSError, ValueError, AttributeError):  # pinned on another machine: digests only
         shown = f"source digest {pinned} -> {digest(now)}"
-    if _said:
-        return "the source changed since this command started (said above)"
-    _said.append(shown)
     return (
         f"peftbench's code or configuration changed since this command started ({shown}); "
         "a run started now would record a recipe or code that is not what the sweep ran. "
@@ -105,5 +116,14 @@ def moved() -> str | None:
     )
 
 
-if __name__ == "__main__":  # scripts pin once for all their stages: export ENV=$(python -m ..)
-    print(pin())
+def holds(run_id: str) -> bool:
+    """Whether ``run_id`` may start; if not, says why (in full for the first run refused)."""
+    why = moved()
+    if why is None:
+        return True
+    if not _refused:
+        log.error("%s: not started: %s", run_id, why)
+    else:  # a sweep's 40 other jobs: one short line each (the sweep counts them at its end)
+        log.info("%s: not started: the source changed (said above)", run_id)
+    _refused.append(run_id)
+    return False
