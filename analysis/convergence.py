@@ -2,7 +2,8 @@
 
 The curves come from each record's ``history`` (rows with ``step``, ``train_s`` and
 ``dev/<metric>``), which the flat records frame does not hold, so the records are re-read
-from their paths. Seeds are averaged per evaluation step; the band spans the seeds' range.
+from their paths. Seeds are averaged per evaluation step; the band spans the seeds' range
+(drawn where a panel has at most :data:`BANDS_UP_TO` methods: past that they bury the lines).
 Seconds are training seconds (``train_s``: evaluation excluded), so a method evaluated more
 slowly does not look slower to converge.
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 
 from analysis.plots import method_colors, new_figure, save_figure
 from analysis.tables import TaskInfo, task_infos
@@ -27,6 +29,7 @@ STEM = "convergence"
 TARGET_STEM = "time_to_target"
 KEYS = ["task", "model", "method_label"]
 # (x column, axis label) of the two rows of the figure.
+BANDS_UP_TO = 8
 X_AXES = (("step", "optimizer step"), ("train_s", "training seconds (evaluation excluded)"))
 #: Time to target: the dev score to reach, as a share of full fine-tuning's best dev score.
 TARGET_FRACTION = 0.95
@@ -107,7 +110,9 @@ def plot_convergence(runs: pd.DataFrame, agg: pd.DataFrame, out_dir: Path) -> li
         return []
     tasks, colors = task_infos(agg), method_colors(agg)
     panels = sorted(curves.groupby(["model", "task"]).groups)
-    fig = new_figure(4.2 * len(panels), 6.4)
+    methods = sorted(curves["method_label"].unique())
+    # one legend for the figure, right of the panels: one per panel covered their curves
+    fig = new_figure(4.2 * len(panels) + 1.4, max(6.4, 0.16 * len(methods)))
     grid = fig.subplots(len(X_AXES), len(panels), squeeze=False)
     for col, (model, task) in enumerate(panels):
         panel = curves[(curves["model"] == model) & (curves["task"] == task)]
@@ -115,15 +120,20 @@ def plot_convergence(runs: pd.DataFrame, agg: pd.DataFrame, out_dir: Path) -> li
         for row, (x, label) in enumerate(X_AXES):
             _draw(grid[row][col], panel, x, tasks[task], colors)
             grid[row][col].set(title=title, xlabel=label)
+    handles = [
+        Line2D([], [], marker="o", ms=3, color=colors.get(m, "0.3"), label=m) for m in methods
+    ]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7)
     return save_figure(fig, out_dir / STEM)
 
 
 def _draw(ax: Axes, panel: pd.DataFrame, x: str, task: TaskInfo, colors: dict[str, tuple]) -> None:
+    bands = panel["method_label"].nunique() <= BANDS_UP_TO
     for method, curve in panel.groupby("method_label", sort=True):
         curve = curve[curve[x].notna()]
         color = colors.get(method, "0.3")
         ax.plot(curve[x], curve["mean"] * task.scale, marker="o", ms=3, color=color, label=method)
-        if (curve["n"] > 1).any():  # the band is the spread of the seeds, none for one seed
+        if bands and (curve["n"] > 1).any():  # the seeds' spread; none for one seed
             ax.fill_between(
                 curve[x], curve["min"] * task.scale, curve["max"] * task.scale,
                 color=color, alpha=0.15, lw=0,
@@ -132,7 +142,6 @@ def _draw(ax: Axes, panel: pd.DataFrame, x: str, task: TaskInfo, colors: dict[st
     arrow = "↑" if task.higher_is_better else "↓"
     ax.set_ylabel(f"dev {task.metric}{unit} {arrow}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
 
 
 # ------------------------------------------------------------------------ time to target

@@ -16,7 +16,10 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
 
 import analysis.clean_costs as clean_costs
 from analysis.stats import near_front, pareto_front
@@ -84,8 +87,9 @@ def shown_axes(frame: pd.DataFrame) -> dict[str, CostAxis]:
 def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> list[Path]:
     """Plots score against one cost: rows are models, columns are tasks.
 
-    Each method is a labelled point at its mean, with error bars spanning the 95% interval
-    of the mean (Student's t, or BCa from 10 seeds; none for one seed). The dashed step
+    Each method is a point at its mean, named beside it (:func:`_name_points`), with error
+    bars spanning the 95% interval of the mean (Student's t, or BCa from 10 seeds; none for
+    one seed), cut at the metric's range where its scores lie in [0, 1]. The dashed step
     line is the Pareto frontier of the means, the best mean reachable at or below each
     cost; a point off the frontier whose interval reaches it is drawn hollow, since its
     seeds do not show it to be worse.
@@ -101,14 +105,21 @@ def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> lis
     tasks = task_infos(agg)
     models = sorted(agg["model"].unique())
     names = sorted(tasks)
-    fig = new_figure(4.2 * len(names), 3.4 * len(models))
+    # a name is ~10 points tall: a panel of 21 methods needs room to stack them
+    height = max(3.4, 0.2 * agg["method_label"].nunique())
+    fig = new_figure(4.2 * len(names), height * len(models))
     grid = fig.subplots(len(models), len(names), squeeze=False)
     colors = method_colors(agg)
+    named, any_hollow = [], False
     for row, model in enumerate(models):
         for col, name in enumerate(names):
             panel = agg[(agg["model"] == model) & (agg["task"] == name)]
             title = name if len(models) == 1 else f"{name} ({model})"
-            _draw_panel(grid[row][col], panel, tasks[name], axis, colors, title)
+            points, hollow = _draw_panel(grid[row][col], panel, tasks[name], axis, colors, title)
+            named.append((grid[row][col], points))
+            any_hollow |= hollow
+    _legend(fig, any_hollow)
+    _name_points(fig, named)
     return save_figure(fig, out_stem)
 
 
@@ -139,10 +150,14 @@ def save_figure(fig: Figure, out_stem: Path) -> list[Path]:
 
 
 def method_colors(agg: pd.DataFrame) -> dict[str, tuple[float, ...]]:
-    """One colour per method label, the same in every panel and every plot."""
-    palette = colormaps["tab10"]
+    """One colour per method label, the same in every panel and every plot: tab10's ten
+    where they suffice, else tab20 then tab20b (40 distinct; a benchmark has 21 methods)."""
     methods = sorted(agg["method_label"].unique())
-    return {m: palette(i % palette.N) for i, m in enumerate(methods)}
+    if len(methods) <= 10:
+        palette = list(colormaps["tab10"].colors)
+    else:
+        palette = list(colormaps["tab20"].colors) + list(colormaps["tab20b"].colors)
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
 def _draw_panel(
@@ -152,44 +167,138 @@ def _draw_panel(
     axis: CostAxis,
     colors: dict[str, tuple[float, ...]],
     title: str,
-) -> None:
+) -> tuple[list[tuple[float, float, str]], bool]:
+    """Draws one panel's points, bars and frontier; returns the points to name (x, y,
+    method) and whether any is hollow."""
     panel = panel[panel[axis.column].notna()]
     if axis.log:
         panel = panel[panel[axis.column] > 0]  # a log axis cannot show zero cost
     x = panel[axis.column].to_numpy(dtype=float) / axis.divisor
     y = panel["mean"].to_numpy(dtype=float) * task.scale
-    low = panel["ci_low"].to_numpy(dtype=float) * task.scale
-    high = panel["ci_high"].to_numpy(dtype=float) * task.scale
+    low, high = (panel[k].to_numpy(dtype=float) for k in ("ci_low", "ci_high"))
+    if task.scale != 1:  # scores in [0, 1]: a t interval past them shows nothing attainable
+        low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+    low, high = low * task.scale, high * task.scale
     yerr = np.nan_to_num(np.vstack([y - low, high - y]))  # n = 1: no interval, no bar
     better_end = high if task.higher_is_better else low
     hollow = near_front(x, y, better_end, higher_is_better=task.higher_is_better)
-    for i, method in enumerate(panel["method_label"]):
+    methods = list(panel["method_label"])
+    for i, method in enumerate(methods):
         color = colors[method]
         ax.errorbar(
             x[i], y[i], yerr=yerr[:, i : i + 1], fmt="o", capsize=3, color=color,
             markerfacecolor="white" if hollow[i] else color,
         )  # fmt: skip
-        ax.annotate(method, (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if x.size:
         _draw_frontier(ax, x, y, higher_is_better=task.higher_is_better)
-        if hollow.any():
-            ax.plot([], [], "o", color="0.3", markerfacecolor="white",
-                    label="interval reaches the frontier")  # fmt: skip
-            ax.legend(fontsize=7, loc="best")
     else:
         ax.text(0.5, 0.5, "no runs with this cost", transform=ax.transAxes, ha="center")
-    ax.margins(x=0.12, y=0.12)  # room for the method labels at the edges
+    ax.margins(x=0.15, y=0.08)  # room for the names at the edges
     if axis.log:
-        ax.set_xscale("log")
-        # plain numbers at 1-2-5 steps (0.2, 0.5, 1, 2) rather than crowded 3×10⁻¹ labels
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax.xaxis.set_minor_formatter(plain)
+        _log_ticks(ax)
     unit = " ×100" if task.scale != 1 else ""
     arrow = "↑" if task.higher_is_better else "↓"
     ax.set(title=title, xlabel=axis.label, ylabel=f"{task.metric} ({task.split}){unit} {arrow}")
     ax.grid(alpha=0.3)
+    return list(zip(x, y, methods, strict=True)), bool(hollow.any())
+
+
+def _log_ticks(ax: Axes) -> None:
+    """Plain numbers (0.1, 1, 10, not 10⁻¹); the 2 and 5 between decades named only where
+    the axis spans few decades, since over four or more their labels run into each other."""
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    low, high = ax.get_xlim()
+    ax.xaxis.set_minor_formatter(plain if np.log10(high / low) <= 2.5 else NullFormatter())
+
+
+def _legend(fig: Figure, hollow: bool) -> None:
+    """One legend for the figure, below the panels, where it covers no point or name."""
+    handles = [Line2D([], [], linestyle="--", color="0.5", lw=1, label="Pareto frontier")]
+    if hollow:
+        handles.append(
+            Line2D([], [], marker="o", linestyle="", color="0.3", markerfacecolor="white",
+                   label="off the frontier, interval reaches it")
+        )  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+
+
+#: Where a point's name may go, in order of preference: (dx, dy) in points from the point,
+#: the name extending right of it (dx > 0) or left. Beside it first, then ever further up or
+#: down, so that a crowd of points near the frontier gets columns of names, not a pile.
+_NAME_SPOTS = [
+    (side * (6 + abs(dy) // 4), dy, side)
+    for dy in (0, *(sign * step for step in range(8, 400, 8) for sign in (1, -1)))
+    for side in (1, -1)
+]
+_NAME_SIZE = 8  # points
+
+
+def _name_points(fig: Figure, panels: list[tuple[Axes, list[tuple[float, float, str]]]]) -> None:
+    """Names each point at the first spot of :data:`_NAME_SPOTS` where its name stays in the
+    panel and overlaps no other name or point, with a thin line back to the point when it
+    had to move away; where no spot is free, at the one that overlaps least.
+
+    The spots are tested in display coordinates, so the layout is computed first and then
+    frozen: the names are placed in the figure as it will be saved (offsets are in points,
+    so they hold at any dpi).
+    """
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    scale = fig.dpi / 72  # pixels per point
+    for ax, points in panels:
+        pixels = ax.transData.transform([(x, y) for x, y, _ in points]) if points else []
+        half = 4 * scale  # a marker's half width
+        taken = [Bbox.from_extents(u - half, v - half, u + half, v + half) for u, v in pixels]
+        order = sorted(range(len(points)), key=lambda i: -points[i][1])  # top of the panel first
+        for i in order:
+            x, y, method = points[i]
+            probe = Text(0, 0, method, fontsize=_NAME_SIZE, figure=fig)
+            size = probe.get_window_extent(renderer)
+            dx, dy, side, box = _free_spot(
+                pixels[i], size.width, size.height, scale, taken, ax.bbox
+            )
+            line = {"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 1, "shrinkB": 4}
+            ax.annotate(
+                method, (x, y), textcoords="offset points", xytext=(dx, dy),
+                ha="left" if side > 0 else "right", va="center", fontsize=_NAME_SIZE,
+                arrowprops=line if abs(dy) > 4 else None,
+            )  # fmt: skip
+            taken.append(box)
+
+
+def _free_spot(anchor, width: float, height: float, scale: float, taken: list[Bbox], frame: Bbox):
+    """The first of :data:`_NAME_SPOTS` (as dx, dy, side and the name's box there) where a
+    ``width`` x ``height`` name at ``anchor`` stays inside ``frame`` and overlaps none of
+    ``taken``; where none is, the spot inside ``frame`` overlapping least."""
+    best, least = None, float("inf")
+    for dx, dy, side in _NAME_SPOTS:
+        u, v = anchor[0] + dx * scale, anchor[1] + dy * scale
+        x0 = u if side > 0 else u - width
+        box = Bbox.from_extents(x0, v - height / 2, x0 + width, v + height / 2)
+        if not _inside(box, frame):
+            continue
+        overlap = sum(_overlap_area(box, t) for t in taken)
+        if overlap == 0:
+            return dx, dy, side, box
+        if overlap < least:
+            best, least = (dx, dy, side, box), overlap
+    if best is None:  # the panel is too small for the name anywhere: beside its point
+        dx, dy, side = _NAME_SPOTS[0]
+        u, v = anchor[0] + dx * scale, anchor[1]
+        best = (dx, dy, side, Bbox.from_extents(u, v - height / 2, u + width, v + height / 2))
+    return best
+
+
+def _overlap_area(a: Bbox, b: Bbox) -> float:
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def _inside(box: Bbox, frame: Bbox) -> bool:
+    return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
 
 
 def _draw_frontier(ax: Axes, x: np.ndarray, y: np.ndarray, *, higher_is_better: bool) -> None:
@@ -199,7 +308,6 @@ def _draw_frontier(ax: Axes, x: np.ndarray, y: np.ndarray, *, higher_is_better: 
     # Carry the last level to the costliest point: spending more does not buy a better score.
     fx, fy = np.append(fx, x.max()), np.append(fy, fy[-1])
     ax.step(fx, fy, where="post", linestyle="--", color="0.5", lw=1, label="Pareto frontier")
-    ax.legend(fontsize=7, loc="best")
 
 
 TRAIN_SIZE_STEM = "score_vs_train_size"
