@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from analysis.plots import CostAxis, method_colors, shown_axes
+from analysis.plots import CostAxis, method_colors, shown_axes, shown_interval
 from analysis.stats import GROUP, near_front, pareto_front
 from analysis.tables import TaskInfo, task_infos
 
@@ -291,8 +291,7 @@ def _panel_traces(
         return []
     x = panel[axis.column].to_numpy(dtype=float) / axis.divisor
     y = panel["mean"].to_numpy(dtype=float) * task.scale
-    low = panel["ci_low"].to_numpy(dtype=float) * task.scale
-    high = panel["ci_high"].to_numpy(dtype=float) * task.scale
+    low, high = shown_interval(panel, task)
     better_end = high if task.higher_is_better else low
     hollow = near_front(x, y, better_end, higher_is_better=task.higher_is_better)
     traces = []

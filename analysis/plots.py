@@ -175,10 +175,7 @@ def _draw_panel(
         panel = panel[panel[axis.column] > 0]  # a log axis cannot show zero cost
     x = panel[axis.column].to_numpy(dtype=float) / axis.divisor
     y = panel["mean"].to_numpy(dtype=float) * task.scale
-    low, high = (panel[k].to_numpy(dtype=float) for k in ("ci_low", "ci_high"))
-    if task.scale != 1:  # scores in [0, 1]: a t interval past them shows nothing attainable
-        low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
-    low, high = low * task.scale, high * task.scale
+    low, high = shown_interval(panel, task)
     yerr = np.nan_to_num(np.vstack([y - low, high - y]))  # n = 1: no interval, no bar
     better_end = high if task.higher_is_better else low
     hollow = near_front(x, y, better_end, higher_is_better=task.higher_is_better)
@@ -201,6 +198,16 @@ def _draw_panel(
     ax.set(title=title, xlabel=axis.label, ylabel=f"{task.metric} ({task.split}){unit} {arrow}")
     ax.grid(alpha=0.3)
     return list(zip(x, y, methods, strict=True)), bool(hollow.any())
+
+
+def shown_interval(panel: pd.DataFrame, task: TaskInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% interval of each row's mean in display units, cut at the metric's range where
+    its scores lie in [0, 1]: a t interval past them (a collapsed seed's) shows nothing
+    attainable and would stretch the axis over it."""
+    low, high = (panel[k].to_numpy(dtype=float) for k in ("ci_low", "ci_high"))
+    if task.scale != 1:
+        low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+    return low * task.scale, high * task.scale
 
 
 def _log_ticks(ax: Axes) -> None:
