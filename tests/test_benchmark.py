@@ -521,6 +521,60 @@ def test_extend_without_finals_trains_the_new_points_and_leaves_the_finals_to_se
     assert "| x30 |" in (results / "selection.md").read_text()  # selected on the wider grid
 
 
+def test_an_extend_stopped_before_its_points_finished_trains_them_when_run_again(
+    tmp_path, monkeypatch, capsys
+):
+    """A chunk that ends (or `benchmark stop`) mid-extension leaves extensions.json naming
+    points with no record; the same command must train them, not find nothing to add."""
+    monkeypatch.setattr(protocol, "check_recipes", lambda finals: None)  # made-up recipes
+    results = tmp_path / "bench"
+    grid = results / "grid"
+    for scale, dev in ((0.3, 0.5), (1.0, 0.6), (3.0, 0.7), (10.0, 0.8)):  # still rising at x10
+        _record(grid, "lora", scale, dev=dev, test=0.5)
+    for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7), (10.0, 0.6)):  # bracketed
+        _record(grid, "ia3", scale, dev=dev, test=0.5)
+    (results / "extensions.json").write_text(json.dumps({"polarity--tiny--lora": [30.0]}))
+    ran = []
+
+    def train(overrides, *, tag, dry_run=False, env=None):
+        if tag == "extend":
+            ran.append(list(overrides))
+            _record(grid, "lora", 30.0, dev=0.85, test=0.5)
+        return 0
+
+    monkeypatch.setattr(protocol.commands, "call", train)
+    assert main(["benchmark", "extend", "--results", str(results), "--no-finals"]) == 0
+    out = capsys.readouterr().out
+    assert "x30 was added but has not finished: trains it" in out and "nothing to add" not in out
+    [sweep] = ran
+    assert "method=lora" in sweep and "method.lr_scale=30" in sweep and "seed=100" in sweep
+    assert json.loads((results / "extensions.json").read_text()) == {"polarity--tiny--lora": [30.0]}
+    assert {c.method: c.chosen.lr_scale for c in protocol.select_cells(grid)} == {
+        "lora": 30.0, "ia3": 1.0,
+    }  # fmt: skip
+    ran.clear()  # finished now: a third extend has nothing to do
+    assert main(["benchmark", "extend", "--results", str(results), "--no-finals"]) == 0
+    assert not ran and "nothing to add" in capsys.readouterr().out
+
+
+def test_a_tasks_extra_override_reaches_its_finals_only(tmp_path, monkeypatch):
+    """`final:bbc-news` with EXTRA=model.attn_implementation=eager: hedge's grid ran without
+    it, so its listed final command must not gain it (its recipe would change)."""
+    checked = []
+    monkeypatch.setattr(protocol, "check_recipes", lambda finals: checked.extend(finals))
+    monkeypatch.setattr(protocol.commands, "call", lambda overrides, **kw: 0)
+    results = tmp_path / "bench"
+    for task in ("polarity", "hedge"):
+        for scale, dev in ((0.3, 0.5), (1.0, 0.9), (3.0, 0.7), (10.0, 0.6)):
+            _record(results / "grid", "lora", scale, dev=dev, test=0.5, task=task)
+    argv = ["benchmark", "select", "--results", str(results), "--dry-run"]
+    assert main([*argv, "--tasks", "polarity", "model.attn_implementation=eager"]) == 0
+    extra = {c.task: "model.attn_implementation=eager" in c.overrides for c in checked}
+    assert extra == {"polarity": True, "hedge": False}
+    lines = json.loads((results / "selection.json").read_text())["commands"]
+    assert sum("attn_implementation" in line for line in lines) == 1
+
+
 def test_a_second_grid_of_other_scales_runs_selects_and_extends_on_its_own_scales(
     tmp_path, monkeypatch, capsys
 ):

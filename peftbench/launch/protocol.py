@@ -801,7 +801,16 @@ def select_flow(
             f"no grid records of selection seed {named} in {grid_dir}",
             "run stage 1 first, or pass the grid's seeds with --selection-seeds",
         )
-    finals = final_commands(cells, seeds, final_dir, overrides)
+    # Extra overrides go to the finals this command trains. The other tasks' commands (listed
+    # in selection.md, not run) stay their grid runs' own: a task's grid may have run with an
+    # override another's did not (bbc-news's attention kernel), and giving it to every task
+    # would change their recipes.
+    scoped = [c for c in cells if not tasks or c.task in tasks]
+    others = [c for c in cells if tasks and c.task not in tasks]
+    finals = [
+        *final_commands(scoped, seeds, final_dir, overrides),
+        *final_commands(others, seeds, final_dir, ()),
+    ]
     if verify:
         check_recipes(finals)
     lines = [c.line() for c in finals]
@@ -888,6 +897,21 @@ def edge_extensions(
     return added
 
 
+def unfinished_extensions(
+    cells: Sequence[Cell], extended: dict[str, list[float]], methods: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The points ``extensions.json`` lists that have no record yet: an extend stopped after
+    writing it (a chunk's end, ``benchmark stop``) left them to train, and the next extend
+    trains them (a run with a checkpoint resumes) rather than finding nothing to add."""
+    return {
+        cell.name: scale
+        for cell in cells
+        if not methods or cell.method in methods
+        for scale in cell.missing_scales
+        if _on_grid(scale, extended.get(cell.name, []))
+    }
+
+
 def extension_commands(
     cells: Sequence[Cell], added: dict[str, float], grid_dir: Path, extra: Sequence[str],
     seeds: Sequence[int],
@@ -898,8 +922,8 @@ def extension_commands(
     for cell in cells:
         if cell.name not in added:
             continue
-        assert cell.chosen is not None
-        recorded = cell.chosen.overrides or [
+        # a cell whose listed point has not run yet has no choice: any point has its overrides
+        recorded = (cell.chosen or cell.grid[0]).overrides or [
             f"task={cell.task}", f"model={cell.model}", f"method={cell.method}",
         ]  # fmt: skip
         replaced = (*_REPLACED, SCALE_KEY, "method", *(_key(o) for o in extra))
@@ -934,26 +958,31 @@ def extend_flow(
         check_budgets(cells, None, "extension points")  # cells: these tasks only already
     extensions = read_extensions(grid_dir)
     added = edge_extensions(cells, methods, extended=extensions)
-    if not added:
+    unfinished = unfinished_extensions(cells, extensions, methods)
+    if not added and not unfinished:
         print(
             "[extend] no chosen scale lies at its grid's edge unextended: nothing to add",
             flush=True,
         )
         return 0
+    for name, scale in sorted(unfinished.items()):
+        print(f"[extend] {name}: x{scale:g} was added but has not finished: trains it", flush=True)
     for name, scale in sorted(added.items()):
         print(f"[extend] {name}: adds x{scale:g}", flush=True)
     if not dry_run:
         for name, scale in added.items():
             extensions[name] = sorted({*extensions.get(name, []), scale})
         (results / EXTENSIONS_JSON).write_text(json.dumps(extensions, indent=1) + "\n")
-    sweeps = extension_commands(cells, added, grid_dir, overrides, selection_seeds)
+    points = {**unfinished, **added}
+    sweeps = extension_commands(cells, points, grid_dir, overrides, selection_seeds)
     failed = commands.call_all(sweeps, tag="extend", lanes=lanes, dry_run=dry_run)
     if not exit_codes.carry_on(failed):
         return failed
     if dry_run:
         return 0
-    # a diverged new point is a recorded outcome: selection still runs
+    # a diverged new point is a recorded outcome: selection still runs. Without finals
+    # nothing trains, so the commands it lists are the grid runs' own (as `select --dry-run`)
     return select_flow(
-        results, seeds=seeds, overrides=overrides, tasks=tasks, verify=verify,
+        results, seeds=seeds, overrides=overrides if finals else (), tasks=tasks, verify=verify,
         selection_seeds=selection_seeds, dry_run=not finals, scales=scales, lanes=lanes,
     ) or failed  # fmt: skip
