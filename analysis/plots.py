@@ -106,7 +106,7 @@ def plot_score_vs_cost(agg: pd.DataFrame, axis: CostAxis, out_stem: Path) -> lis
     models = sorted(agg["model"].unique())
     names = sorted(tasks)
     # a name is ~10 points tall: a panel of 21 methods needs room to stack them
-    height = max(3.4, 0.2 * agg["method_label"].nunique())
+    height = max(3.4, 0.2 * min(agg["method_label"].nunique(), _STACKED_NAMES))
     fig = new_figure(4.2 * len(names), height * len(models))
     grid = fig.subplots(len(models), len(names), squeeze=False)
     colors = method_colors(agg)
@@ -233,14 +233,18 @@ def _legend(fig: Figure, hollow: bool) -> None:
 
 
 #: Where a point's name may go, in order of preference: (dx, dy) in points from the point,
-#: the name extending right of it (dx > 0) or left. Beside it first, then ever further up or
-#: down, so that a crowd of points near the frontier gets columns of names, not a pile.
-_NAME_SPOTS = [
-    (side * (6 + abs(dy) // 4), dy, side)
-    for dy in (0, *(sign * step for step in range(8, 400, 8) for sign in (1, -1)))
-    for side in (1, -1)
-]
+#: the name extending right of it (side 1) or left (-1). Beside it first, then ever further up
+#: or down, so that a crowd of points near the frontier gets columns of names, not a pile.
+_NAME_SPOTS = np.array(
+    [
+        (side * (6 + abs(dy) // 4), dy, side)
+        for dy in (0, *(sign * step for step in range(8, 400, 8) for sign in (1, -1)))
+        for side in (1, -1)
+    ],
+    dtype=float,
+)
 _NAME_SIZE = 8  # points
+_STACKED_NAMES = 40  # a panel grows to stack this many names; past it they may overlap
 
 
 def _name_points(fig: Figure, panels: list[tuple[Axes, list[tuple[float, float, str]]]]) -> None:
@@ -259,15 +263,13 @@ def _name_points(fig: Figure, panels: list[tuple[Axes, list[tuple[float, float, 
     for ax, points in panels:
         pixels = ax.transData.transform([(x, y) for x, y, _ in points]) if points else []
         half = 4 * scale  # a marker's half width
-        taken = [Bbox.from_extents(u - half, v - half, u + half, v + half) for u, v in pixels]
+        taken = [(u - half, v - half, u + half, v + half) for u, v in pixels]
         order = sorted(range(len(points)), key=lambda i: -points[i][1])  # top of the panel first
         for i in order:
             x, y, method = points[i]
-            probe = Text(0, 0, method, fontsize=_NAME_SIZE, figure=fig)
-            size = probe.get_window_extent(renderer)
-            dx, dy, side, box = _free_spot(
-                pixels[i], size.width, size.height, scale, taken, ax.bbox
-            )
+            size = Text(0, 0, method, fontsize=_NAME_SIZE, figure=fig).get_window_extent(renderer)
+            spot, box = _free_spot(pixels[i], size.width, size.height, scale, taken, ax.bbox)
+            dx, dy, side = _NAME_SPOTS[spot]
             line = {"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 1, "shrinkB": 4}
             ax.annotate(
                 method, (x, y), textcoords="offset points", xytext=(dx, dy),
@@ -277,35 +279,26 @@ def _name_points(fig: Figure, panels: list[tuple[Axes, list[tuple[float, float, 
             taken.append(box)
 
 
-def _free_spot(anchor, width: float, height: float, scale: float, taken: list[Bbox], frame: Bbox):
-    """The first of :data:`_NAME_SPOTS` (as dx, dy, side and the name's box there) where a
-    ``width`` x ``height`` name at ``anchor`` stays inside ``frame`` and overlaps none of
-    ``taken``; where none is, the spot inside ``frame`` overlapping least."""
-    best, least = None, float("inf")
-    for dx, dy, side in _NAME_SPOTS:
-        u, v = anchor[0] + dx * scale, anchor[1] + dy * scale
-        x0 = u if side > 0 else u - width
-        box = Bbox.from_extents(x0, v - height / 2, x0 + width, v + height / 2)
-        if not _inside(box, frame):
-            continue
-        overlap = sum(_overlap_area(box, t) for t in taken)
-        if overlap == 0:
-            return dx, dy, side, box
-        if overlap < least:
-            best, least = (dx, dy, side, box), overlap
-    if best is None:  # the panel is too small for the name anywhere: beside its point
-        dx, dy, side = _NAME_SPOTS[0]
-        u, v = anchor[0] + dx * scale, anchor[1]
-        best = (dx, dy, side, Bbox.from_extents(u, v - height / 2, u + width, v + height / 2))
-    return best
-
-
-def _overlap_area(a: Bbox, b: Bbox) -> float:
-    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
-
-
-def _inside(box: Bbox, frame: Bbox) -> bool:
-    return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+def _free_spot(anchor, width: float, height: float, scale: float, taken: list, frame: Bbox):
+    """The index of the first of :data:`_NAME_SPOTS` where a ``width`` x ``height`` name at
+    ``anchor`` stays inside ``frame`` and overlaps none of the ``taken`` boxes (x0, y0, x1,
+    y1), else of the one inside that overlaps least, else 0 (beside the point); and the
+    name's box there. Every spot at once: a grid report names a hundred points per panel."""
+    dx, dy, side = _NAME_SPOTS.T
+    left = np.where(side > 0, anchor[0] + dx * scale, anchor[0] + dx * scale - width)
+    low = anchor[1] + dy * scale - height / 2
+    boxes = np.column_stack([left, low, left + width, low + height])
+    held = np.asarray(taken, dtype=float).reshape(-1, 4)
+    wide = np.minimum(boxes[:, None, 2], held[:, 2]) - np.maximum(boxes[:, None, 0], held[:, 0])
+    tall = np.minimum(boxes[:, None, 3], held[:, 3]) - np.maximum(boxes[:, None, 1], held[:, 1])
+    overlap = (wide.clip(min=0) * tall.clip(min=0)).sum(axis=1)
+    inside = (
+        (boxes[:, 0] >= frame.x0) & (boxes[:, 2] <= frame.x1)
+        & (boxes[:, 1] >= frame.y0) & (boxes[:, 3] <= frame.y1)
+    )  # fmt: skip
+    overlap[~inside] = np.inf
+    spot = int(np.argmin(overlap)) if inside.any() else 0  # argmin: the first of equal ones
+    return spot, tuple(boxes[spot])
 
 
 def _draw_frontier(ax: Axes, x: np.ndarray, y: np.ndarray, *, higher_is_better: bool) -> None:
